@@ -1,0 +1,6 @@
+from .crowdhuman import StrictCrowdHumanDataset
+from .odgt import OdgtError, read_odgt
+from .synthetic import SceneSpec, crowd_statistics, make_synthetic_crowdhuman, render_scene
+
+__all__ = ['StrictCrowdHumanDataset', 'OdgtError', 'read_odgt', 'SceneSpec',
+           'crowd_statistics', 'make_synthetic_crowdhuman', 'render_scene']

@@ -1,0 +1,116 @@
+"""Reading and validating CrowdHuman ``.odgt`` annotation files.
+
+An ``.odgt`` file holds one JSON object per line: ``{"ID": str, "gtboxes": [{"tag":
+"person" | "mask", "fbox": [x, y, w, h], "vbox": [...], "hbox": [...], "extra": {"ignore":
+0 | 1}, "head_attr": {...}}, ...]}``. Every error names the file, the line, the image ID and
+the field, and says what was expected.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os.path as osp
+
+__all__ = ['OdgtError', 'read_odgt', 'check_record', 'check_box_in_image']
+
+
+class OdgtError(ValueError):
+    """A CrowdHuman annotation or data folder that does not match the expected format."""
+
+
+def _where(path: str, lineno: int, image_id=None) -> str:
+    where = f'{path}, line {lineno}'
+    return where + (f' (ID {image_id!r})' if image_id is not None else '')
+
+
+def _check_xywh(value, field: str, where: str, positive: bool) -> list:
+    if (not isinstance(value, (list, tuple)) or len(value) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in value)):
+        raise OdgtError(f'{where}: field {field!r} is {value!r}; expected [x, y, w, h], '
+                        'four finite numbers')
+    w, h = value[2], value[3]
+    if positive and (w <= 0 or h <= 0):
+        raise OdgtError(f'{where}: field {field!r} = {list(value)} has width {w} and height '
+                        f'{h}; expected both > 0')
+    if w < 0 or h < 0:
+        raise OdgtError(f'{where}: field {field!r} = {list(value)} has a negative size; '
+                        'expected w >= 0 and h >= 0')
+    return list(value)
+
+
+def check_record(record, path: str, lineno: int) -> dict:
+    """Validate one parsed ``.odgt`` line; returns it with ``vbox``/``hbox`` defaulting to
+    ``fbox`` where missing. Raises :class:`OdgtError`."""
+    if not isinstance(record, dict):
+        raise OdgtError(f'{_where(path, lineno)}: expected a JSON object, got '
+                        f'{type(record).__name__}')
+    image_id = record.get('ID')
+    if not isinstance(image_id, str) or not image_id:
+        raise OdgtError(f'{_where(path, lineno)}: field \'ID\' is {image_id!r}; expected a '
+                        'non-empty string (the image is Images/<ID>.jpg)')
+    boxes = record.get('gtboxes')
+    if not isinstance(boxes, list):
+        raise OdgtError(f'{_where(path, lineno, image_id)}: field \'gtboxes\' is '
+                        f'{boxes!r}; expected a list (possibly empty)')
+    for i, box in enumerate(boxes):
+        where = f'{_where(path, lineno, image_id)} gtboxes[{i}]'
+        if not isinstance(box, dict):
+            raise OdgtError(f'{where}: expected a JSON object, got {type(box).__name__}')
+        if not isinstance(box.get('tag'), str):
+            raise OdgtError(f'{where}: field \'tag\' is {box.get("tag")!r}; expected a string '
+                            "such as 'person' or 'mask'")
+        if 'fbox' not in box:
+            raise OdgtError(f"{where}: field 'fbox' is missing; expected [x, y, w, h]")
+        box['fbox'] = _check_xywh(box['fbox'], 'fbox', where, positive=True)
+        for key in ('vbox', 'hbox'):
+            box[key] = (_check_xywh(box[key], key, where, positive=False)
+                        if key in box else list(box['fbox']))
+        for key in ('extra', 'head_attr'):
+            if key in box and not isinstance(box[key], dict):
+                raise OdgtError(f'{where}: field {key!r} is {box[key]!r}; expected an object '
+                                'such as {"ignore": 0}')
+    return record
+
+
+def check_box_in_image(box: dict, height: int, width: int, where: str) -> None:
+    """Raise :class:`OdgtError` if the ``fbox`` of ``box`` does not overlap the image.
+
+    CrowdHuman's full boxes may extend past the border (a person cut by the frame), but a
+    box with no pixel inside the image is an annotation error.
+    """
+    x, y, w, h = box['fbox']
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise OdgtError(f"{where}: field 'fbox' = {box['fbox']} lies entirely outside the "
+                        f'{width}x{height} image; expected a box that overlaps the image')
+
+
+def read_odgt(path: str) -> list[dict]:
+    """Read and validate an ``.odgt`` file. Blank lines are skipped.
+
+    Returns:
+        list[dict]: one record per image, with ``_lineno`` (1-based line in the file).
+    """
+    if not osp.isfile(path):
+        raise OdgtError(f'annotation file {path} not found; expected a CrowdHuman .odgt file '
+                        '(one JSON object per line)')
+    records, seen = [], {}
+    with open(path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise OdgtError(f'{_where(path, lineno)}: invalid JSON ({e.msg} at column '
+                                f'{e.colno}); expected one JSON object per line') from None
+            record = check_record(record, path, lineno)
+            if record['ID'] in seen:
+                raise OdgtError(f'{_where(path, lineno, record["ID"])}: duplicate ID, first '
+                                f'seen on line {seen[record["ID"]]}; expected unique IDs')
+            seen[record['ID']] = lineno
+            record['_lineno'] = lineno
+            records.append(record)
+    if not records:
+        raise OdgtError(f'annotation file {path} is empty; expected one JSON object per line')
+    return records

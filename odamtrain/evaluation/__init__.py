@@ -1,0 +1,3 @@
+from .metrics import CrowdHumanDetMetric
+
+__all__ = ['CrowdHumanDetMetric']

@@ -1,0 +1,26 @@
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+import odamtrain  # noqa: F401  (registers modules)
+from odamtrain.datasets import make_synthetic_crowdhuman
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """A small synthetic CrowdHuman (12 train, 4 val images)."""
+    root = str(tmp_path_factory.mktemp('synthetic_crowdhuman'))
+    make_synthetic_crowdhuman(root, num_train=12, num_val=4, seed=3)
+    return root
+
+
+def run_tool(*args, timeout=900, env=None):
+    """Run ``python tools/<args>`` (or ``-m ...``) from the repo root; returns the process."""
+    full_env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=REPO, **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, timeout=timeout,
+                          capture_output=True, text=True)

@@ -1,0 +1,325 @@
+"""ODAM gradients for one-stage dense heads (FCOS): A = the FPN level that made p.
+
+Shapes: B images, L levels, N predictions, C channels, K classes, (h, w) a level's size.
+
+Two ways to get dY_p/dA for all predictions at once (never one backward per prediction):
+
+* ``exact``: vectorised autograd (``is_grads_batched``) of the head on the whole level map,
+  in chunks of predictions so that memory stays bounded.
+* ``fast``: the FCOS towers are ``n x (conv3x3 + GN + ReLU)`` plus a final conv3x3, so with
+  GroupNorm statistics held constant dY_p/dA is zero outside a (2n+3) x (2n+3) window around
+  p's location. All windows are cut from A at once and run through the towers with *valid*
+  convolutions, the GN statistics of the full forward and a mask that zeroes positions
+  outside the map after every layer (the full model's zero padding); one backward gives every
+  window's gradient because windows are independent. Equal to autograd with detached GN
+  statistics; the GN-statistics term it leaves out is small (cosine >= 0.99 to the truth).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmdet.models.utils import filter_scores_and_topk
+from mmdet.structures.bbox import cat_boxes
+from mmengine.structures import InstanceData
+
+__all__ = ['TARGETS', 'dense_detections', 'dense_attribute', 'fast_window_support',
+           'dense_grads_exact', 'dense_grads_fast', 'record_group_norm_stats',
+           'frozen_group_norm_stats']
+
+TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
+
+
+def dense_detections(head, cls_scores, bbox_preds, score_factors, img_meta: dict,
+                     cfg=None, rescale: bool = True, with_nms: bool = True) -> InstanceData:
+    """``head.predict_by_feat`` for one image that also returns where each detection comes
+    from: ``level`` (L index) and ``loc`` (flattened y * w + x on that level).
+
+    Same selection as mmdet's ``BaseDenseHead._predict_by_feat_single`` (score threshold,
+    ``nms_pre`` top-k per level, decoding) and mmdet's own ``_bbox_post_process`` (score
+    factors, rescale, NMS, ``max_per_img``), which carries the extra fields along.
+
+    Args:
+        cls_scores / bbox_preds / score_factors: per level (K, h, w) / (4, h, w) / (1, h, w)
+            for this image (score_factors may be None).
+    """
+    cfg = head.test_cfg if cfg is None else cfg
+    sizes = [s.shape[-2:] for s in cls_scores]
+    priors = head.prior_generator.grid_priors(sizes, dtype=cls_scores[0].dtype,
+                                              device=cls_scores[0].device)
+    nms_pre = cfg.get('nms_pre', -1)
+    bboxes, scores, labels, factors, levels, locs, kept_priors = ([] for _ in range(7))
+    for level, (cls, reg, prior) in enumerate(zip(cls_scores, bbox_preds, priors)):
+        reg = reg.permute(1, 2, 0).reshape(-1, head.bbox_coder.encode_size)
+        cls = cls.permute(1, 2, 0).reshape(-1, head.cls_out_channels)
+        prob = cls.sigmoid() if head.use_sigmoid_cls else cls.softmax(-1)[:, :-1]
+        score, label, keep, kept = filter_scores_and_topk(
+            prob, cfg.get('score_thr', 0), nms_pre,
+            dict(bbox_pred=reg, priors=prior, loc=torch.arange(len(prior), device=reg.device)))
+        bboxes.append(kept['bbox_pred'])
+        kept_priors.append(kept['priors'])
+        scores.append(score)
+        labels.append(label)
+        locs.append(kept['loc'])
+        levels.append(torch.full_like(label, level))
+        if score_factors is not None:
+            factors.append(score_factors[level].permute(1, 2, 0).reshape(-1).sigmoid()[keep])
+    results = InstanceData()
+    results.bboxes = head.bbox_coder.decode(cat_boxes(kept_priors), torch.cat(bboxes),
+                                            max_shape=img_meta['img_shape'])
+    results.scores = torch.cat(scores)
+    results.labels = torch.cat(labels)
+    results.level = torch.cat(levels)
+    results.loc = torch.cat(locs)
+    if score_factors is not None:
+        results.score_factors = torch.cat(factors)
+    return head._bbox_post_process(results=results, cfg=cfg, rescale=rescale,
+                                   with_nms=with_nms, img_meta=img_meta)
+
+
+def dense_attribute(head, target: str, cls: torch.Tensor, reg: torch.Tensor,
+                    factor: torch.Tensor | None, labels: torch.Tensor, points: torch.Tensor,
+                    scale_factor: torch.Tensor) -> torch.Tensor:
+    """The explained attribute Y of N predictions from the head's outputs at their locations.
+
+    Args:
+        cls: (N, K) class logits; reg: (N, 4) test-time box regression (distances in input
+            pixels for FCOS); factor: (N,) score-factor logit (FCOS centerness) or None;
+        labels: (N,) class; points: (N, 2) the locations' priors (input pixels);
+        scale_factor: (2,) input / original (w, h).
+        target: 'score' (mmdet's score: sigmoid(cls) * sigmoid(centerness)), 'logit', or a
+            box coordinate 'x1' | 'y1' | 'x2' | 'y2' in original-image pixels (not clipped to
+            the image, so border boxes keep their gradient).
+    Returns:
+        (N,) Y.
+    """
+    logit = cls.gather(1, labels[:, None])[:, 0]
+    if target == 'logit':
+        return logit
+    if target == 'score':
+        score = logit.sigmoid() if head.use_sigmoid_cls else cls.softmax(-1).gather(
+            1, labels[:, None])[:, 0]
+        return score * factor.sigmoid() if factor is not None else score
+    if target in ('x1', 'y1', 'x2', 'y2'):
+        boxes = head.bbox_coder.decode(points, reg)  # [N, 4] input pixels
+        i = ('x1', 'y1', 'x2', 'y2').index(target)
+        return boxes[:, i] / scale_factor[i % 2]
+    raise ValueError(f'target must be one of {TARGETS}, got {target!r}')
+
+
+def _test_time_reg(head, raw_reg: torch.Tensor, level: int) -> torch.Tensor:
+    """FCOSHead.forward_single's regression post-processing (eval mode)."""
+    reg = head.scales[level](raw_reg).float()
+    if head.norm_on_bbox:
+        return reg.clamp(min=0) * head.strides[level]
+    return reg.exp()
+
+
+def _factor_conv(head):
+    return head.conv_centerness if hasattr(head, 'conv_centerness') else None
+
+
+# ----------------------------------------------------------------------------- exact mode
+
+def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, target: str,
+                      scale_factors: torch.Tensor, batch_index: torch.Tensor,
+                      chunk: int = 8):
+    """Yield (indices, grads) with grads (n, C, h, w) = dY/dA_level for chunks of the
+    detections of this level, by vectorised autograd of the whole head on the level map.
+
+    Args:
+        feat: (B, C, h, w) the level's FPN features (no grad needed; a leaf copy is made).
+        det: the detections of this level (``labels``, ``loc``); batch_index: (N,) image.
+        scale_factors: (B, 2) input / original per image.
+    """
+    x = feat.detach().requires_grad_(True)
+    cls, reg, factor = head.forward_single(x, head.scales[level], head.strides[level])
+    h, w = feat.shape[-2:]
+    ys, xs = det.loc // w, det.loc % w
+    b = batch_index
+    factor_at = factor[b, 0, ys, xs] if factor is not None and _factor_conv(head) else None
+    points = _points(head, level, ys, xs, feat)
+    y = dense_attribute(head, target, cls[b, :, ys, xs], reg[b, :, ys, xs], factor_at,
+                        det.labels, points, scale_factors[b].T)  # [N]
+    eye = torch.eye(len(y), dtype=y.dtype, device=y.device)
+    for start in range(0, len(y), chunk):
+        idx = torch.arange(start, min(start + chunk, len(y)), device=y.device)
+        g, = torch.autograd.grad(y, x, grad_outputs=eye[idx], is_grads_batched=True,
+                                 retain_graph=True)  # [n, B, C, h, w]
+        yield idx, g[torch.arange(len(idx)), b[idx]]
+
+
+def _points(head, level: int, ys: torch.Tensor, xs: torch.Tensor, feat) -> torch.Tensor:
+    """(N, 2) prior points (input pixels) of the given level locations."""
+    pts = head.prior_generator.single_level_grid_priors(feat.shape[-2:], level,
+                                                        dtype=feat.dtype, device=feat.device)
+    return pts[ys * feat.shape[-1] + xs]
+
+
+# ------------------------------------------------------------------------------ fast mode
+
+def fast_window_support(head) -> str | None:
+    """None if ``fast`` mode applies to this head, else the reason it does not."""
+    for name in ('cls_convs', 'reg_convs', 'conv_cls', 'conv_reg'):
+        if not hasattr(head, name):
+            return f'{type(head).__name__} has no {name}'
+    if len(head.cls_convs) != len(head.reg_convs):
+        return 'cls and reg towers differ in depth'
+    for m in list(head.cls_convs) + list(head.reg_convs):
+        conv = getattr(m, 'conv', None)
+        if type(conv) is not nn.Conv2d:
+            return f'tower layer {type(conv).__name__} is not a plain Conv2d (e.g. DCN)'
+        if not _is_same_3x3(conv):
+            return 'tower convs are not 3x3, stride 1, padding 1, dilation 1, groups 1'
+        if getattr(m, 'order', ('conv', 'norm', 'act')) != ('conv', 'norm', 'act'):
+            return 'tower layer order is not conv-norm-act'
+        norm = getattr(m, 'norm', None) if getattr(m, 'with_norm', False) else None
+        if norm is not None and not isinstance(norm, nn.GroupNorm):
+            return f'tower norm {type(norm).__name__} is not GroupNorm'
+        act = getattr(m, 'activate', None) if getattr(m, 'with_activation', False) else None
+        if act is not None and not isinstance(act, nn.ReLU):
+            return f'tower activation {type(act).__name__} is not ReLU'
+    for conv in (head.conv_cls, head.conv_reg, _factor_conv(head)):
+        if conv is not None and (type(conv) is not nn.Conv2d or not _is_same_3x3(conv)):
+            return 'final convs are not plain 3x3 convs'
+    return None
+
+
+def _is_same_3x3(conv: nn.Conv2d) -> bool:
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1)
+
+
+@contextlib.contextmanager
+def record_group_norm_stats(head):
+    """Record (mean, rstd), each (B, G), of every GroupNorm input in the head's towers, per
+    call (i.e. per level). Yields {module: [(mean, rstd) for each level]}."""
+    stats, handles = {}, []
+
+    def hook(module, args):
+        x = args[0].detach()
+        xg = x.reshape(x.shape[0], module.num_groups, -1).float()
+        var, mean = torch.var_mean(xg, -1, unbiased=False)
+        stats.setdefault(module, []).append((mean, torch.rsqrt(var + module.eps)))
+
+    try:
+        for m in head.modules():
+            if isinstance(m, nn.GroupNorm):
+                handles.append(m.register_forward_pre_hook(hook))
+        yield stats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def frozen_group_norm_stats():
+    """Inside, every ``nn.GroupNorm`` treats its mean and variance as constants (detached),
+    so autograd gives the gradient that ``fast`` mode computes."""
+    original = nn.GroupNorm.forward
+
+    def forward(self, x):
+        b = x.shape[0]
+        xg = x.reshape(b, self.num_groups, -1)
+        var, mean = torch.var_mean(xg.detach(), -1, unbiased=False, keepdim=True)
+        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape_as(x)
+        if self.affine:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    nn.GroupNorm.forward = forward
+    try:
+        yield
+    finally:
+        nn.GroupNorm.forward = original
+
+
+def _run_tower(tower, x, stats, level: int, b: torch.Tensor, valid: torch.Tensor):
+    """Tower on windows with valid convs, frozen GN stats and zero padding emulated.
+    x: (n, C, k, k) -> (n, C, k - 2 * len(tower), k - 2 * len(tower))."""
+    for i, m in enumerate(tower):
+        x = F.conv2d(x, m.conv.weight, m.conv.bias)
+        if getattr(m, 'with_norm', False):
+            gn = m.norm
+            mean, rstd = stats[gn][level]
+            n, c, k, _ = x.shape
+            xg = x.reshape(n, gn.num_groups, -1)
+            xg = (xg - mean[b][:, :, None]) * rstd[b][:, :, None]
+            x = xg.reshape(n, c, k, k)
+            if gn.affine:
+                x = x * gn.weight[:, None, None] + gn.bias[:, None, None]
+        if getattr(m, 'with_activation', False):
+            x = F.relu(x)
+        r = i + 1
+        x = x * valid[:, :, r:valid.shape[2] - r, r:valid.shape[3] - r]
+    return x
+
+
+def window_radius(head) -> int:
+    """Half-width of dY/dA's support: tower depth + the final conv."""
+    return len(head.cls_convs) + 1
+
+
+def gather_windows(feat: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+                   radius: int):
+    """Windows (n, C, 2r+1, 2r+1) of ``feat`` (B, C, h, w) centred at (ys, xs) of images b,
+    zero outside the map, and the validity mask (n, 1, 2r+1, 2r+1)."""
+    h, w = feat.shape[-2:]
+    ar = torch.arange(-radius, radius + 1, device=feat.device)
+    yy, xx = ys[:, None] + ar, xs[:, None] + ar  # [n, k]
+    padded = F.pad(feat, (radius, radius, radius, radius))
+    win = padded[b[:, None, None], :, (yy + radius)[:, :, None], (xx + radius)[:, None, :]]
+    valid = ((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :]
+    return win.permute(0, 3, 1, 2), valid[:, None].to(feat.dtype)
+
+
+def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, target: str,
+                     scale_factors: torch.Tensor, batch_index: torch.Tensor, gn_stats: dict):
+    """dY/dA in the (2r+1)^2 window around each detection's location (all at once).
+
+    Returns:
+        grads (N, C, 2r+1, 2r+1) and windows (N, C, 2r+1, 2r+1) of A, with r =
+        :func:`window_radius`.
+    """
+    h, w = feat.shape[-2:]
+    ys, xs, b = det.loc // w, det.loc % w, batch_index
+    r = window_radius(head)
+    win, valid = gather_windows(feat.detach(), b, ys, xs, r)
+    win.requires_grad_(True)
+    cls_feat = _run_tower(head.cls_convs, win, gn_stats, level, b, valid)  # [N, C, 3, 3]
+    reg_feat = _run_tower(head.reg_convs, win, gn_stats, level, b, valid)
+    cls = F.conv2d(cls_feat, head.conv_cls.weight, head.conv_cls.bias)[:, :, 0, 0]
+    reg = _test_time_reg(head, F.conv2d(reg_feat, head.conv_reg.weight,
+                                        head.conv_reg.bias)[:, :, 0, 0], level)
+    factor = None
+    conv = _factor_conv(head)
+    if conv is not None:
+        src = reg_feat if getattr(head, 'centerness_on_reg', False) else cls_feat
+        factor = F.conv2d(src, conv.weight, conv.bias)[:, 0, 0, 0]
+    points = _points(head, level, ys, xs, feat)
+    y = dense_attribute(head, target, cls, reg, factor, det.labels, points,
+                        scale_factors[b].T)
+    grads, = torch.autograd.grad(y.sum(), win)
+    return grads, win.detach()
+
+
+def paste_windows(maps: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+                  hw: tuple[int, int]) -> torch.Tensor:
+    """Place (N, k, k) window maps centred at (ys, xs) into (N, h, w) zero maps (clipped)."""
+    n, k = maps.shape[0], maps.shape[-1]
+    r = k // 2
+    h, w = hw
+    canvas = maps.new_zeros(n, h + 2 * r, w + 2 * r)
+    ar = torch.arange(k, device=maps.device)
+    canvas[torch.arange(n, device=maps.device)[:, None, None], (ys[:, None] + ar)[:, :, None],
+           (xs[:, None] + ar)[:, None, :]] = maps
+    return canvas[:, r:r + h, r:r + w]
+
+
+def smoothing_radius(sigma: torch.Tensor | None) -> int:
+    """Cells a Gaussian of the largest sigma reaches (3 sigma), 0 without smoothing."""
+    return 0 if sigma is None or sigma.numel() == 0 else int(math.ceil(3 * float(sigma.max())))

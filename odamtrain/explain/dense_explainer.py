@@ -1,0 +1,124 @@
+"""Heat maps for every detection of a one-stage dense detector (FCOS), in batch."""
+from __future__ import annotations
+
+import torch
+from mmengine.logging import print_log
+from mmengine.structures import InstanceData
+
+from .dense import (
+    dense_detections,
+    dense_grads_exact,
+    dense_grads_fast,
+    fast_window_support,
+    gather_windows,
+    paste_windows,
+    record_group_norm_stats,
+    smoothing_radius,
+    window_radius,
+)
+from .heatmap import (
+    box_sigma,
+    channel_weighted_map,
+    gradcam_pp_weights,
+    gradcam_weights,
+    odam_heatmap,
+    resize_maps,
+)
+
+__all__ = ['explain_dense_detector', 'output_size']
+
+
+def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, method: str,
+                           target: str, smooth: str | None, mode: str, map_size='image',
+                           chunk: int = 256) -> list[InstanceData]:
+    """Detections of a dense detector and a heat map for each, all computed in batch.
+
+    Args:
+        inputs: (B, 3, H_in, W_in) the preprocessed batch; data_samples: their metainfo.
+        method: 'odam' | 'gradcam' | 'gradcampp'; target: see :data:`dense.TARGETS`;
+        smooth: 'gaussian' or None (ODAM's Phi); mode: 'fast' | 'exact'.
+        map_size: 'image' (original image size) or an int: the maps' short edge.
+        chunk: detections per vectorised step (bounds memory).
+    Returns:
+        Per image mmdet's detections (``bboxes`` in original pixels x1y1x2y2, ``scores``,
+        ``labels``) plus ``level``, ``loc`` and ``heatmaps`` (N, H, W), >= 0, unnormalised.
+    """
+    head = model.bbox_head
+    metas = [s.metainfo for s in data_samples]
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        with record_group_norm_stats(head) as gn_stats:
+            cls_scores, bbox_preds, factors = head(feats)
+    dets = [dense_detections(head, [c[i] for c in cls_scores], [r[i] for r in bbox_preds],
+                             [f[i] for f in factors] if factors is not None else None, meta)
+            for i, meta in enumerate(metas)]
+    if mode == 'fast':
+        reason = fast_window_support(head)
+        if reason is not None:
+            print_log(f'ODAM: fast mode does not apply ({reason}); using exact mode',
+                      logger='current')
+            mode = 'exact'
+    elif mode != 'exact':
+        raise ValueError(f"mode must be 'fast' or 'exact', got {mode!r}")
+    scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
+                         device=inputs.device)  # [B, 2] input / original (w, h)
+    with torch.enable_grad():
+        for i, (det, meta) in enumerate(zip(dets, metas)):
+            out_hw = output_size(meta['ori_shape'][:2], map_size)
+            det.heatmaps = inputs.new_zeros(len(det), *out_hw)
+            det_b = InstanceData(labels=det.labels, loc=det.loc, bboxes=det.bboxes,
+                                 img=torch.full_like(det.labels, i))
+            for level, feat in enumerate(feats):
+                idx = (det.level == level).nonzero()[:, 0]
+                for part in idx.split(chunk):
+                    maps = _level_maps(head, feat, level, det_b[part], method, target, smooth,
+                                       mode, scale, gn_stats)
+                    det.heatmaps[part] = resize_maps(maps, head.strides[level],
+                                                     meta['img_shape'][:2], out_hw)
+    return dets
+
+
+def output_size(ori_hw, map_size) -> tuple[int, int]:
+    """(H, W) of the output maps: the original size, or short edge ``map_size``."""
+    if map_size == 'image':
+        return int(ori_hw[0]), int(ori_hw[1])
+    s = map_size / min(ori_hw)
+    return max(1, round(ori_hw[0] * s)), max(1, round(ori_hw[1] * s))
+
+
+def _level_maps(head, feat, level, det, method, target, smooth, mode, scale, gn_stats):
+    """(n, h, w) maps on this level for the detections ``det`` (all of this level)."""
+    h, w = feat.shape[-2:]
+    b = det.img
+    stride = head.strides[level]
+    sigma = None
+    if method == 'odam' and smooth == 'gaussian':
+        sigma = box_sigma(det.bboxes * scale[b].repeat(1, 2), stride)
+    if mode == 'exact':
+        maps = []
+        for idx, g in dense_grads_exact(head, feat, level, det, target, scale, b):
+            maps.append(_maps_from_grads(method, g, feat[b[idx]], None if sigma is None
+                                         else sigma[idx], h * w, feat, b[idx]))
+        return torch.cat(maps) if maps else feat.new_zeros(0, h, w)
+    grads, windows = dense_grads_fast(head, feat, level, det, target, scale, b, gn_stats)
+    ys, xs = det.loc // w, det.loc % w
+    if method != 'odam':
+        return _maps_from_grads(method, grads, windows, None, h * w, feat, b)
+    rs = smoothing_radius(sigma)  # grow the window so the smoothed gradient fits
+    if rs:
+        grads = torch.nn.functional.pad(grads, (rs, rs, rs, rs))
+        windows, _ = gather_windows(feat.detach(), b, ys, xs, window_radius(head) + rs)
+    return paste_windows(odam_heatmap(grads, windows, sigma), ys, xs, (h, w))
+
+
+def _maps_from_grads(method, grads, windows, sigma, area, feat, b):
+    """Maps on the full level from gradients on windows (or full maps, then windows = A)."""
+    if method == 'odam':
+        return odam_heatmap(grads, windows, sigma)
+    if method == 'gradcam':
+        weights = gradcam_weights(grads, area)
+    elif method == 'gradcampp':
+        weights = gradcam_pp_weights(grads, windows)
+    else:
+        raise ValueError(f"method must be 'odam', 'gradcam' or 'gradcampp', got {method!r}")
+    return channel_weighted_map(weights, feat.detach()[b])

@@ -1,0 +1,175 @@
+"""Heat maps for every detection of a two-stage detector (Faster R-CNN): A = RoI features.
+
+Shapes: R RoIs, N detections, C channels, K classes, (s, s) the RoI feature size (7 x 7).
+
+The box head treats RoIs independently, so one backward of ``sum_p Y_p`` (one-hot rows)
+gives every detection's dY_p/dA_p on its own RoI's features; detections that share a RoI
+(different classes) go into separate rounds. The (s, s) map is pasted into the RoI's box on
+the image (the RoI is what the features were pooled from).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from mmdet.models.layers import multiclass_nms
+from mmdet.structures.bbox import bbox2roi
+from mmengine.structures import InstanceData
+
+from .heatmap import (
+    SIGMA_PER_BOX_SIZE,
+    channel_weighted_map,
+    gradcam_pp_weights,
+    gradcam_weights,
+    odam_heatmap,
+)
+
+__all__ = ['roi_detections', 'roi_attribute', 'paste_roi_maps', 'explain_roi_detector']
+
+
+def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
+                   bbox_pred: torch.Tensor, img_meta: dict, rcnn_cfg) -> InstanceData:
+    """mmdet's R-CNN test-time detections for one image plus ``roi``, the index (into
+    ``rois``) of the RoI each detection comes from.
+
+    Uses mmdet's own decoding (``_predict_by_feat_single`` without NMS) and
+    ``multiclass_nms(..., return_inds=True)``; identical to ``bbox_head.predict_by_feat``.
+    """
+    per_roi = bbox_head._predict_by_feat_single(rois, cls_score, bbox_pred, img_meta,
+                                                rescale=True, rcnn_test_cfg=None)
+    det, labels, inds = multiclass_nms(per_roi.bboxes, per_roi.scores, rcnn_cfg.score_thr,
+                                       rcnn_cfg.nms, rcnn_cfg.max_per_img, return_inds=True)
+    num_classes = per_roi.bboxes.shape[1] // 4
+    return InstanceData(bboxes=det[:, :-1], scores=det[:, -1], labels=labels,
+                        roi=inds // num_classes)
+
+
+def roi_attribute(bbox_head, target: str, cls_score: torch.Tensor, bbox_pred: torch.Tensor,
+                  rois: torch.Tensor, labels: torch.Tensor,
+                  scale_factor: torch.Tensor) -> torch.Tensor:
+    """Y of N detections from their RoIs' head outputs.
+
+    Args:
+        cls_score: (N, K + 1) logits; bbox_pred: (N, 4 K) or (N, 4) deltas; rois: (N, 4)
+            x1y1x2y2 input pixels; labels: (N,); scale_factor: (2, N) input / original.
+        target: 'score' (softmax probability, as mmdet scores), 'logit', or 'x1' | 'y1' |
+            'x2' | 'y2' (decoded box, original pixels, not clipped).
+    """
+    if target == 'logit':
+        return cls_score.gather(1, labels[:, None])[:, 0]
+    if target == 'score':
+        return cls_score.softmax(-1).gather(1, labels[:, None])[:, 0]
+    if target in ('x1', 'y1', 'x2', 'y2'):
+        if not bbox_head.reg_class_agnostic:
+            idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
+            bbox_pred = bbox_pred.gather(1, idx)
+        boxes = bbox_head.bbox_coder.decode(rois, bbox_pred)
+        i = ('x1', 'y1', 'x2', 'y2').index(target)
+        return boxes[:, i] / scale_factor[i % 2]
+    raise ValueError(f"target must be 'score', 'logit', 'x1', 'y1', 'x2' or 'y2', "
+                     f'got {target!r}')
+
+
+def paste_roi_maps(maps: torch.Tensor, boxes: torch.Tensor, out_hw) -> torch.Tensor:
+    """Paste (N, s, s) RoI maps into their boxes on an (H, W) image, bilinearly, zero
+    outside the box.
+
+    Args:
+        boxes: (N, 4) x1y1x2y2 in the output image's pixels.
+    Returns:
+        (N, H, W).
+    """
+    n = maps.shape[0]
+    h, w = out_hw
+    if n == 0:
+        return maps.new_zeros(0, h, w)
+    ys = torch.arange(h, dtype=maps.dtype, device=maps.device) + 0.5
+    xs = torch.arange(w, dtype=maps.dtype, device=maps.device) + 0.5
+    x1, y1, x2, y2 = (boxes[:, i, None] for i in range(4))
+    gx = 2 * (xs[None] - x1) / (x2 - x1).clamp(min=1e-6) - 1  # [N, W]
+    gy = 2 * (ys[None] - y1) / (y2 - y1).clamp(min=1e-6) - 1  # [N, H]
+    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], -1)
+    out = F.grid_sample(maps[:, None], grid, mode='bilinear', padding_mode='border',
+                        align_corners=False)[:, 0]
+    inside = ((gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]).to(maps.dtype)
+    return out * inside
+
+
+def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method: str,
+                         target: str, smooth: str | None, map_size='image') -> list:
+    """Detections of a two-stage detector and their heat maps (see
+    :func:`odamtrain.apis.explain_detector`). ``mode`` does not apply: one backward per
+    round is exact. Phi's sigma is 0.125 * s cells (the RoI box spans the s x s map)."""
+    from .dense_explainer import output_size
+    roi_head = model.roi_head
+    bbox_head = roi_head.bbox_head
+    metas = [s.metainfo for s in data_samples]
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(feats, data_samples, rescale=False)
+        rois = bbox2roi([p.bboxes for p in proposals])  # [R, 5]
+        roi_feats = roi_head.bbox_roi_extractor(
+            feats[:roi_head.bbox_roi_extractor.num_inputs], rois)
+        if roi_head.with_shared_head:
+            roi_feats = roi_head.shared_head(roi_feats)
+    with torch.enable_grad():
+        feat = roi_feats.detach().requires_grad_(True)
+        cls_score, bbox_pred = bbox_head(feat)
+        counts = [len(p) for p in proposals]
+        dets, start = [], 0
+        for i, meta in enumerate(metas):
+            sl = slice(start, start + counts[i])
+            with torch.no_grad():
+                det = roi_detections(bbox_head, rois[sl], cls_score[sl], bbox_pred[sl], meta,
+                                     model.test_cfg.rcnn)
+            det.roi = det.roi + start
+            dets.append(det)
+            start += counts[i]
+        scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
+                             device=inputs.device)
+        allb = InstanceData.cat(dets) if dets else None
+        img = torch.cat([torch.full_like(d.labels, i) for i, d in enumerate(dets)])
+        grads = _roi_grads(bbox_head, target, feat, cls_score, bbox_pred, rois, allb, img,
+                           scale)
+    size = feat.shape[-1]
+    sigma = None
+    if method == 'odam' and smooth == 'gaussian':
+        sigma = torch.full((len(grads),), SIGMA_PER_BOX_SIZE * size, dtype=feat.dtype)
+    a = feat.detach()[allb.roi]
+    if method == 'odam':
+        maps = odam_heatmap(grads, a, sigma)
+    elif method == 'gradcam':
+        maps = channel_weighted_map(gradcam_weights(grads), a)
+    elif method == 'gradcampp':
+        maps = channel_weighted_map(gradcam_pp_weights(grads, a), a)
+    else:
+        raise ValueError(f"method must be 'odam', 'gradcam' or 'gradcampp', got {method!r}")
+    out, start = [], 0
+    for i, (det, meta) in enumerate(zip(dets, metas)):
+        part = maps[start:start + len(det)]
+        boxes = rois[det.roi, 1:] / scale[i].repeat(2)  # RoI in original pixels
+        det.heatmaps = paste_roi_maps(part, boxes, output_size(meta['ori_shape'][:2], map_size))
+        start += len(det)
+        out.append(det)
+    return out
+
+
+def _roi_grads(bbox_head, target, feat, cls_score, bbox_pred, rois, det, img, scale):
+    """(N, C, s, s) dY_p/dA_roi(p) for all detections, one backward per round of distinct
+    RoIs."""
+    n = len(det)
+    grads = feat.new_zeros(n, *feat.shape[1:])
+    if n == 0:
+        return grads
+    y = roi_attribute(bbox_head, target, cls_score[det.roi], bbox_pred[det.roi],
+                      rois[det.roi, 1:], det.labels, scale[img].T)  # [N]
+    # round of each detection = how many earlier detections share its RoI
+    order = torch.argsort(det.roi, stable=True)
+    sorted_roi = det.roi[order]
+    first = torch.searchsorted(sorted_roi, sorted_roi)
+    rounds = torch.empty_like(order)
+    rounds[order] = torch.arange(n, device=order.device) - first
+    for r in range(int(rounds.max()) + 1):
+        sel = (rounds == r).nonzero()[:, 0]
+        g, = torch.autograd.grad(y[sel].sum(), feat, retain_graph=True)
+        grads[sel] = g[det.roi[sel]]
+    return grads

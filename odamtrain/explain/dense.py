@@ -304,7 +304,9 @@ def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, ta
     y = dense_attribute(head, target, cls, reg, factor, det.labels, points,
                         scale_factors[b].T)
     grads, = torch.autograd.grad(y.sum(), win)
-    return grads, win.detach()
+    # positions off the map are padding, not features: their 'gradient' must not be smoothed
+    # into the map
+    return grads * valid, win.detach()
 
 
 def paste_windows(maps: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,

@@ -25,7 +25,7 @@ from .heatmap import (
     resize_maps,
 )
 
-__all__ = ['explain_dense_detector', 'output_size']
+__all__ = ['explain_dense_detector', 'level_heatmaps', 'output_size']
 
 
 def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, method: str,
@@ -71,11 +71,17 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
             for level, feat in enumerate(feats):
                 idx = (det.level == level).nonzero()[:, 0]
                 for part in idx.split(chunk):
-                    maps = _level_maps(head, feat, level, det_b[part], method, target, smooth,
+                    maps = level_heatmaps(head, feat, level, det_b[part], method, target, smooth,
                                        mode, scale, gn_stats)
                     det.heatmaps[part] = resize_maps(maps, head.strides[level],
                                                      meta['img_shape'][:2], out_hw)
     return dets
+
+
+# In 'fast' mode a level whose map holds fewer than this many windows is done 'exact': the
+# window would cover much of it (no saving), and the GroupNorm-statistics term that 'fast'
+# leaves out is largest on small maps (it is spread over h * w positions).
+EXACT_BELOW_WINDOWS = 8
 
 
 def output_size(ori_hw, map_size) -> tuple[int, int]:
@@ -86,11 +92,13 @@ def output_size(ori_hw, map_size) -> tuple[int, int]:
     return max(1, round(ori_hw[0] * s)), max(1, round(ori_hw[1] * s))
 
 
-def _level_maps(head, feat, level, det, method, target, smooth, mode, scale, gn_stats):
+def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, gn_stats):
     """(n, h, w) maps on this level for the detections ``det`` (all of this level)."""
     h, w = feat.shape[-2:]
     b = det.img
     stride = head.strides[level]
+    if mode == 'fast' and h * w < EXACT_BELOW_WINDOWS * (2 * window_radius(head) + 1) ** 2:
+        mode = 'exact'  # the window covers much of this small map: nothing to save
     sigma = None
     if method == 'odam' and smooth == 'gaussian':
         sigma = box_sigma(det.bboxes * scale[b].repeat(1, 2), stride)

@@ -1,0 +1,46 @@
+"""Tiny random-init detectors and inputs for the explanation tests."""
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmdet.registry import MODELS
+from mmdet.utils import get_test_pipeline_cfg, register_all_modules
+from mmengine.config import Config
+
+from odamtrain.datasets import render_scene
+
+from .conftest import REPO
+
+
+def build_detector(config: str, num_classes: int = 1, seed: int = 0):
+    """A model from one of our configs, random init, eval mode, keeping low-score
+    detections (score_thr 0) so that a random model detects something."""
+    register_all_modules()
+    cfg = Config.fromfile(f'{REPO}/{config}')
+    if 'roi_head' in cfg.model:
+        cfg.model.roi_head.bbox_head.num_classes = num_classes
+        cfg.model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=30)
+        cfg.model.test_cfg.rpn.update(nms_pre=200, max_per_img=40)
+    else:
+        cfg.model.bbox_head.num_classes = num_classes
+        cfg.model.test_cfg.update(score_thr=0.0, nms_pre=60, max_per_img=30)
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.cfg = cfg
+    return model.eval()
+
+
+def scene(seed: int = 0) -> np.ndarray:
+    img, _ = render_scene(np.random.default_rng([seed, 9, 9]))
+    return img
+
+
+def image_batch(model, seed: int = 0):
+    """(inputs, data_samples) of one synthetic scene through the model's test pipeline."""
+    pipeline = [t for t in get_test_pipeline_cfg(model.cfg.copy())
+                if 'LoadAnnotations' not in t['type']]
+    pipeline[0] = dict(pipeline[0], type='mmdet.LoadImageFromNDArray')
+    data = Compose(pipeline)(dict(img=scene(seed), img_id=0))
+    batch = model.data_preprocessor(dict(inputs=[data['inputs']],
+                                         data_samples=[data['data_samples']]), False)
+    return batch['inputs'], batch['data_samples']

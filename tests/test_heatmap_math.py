@@ -1,0 +1,110 @@
+"""The pure heat-map functions: Phi, CAM weights, resizing, normalisation, RoI pasting."""
+import math
+
+import pytest
+import torch
+
+from odamtrain.explain.heatmap import (
+    box_sigma,
+    channel_weighted_map,
+    gaussian_kernels,
+    gaussian_smooth,
+    gradcam_pp_weights,
+    gradcam_weights,
+    normalize_maps,
+    odam_heatmap,
+    resize_maps,
+)
+from odamtrain.explain.roi_explainer import paste_roi_maps
+
+
+def test_gaussian_kernel_is_normalised_and_matches_formula():
+    k = gaussian_kernels(torch.tensor([0.7, 2.0]), radius=6)
+    torch.testing.assert_close(k.sum(1), torch.ones(2))
+    x = torch.arange(-6, 7.0)
+    ref = torch.exp(-x ** 2 / (2 * 2.0 ** 2))
+    torch.testing.assert_close(k[1], ref / ref.sum())
+    assert torch.equal(k[0], k[0].flip(0))
+
+
+def test_smoothing_a_delta_gives_the_separable_gaussian_per_sample():
+    maps = torch.zeros(2, 3, 15, 15)
+    maps[:, :, 7, 7] = 1.0
+    sigma = torch.tensor([1.0, 2.0])
+    out = gaussian_smooth(maps, sigma)
+    r = math.ceil(3 * 2.0)
+    for i in range(2):
+        k = gaussian_kernels(sigma[i:i + 1], r)[0]
+        expected = torch.zeros(15, 15)
+        expected[7 - r:7 + r + 1, 7 - r:7 + r + 1] = k[:, None] * k[None, :]
+        for c in range(3):
+            torch.testing.assert_close(out[i, c], expected)
+    assert out[1].max() < out[0].max()  # wider for the larger box
+
+
+def test_sigma_follows_the_box():
+    boxes = torch.tensor([[0, 0, 32, 64.0], [10, 10, 74, 138]])  # second: 2x the size
+    s8 = box_sigma(boxes, 8)
+    torch.testing.assert_close(s8[1], 2 * s8[0])
+    torch.testing.assert_close(s8[0], torch.tensor(0.125 * math.sqrt(32 * 64) / 8))
+    torch.testing.assert_close(box_sigma(boxes, 16), s8 / 2)
+
+
+def test_odam_without_phi_is_the_raw_elementwise_map():
+    g = torch.randn(4, 5, 6, 7)
+    a = torch.randn(1, 5, 6, 7)
+    torch.testing.assert_close(odam_heatmap(g, a, None), torch.relu((g * a).sum(1)))
+    smoothed = odam_heatmap(g, a, torch.full((4,), 1.5))
+    assert not torch.allclose(smoothed, odam_heatmap(g, a, None))
+
+
+def test_gradcam_weights_hand_computed():
+    g = torch.zeros(1, 2, 2, 2)
+    g[0, 0] = torch.tensor([[1.0, 3], [0, 0]])  # mean 1
+    g[0, 1] = torch.tensor([[-2.0, 0], [0, 0]])  # mean -0.5
+    torch.testing.assert_close(gradcam_weights(g), torch.tensor([[1.0, -0.5]]))
+    torch.testing.assert_close(gradcam_weights(g, area=8), torch.tensor([[0.5, -0.25]]))
+    a = torch.ones(1, 2, 2, 2)
+    a[0, 1] = 4.0
+    torch.testing.assert_close(channel_weighted_map(torch.tensor([[1.0, -0.5]]), a),
+                               torch.zeros(1, 2, 2))  # 1 - 2 = -1 -> ReLU 0
+    # Grad-CAM++ on channel 0 with A = 1: alpha = g^2 / (2 g^2 + sum A g^3) = g^2 / (2 g^2 + 28)
+    w = gradcam_pp_weights(g, a)
+    expected0 = 1 / (2 + 28) * 1 + 9 / (18 + 28) * 3
+    torch.testing.assert_close(w[0, 0], torch.tensor(expected0))
+    torch.testing.assert_close(w[0, 1], torch.tensor(0.0))  # only negative gradient
+
+
+def test_resize_crops_padding_and_scales():
+    m = torch.zeros(1, 4, 4)  # stride 8 map of a 20 x 30 input padded to 32 x 32
+    m[0, :3, :3] = 1.0  # cells covering rows 0..23, cols 0..23
+    m[0, 3, :] = 5.0  # padding row only (input is 20 high: ceil(20 / 8) = 3 rows)
+    out = resize_maps(m, 8, (20, 30), (40, 60))
+    assert out.shape == (1, 40, 60)
+    assert out.max() <= 1.0 + 1e-6  # the padding row never reaches the image
+    assert out[0, :30, :30].min() > 0.99 and out[0, :, -2:].max() < 0.01
+
+
+def test_normalisation():
+    maps = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    mm = normalize_maps(maps, 'minmax')
+    torch.testing.assert_close(mm[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(mm[1], maps[1])
+    l2 = normalize_maps(maps, 'l2')
+    torch.testing.assert_close(l2[0].norm(), torch.tensor(1.0))
+    assert normalize_maps(maps, None) is maps
+    with pytest.raises(ValueError, match='normalize'):
+        normalize_maps(maps, 'max')
+
+
+def test_paste_roi_map_fills_exactly_its_box():
+    maps = torch.ones(2, 7, 7)
+    boxes = torch.tensor([[2.0, 3.0, 9.0, 8.0], [0.0, 0.0, 20.0, 10.0]])
+    out = paste_roi_maps(maps, boxes, (10, 12))
+    inside = torch.zeros(10, 12)
+    inside[3:8, 2:9] = 1
+    torch.testing.assert_close(out[0], inside)
+    torch.testing.assert_close(out[1], torch.ones(10, 12))
+    ramp = torch.arange(7.0)[None, :].repeat(7, 1)[None]  # increasing left to right
+    r = paste_roi_maps(ramp, torch.tensor([[0.0, 0.0, 70.0, 7.0]]), (7, 70))[0, 0]
+    assert (r[1:] >= r[:-1]).all() and r[0] == 0 and r[-1] == 6

@@ -1,0 +1,92 @@
+"""ODAM for two-stage detectors (Faster R-CNN) against a per-detection autograd loop."""
+import pytest
+import torch
+from mmdet.structures.bbox import bbox2roi
+
+from odamtrain.explain.roi_explainer import _roi_grads, explain_roi_detector, roi_detections
+
+from .odam_fixtures import build_detector, image_batch
+
+
+@pytest.fixture(scope='module')
+def rcnn():
+    return build_detector('configs/faster-rcnn_tiny_fpn_synthetic.py', num_classes=3)
+
+
+@pytest.fixture(scope='module')
+def roi_setup(rcnn):
+    inputs, samples = image_batch(rcnn)
+    roi_head = rcnn.roi_head
+    with torch.no_grad():
+        feats = rcnn.extract_feat(inputs)
+        proposals = rcnn.rpn_head.predict(feats, samples, rescale=False)
+        rois = bbox2roi([p.bboxes for p in proposals])
+        roi_feats = roi_head.bbox_roi_extractor(feats[:4], rois)
+    feat = roi_feats.requires_grad_(True)
+    cls_score, bbox_pred = roi_head.bbox_head(feat)
+    det = roi_detections(roi_head.bbox_head, rois, cls_score.detach(), bbox_pred.detach(),
+                         samples[0].metainfo, rcnn.test_cfg.rcnn)
+    scale = torch.tensor([samples[0].metainfo['scale_factor']])
+    return rcnn, inputs, samples, rois, feat, cls_score, bbox_pred, det, scale
+
+
+def oracle(bbox_head, feat, rois, r, c, target, scale):
+    """dY/dA for one detection by plain autograd; Y written out independently
+    (delta2bbox with mmdet's default stds 0.1, 0.1, 0.2, 0.2 and zero means)."""
+    a = feat.detach().clone().requires_grad_(True)
+    cls, reg = bbox_head(a)
+    if target == 'score':
+        y = cls[r].softmax(-1)[c]
+    elif target == 'logit':
+        y = cls[r, c]
+    else:
+        d = reg[r, 4 * c:4 * c + 4] * torch.tensor([0.1, 0.1, 0.2, 0.2])
+        x1, y1, x2, y2 = rois[r, 1:]
+        pw, ph = x2 - x1, y2 - y1
+        cx, cy = (x1 + x2) / 2 + pw * d[0], (y1 + y2) / 2 + ph * d[1]
+        w, h = pw * torch.exp(d[2]), ph * torch.exp(d[3])
+        y = {'x1': (cx - w / 2) / scale[0, 0], 'y1': (cy - h / 2) / scale[0, 1],
+             'x2': (cx + w / 2) / scale[0, 0], 'y2': (cy + h / 2) / scale[0, 1]}[target]
+    g, = torch.autograd.grad(y, a)
+    return g
+
+
+@pytest.mark.parametrize('target', ['score', 'logit', 'x1', 'y1', 'x2', 'y2'])
+def test_one_backward_per_round_equals_per_detection_autograd(roi_setup, target):
+    rcnn, inputs, samples, rois, feat, cls_score, bbox_pred, det, scale = roi_setup
+    assert len(det) > 5
+    assert len(det.roi.unique()) < len(det)  # several classes of one RoI: rounds are used
+    img = torch.zeros(len(det), dtype=torch.long)
+    got = _roi_grads(rcnn.roi_head.bbox_head, target, feat, cls_score, bbox_pred, rois, det,
+                     img, scale)
+    for i in range(len(det)):
+        full = oracle(rcnn.roi_head.bbox_head, feat, rois, int(det.roi[i]), int(det.labels[i]),
+                      target, scale)
+        # the head treats RoIs independently: only the detection's own RoI gets gradient
+        others = torch.ones(len(full), dtype=torch.bool)
+        others[det.roi[i]] = False
+        assert full[others].abs().max() == 0
+        torch.testing.assert_close(got[i], full[det.roi[i]], rtol=1e-4,
+                                   atol=1e-6 * full.abs().max())
+
+
+def test_detections_equal_mmdet_predict(roi_setup):
+    rcnn, inputs, samples, *_ = roi_setup
+    ref = rcnn.predict(inputs, samples)[0].pred_instances
+    det, = explain_roi_detector(rcnn, inputs, samples, 'odam', 'score', 'gaussian')
+    assert torch.equal(det.bboxes, ref.bboxes) and torch.equal(det.labels, ref.labels)
+    torch.testing.assert_close(det.scores, ref.scores)
+    h, w = samples[0].ori_shape
+    assert det.heatmaps.shape == (len(det), h, w) and (det.heatmaps >= 0).all()
+    # each map lives inside the RoI its features were pooled from
+    boxes = rois_in_original(roi_setup)
+    for m, (x1, y1, x2, y2) in zip(det.heatmaps, boxes[det.roi]):
+        ys, xs = m.nonzero(as_tuple=True)
+        if len(ys):
+            assert xs.min() >= x1.floor() - 1 and xs.max() <= x2.ceil() + 1
+            assert ys.min() >= y1.floor() - 1 and ys.max() <= y2.ceil() + 1
+
+
+def rois_in_original(roi_setup):
+    *_, rois, _, _, _, _, scale = roi_setup
+    return rois[:, 1:] / scale.repeat(1, 2)

@@ -235,3 +235,37 @@ def test_no_hooks_or_grad_mode_left_after_exception(fcos):
     assert nn.GroupNorm.forward is original_gn
     for m in fcos.modules():
         assert not m._forward_pre_hooks and not m._forward_hooks and not m._backward_hooks
+
+
+@pytest.mark.parametrize('config', ['configs/fcos_tiny_fpn_synthetic.py',
+                                    'configs/faster-rcnn_tiny_fpn_synthetic.py'])
+def test_explain_detector_api(config, tmp_path):
+    """mmdet-style API on a path and an array: DetDataSample with maps at the image size;
+    nothing detected gives an empty (0, H, W) tensor."""
+    import cv2
+    from mmdet.structures import DetDataSample
+
+    from odamtrain.apis import explain_detector
+
+    from .odam_fixtures import scene
+    model = build_detector(config)
+    img = scene(3)
+    path = str(tmp_path / 'img.jpg')
+    cv2.imwrite(path, img)
+    out = explain_detector(model, [path, img], method='odam', target='score', normalize='minmax')
+    boxes = explain_detector(model, img, method='gradcampp', target='x2').pred_instances
+    assert boxes.heatmaps.shape == (len(boxes), *img.shape[:2])
+    for sample in out:
+        assert isinstance(sample, DetDataSample)
+        pred = sample.pred_instances
+        assert len(pred) > 0 and pred.heatmaps.shape == (len(pred), *img.shape[:2])
+        assert pred.heatmaps.dtype == torch.float32
+        torch.testing.assert_close(pred.heatmaps.flatten(1).amax(1), torch.ones(len(pred)))
+        assert pred.heatmaps.min() >= 0
+    cfg = model.test_cfg.rcnn if 'rcnn' in model.test_cfg else model.test_cfg
+    cfg.score_thr = 1.1
+    try:
+        empty = explain_detector(model, path).pred_instances
+    finally:
+        cfg.score_thr = 0.0
+    assert empty.heatmaps.shape == (0, *img.shape[:2])

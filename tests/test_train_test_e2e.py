@@ -1,7 +1,10 @@
 """End to end through tools/train.py and tools/test.py on a tiny synthetic CrowdHuman."""
 import json
 import socket
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +44,20 @@ def test_train_then_test(config, synthetic_root, tmp_path):
                        str(tmp_path / 'test'), '--cfg-options', *data_options(synthetic_root)))
     for name in ('AP50', 'MR^-2', 'JI'):
         assert any(line.split()[:1] == [name] for line in out.splitlines()), name
+    # heat-map pictures and maps of the trained model's detections
+    images = sorted((Path(synthetic_root) / 'Images').glob('*val*.jpg'))[:2]
+    _ok(run_tool('tools/explain.py', config, str(work / 'epoch_1.pth'), *map(str, images),
+                 '--out-dir', str(tmp_path / 'explain'), '--score-thr', '0', '--topk', '3',
+                 '--target', 'y1', '--cfg-options',
+                 f'model.test_cfg.{"rcnn." if "rcnn" in config else ""}score_thr=0'))
+    for img in images:
+        stem = tmp_path / 'explain' / f'{img.stem}_odam_y1'
+        picture = cv2.imread(str(stem) + '.png')
+        assert picture is not None and picture.shape[1] == 4 * 320
+        maps = np.load(str(stem) + '.npz')
+        h, w = cv2.imread(str(img)).shape[:2]
+        assert maps['heatmaps'].shape == (3, h, w) and maps['bboxes'].shape == (3, 4)
+        assert (maps['heatmaps'] >= 0).all() and (maps['scores'][:-1] >= maps['scores'][1:]).all()
 
 
 def test_resume_continues_from_last_complete_checkpoint(synthetic_root, tmp_path):

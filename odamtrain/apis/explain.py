@@ -77,16 +77,24 @@ def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
     """
     is_batch = isinstance(imgs, (list, tuple))
     imgs = list(imgs) if is_batch else [imgs]
-    if test_pipeline is None:
-        cfg = get_test_pipeline_cfg(model.cfg.copy())
-        cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]
-        if isinstance(imgs[0], np.ndarray):
-            cfg[0] = dict(cfg[0], type='mmdet.LoadImageFromNDArray')
-        test_pipeline = Compose(cfg)
+    pipelines = {}
+
+    def pipeline_for(is_array: bool):
+        if test_pipeline is not None:
+            return test_pipeline
+        if is_array not in pipelines:
+            cfg = get_test_pipeline_cfg(model.cfg.copy())
+            cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]  # no GT at inference
+            if is_array:
+                cfg[0] = dict(cfg[0], type='mmdet.LoadImageFromNDArray')
+            pipelines[is_array] = Compose(cfg)
+        return pipelines[is_array]
+
     results = []
     for img in imgs:
-        data = test_pipeline(dict(img=img, img_id=0) if isinstance(img, np.ndarray)
-                             else dict(img_path=img, img_id=0))
+        is_array = isinstance(img, np.ndarray)
+        data = pipeline_for(is_array)(dict(img=img, img_id=0) if is_array
+                                      else dict(img_path=img, img_id=0))
         batch = model.data_preprocessor(dict(inputs=[data['inputs']],
                                              data_samples=[data['data_samples']]), False)
         det, = explain_batch(model, batch['inputs'], batch['data_samples'], method, target,

@@ -70,7 +70,7 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
                                  img=torch.full_like(det.labels, i))
             for level, feat in enumerate(feats):
                 idx = (det.level == level).nonzero()[:, 0]
-                for part in idx.split(chunk):
+                for part in idx.split(chunk) if len(idx) else ():
                     maps = level_heatmaps(head, feat, level, det_b[part], method, target, smooth,
                                        mode, scale, gn_stats)
                     det.heatmaps[part] = resize_maps(maps, head.strides[level],

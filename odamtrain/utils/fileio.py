@@ -21,6 +21,7 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{osp.basename(path)}.', suffix='.tmp')
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
@@ -30,6 +31,12 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(text: str, path: str, encoding: str = 'utf-8') -> None:

@@ -1,0 +1,101 @@
+"""Explain every detection of a trained detector on an image or a folder of images.
+
+For each image it writes ``<name>_<method>_<target>.png`` (the detections, then one heat-map
+panel per explained detection) and ``<name>_<method>_<target>.npz`` (bboxes, scores, labels,
+heatmaps at the image size).
+
+    python tools/explain.py CONFIG CHECKPOINT IMAGE_OR_DIR [...] --out-dir DIR \
+        [--method odam|gradcam|gradcampp] [--target score|logit|x1|y1|x2|y2] \
+        [--score-thr 0.3] [--topk 8] [--mode fast|exact] [--no-smooth] [--device cpu]
+"""
+import argparse
+import io
+import os
+import os.path as osp
+import sys
+
+import cv2
+import numpy as np
+from mmengine.config import DictAction
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import exit_on_data_error  # noqa: E402
+
+from odamtrain.apis import METHODS, explain_detector  # noqa: E402
+from odamtrain.explain import TARGETS  # noqa: E402
+from odamtrain.utils import atomic_write_bytes  # noqa: E402
+from odamtrain.visualization import render_explanations  # noqa: E402
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description='Heat maps for every detection (ODAM)')
+    p.add_argument('config')
+    p.add_argument('checkpoint')
+    p.add_argument('images', nargs='+', help='image files and/or folders of images')
+    p.add_argument('--out-dir', required=True)
+    p.add_argument('--method', default='odam', choices=METHODS)
+    p.add_argument('--target', default='score', choices=TARGETS)
+    p.add_argument('--score-thr', type=float, default=0.3, help='explain detections above')
+    p.add_argument('--topk', type=int, default=8, help='explain at most this many per image')
+    p.add_argument('--mode', default='fast', choices=['fast', 'exact'])
+    p.add_argument('--no-smooth', action='store_true', help="no Gaussian Phi (authors' code)")
+    p.add_argument('--max-images', type=int, default=0, help='only the first N images')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config settings, e.g. model.test_cfg.score_thr=0.01')
+    return p.parse_args()
+
+
+def list_images(paths: list) -> list:
+    files = []
+    for path in paths:
+        if osp.isfile(path):
+            files.append(path)
+        elif osp.isdir(path):
+            found = sorted(osp.join(path, f) for f in os.listdir(path)
+                           if f.lower().endswith(IMAGE_EXTS))
+            if not found:
+                sys.exit(f'error: no images ({", ".join(IMAGE_EXTS)}) in {path}')
+            files += found
+        else:
+            sys.exit(f'error: {path} is neither an image nor a folder')
+    return files
+
+
+def main():
+    args = parse_args()
+    from mmdet.apis import init_detector
+    from mmengine.utils import ProgressBar
+    images = list_images(args.images)[:args.max_images or None]
+    with exit_on_data_error():
+        model = init_detector(args.config, args.checkpoint, device=args.device,
+                              cfg_options=args.cfg_options)
+    os.makedirs(args.out_dir, exist_ok=True)
+    bar = ProgressBar(len(images))
+    for path in images:
+        img = cv2.imread(path)
+        if img is None:
+            sys.exit(f'error: cannot read image {path}')
+        pred = explain_detector(model, img, method=args.method, target=args.target,
+                                smooth=None if args.no_smooth else 'gaussian',
+                                mode=args.mode).pred_instances
+        keep = (pred.scores >= args.score_thr).nonzero()[:, 0][:args.topk]  # sorted by score
+        pred = pred[keep]
+        stem = osp.join(args.out_dir, f'{osp.splitext(osp.basename(path))[0]}_{args.method}_'
+                                      f'{args.target}')
+        boxes, scores = pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy()
+        maps = pred.heatmaps.cpu().numpy()
+        picture = render_explanations(img, boxes, scores, maps)
+        atomic_write_bytes(cv2.imencode('.png', picture)[1].tobytes(), stem + '.png')
+        buf = io.BytesIO()
+        np.savez_compressed(buf, bboxes=boxes, scores=scores, labels=pred.labels.cpu().numpy(),
+                            heatmaps=maps.astype(np.float32))
+        atomic_write_bytes(buf.getvalue(), stem + '.npz')
+        bar.update()
+    print(f'\nwrote {len(images)} pictures and .npz files to {args.out_dir}')
+
+
+if __name__ == '__main__':
+    main()

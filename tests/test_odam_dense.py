@@ -262,6 +262,11 @@ def test_explain_detector_api(config, tmp_path):
         assert pred.heatmaps.dtype == torch.float32
         torch.testing.assert_close(pred.heatmaps.flatten(1).amax(1), torch.ones(len(pred)))
         assert pred.heatmaps.min() >= 0
+    if 'rcnn' in model.test_cfg:  # maps on the RoI's FPN level instead of its RoI features
+        fpn = explain_detector(model, img, rcnn_features='fpn').pred_instances
+        assert torch.equal(fpn.bboxes, out[1].pred_instances.bboxes)
+        assert fpn.heatmaps.shape == out[1].pred_instances.heatmaps.shape
+        assert fpn.heatmaps.min() >= 0 and fpn.heatmaps.flatten(1).amax(1).gt(0).any()
     cfg = model.test_cfg.rcnn if 'rcnn' in model.test_cfg else model.test_cfg
     cfg.score_thr = 1.1
     try:

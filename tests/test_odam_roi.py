@@ -90,3 +90,58 @@ def test_detections_equal_mmdet_predict(roi_setup):
 def rois_in_original(roi_setup):
     *_, rois, _, _, _, _, scale = roi_setup
     return rois[:, 1:] / scale.repeat(1, 2)
+
+
+def test_fpn_level_gradients_equal_per_detection_autograd(rcnn):
+    """A = the RoI's FPN level through RoIAlign's backward: rounds of non-overlapping
+    footprints give each detection exactly its own gradient."""
+    from odamtrain.explain.roi_explainer import fpn_rounds, roi_fpn_grads
+    inputs, samples = image_batch(rcnn, seed=1)
+    roi_head = rcnn.roi_head
+    with torch.no_grad():
+        feats = rcnn.extract_feat(inputs)
+        proposals = rcnn.rpn_head.predict(feats, samples, rescale=False)
+        rois = bbox2roi([p.bboxes for p in proposals])
+    levels = [f.detach().requires_grad_(True) for f in feats[:4]]
+    cls, reg = roi_head.bbox_head(roi_head.bbox_roi_extractor(levels, rois))
+    det = roi_detections(roi_head.bbox_head, rois, cls.detach(), reg.detach(),
+                         samples[0].metainfo, rcnn.test_cfg.rcnn)
+    scale = torch.tensor([samples[0].metainfo['scale_factor']])
+    img = torch.zeros(len(det), dtype=torch.long)
+    got = {}
+    for part, lvl, g in roi_fpn_grads(rcnn, levels, det, img, rois, cls, reg, 'score', scale):
+        for j, p in enumerate(part.tolist()):
+            got[p] = (lvl, g[j])
+    assert sorted(got) == list(range(len(det)))
+    rounds = fpn_rounds(*_round_inputs(rcnn, rois, det))
+    assert int(rounds.max()) + 1 < len(det)  # fewer backward passes than detections
+    for p in range(len(det)):
+        y = cls[det.roi[p]].softmax(-1)[det.labels[p]]
+        truth = torch.autograd.grad(y, levels, retain_graph=True)
+        lvl, g = got[p]
+        for other in range(4):
+            if other != lvl:
+                assert truth[other].abs().max() == 0  # only the RoI's level is used
+        torch.testing.assert_close(g, truth[lvl][0], rtol=1e-4,
+                                   atol=1e-6 * truth[lvl].abs().max())
+
+
+def _round_inputs(rcnn, rois, det):
+    extractor = rcnn.roi_head.bbox_roi_extractor
+    level = extractor.map_roi_levels(rois, 4)[det.roi]
+    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype)[level]
+    box = rois[det.roi, 1:] / strides[:, None]
+    return level, torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1), det.roi
+
+
+def test_fpn_rounds_hand_made():
+    level = torch.tensor([0, 0, 0, 1])
+    cells = torch.tensor([[0, 0, 4, 4], [5, 0, 9, 4], [3, 3, 6, 6], [0, 0, 4, 4.]])
+    roi = torch.tensor([0, 1, 2, 0])
+    # 0 and 1 are disjoint; 2 overlaps both; 3 is on another level but shares RoI 0
+    assert fpn_rounds_list(level, cells, roi) == [0, 0, 1, 1]
+
+
+def fpn_rounds_list(level, cells, roi):
+    from odamtrain.explain.roi_explainer import fpn_rounds
+    return fpn_rounds(level, cells, roi).tolist()

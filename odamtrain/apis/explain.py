@@ -30,7 +30,7 @@ def _eval_mode(model):
 def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str = 'odam',
                   target: str = 'score', smooth: str | None = 'gaussian',
                   normalize: str | None = 'minmax', mode: str = 'fast',
-                  map_size='image') -> list:
+                  map_size='image', rcnn_features: str = 'roi') -> list:
     """Detections and heat maps for a preprocessed batch (``model.data_preprocessor``
     output). Returns per image an InstanceData with ``bboxes`` (N, 4) x1y1x2y2 original
     pixels, ``scores`` (N,), ``labels`` (N,) and ``heatmaps`` (N, H, W) float >= 0."""
@@ -42,7 +42,7 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str =
     with _eval_mode(model):
         if hasattr(model, 'roi_head'):
             dets = explain_roi_detector(model, inputs, data_samples, method, target, smooth,
-                                        map_size)
+                                        map_size, rcnn_features)
         elif hasattr(model, 'bbox_head'):
             dets = explain_dense_detector(model, inputs, data_samples, method, target, smooth,
                                           mode, map_size)
@@ -56,7 +56,7 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str =
 
 def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
                      smooth: str | None = 'gaussian', normalize: str | None = 'minmax',
-                     mode: str = 'fast', test_pipeline=None):
+                     mode: str = 'fast', rcnn_features: str = 'roi', test_pipeline=None):
     """Detect and explain every detection, like ``mmdet.apis.inference_detector``.
 
     Args:
@@ -69,7 +69,9 @@ def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
         smooth: ODAM's Phi: 'gaussian' (paper; width follows the box) or None (authors'
             public code, no smoothing).
         normalize: 'minmax' (pictures), 'l2' (correlations) or None.
-        mode: 'fast' (windowed gradients, GN statistics held constant) or 'exact'.
+        mode: 'fast' (windowed gradients, GN statistics held constant) or 'exact' (FCOS).
+        rcnn_features: two-stage detectors: 'roi' (A = RoI features, the paper) or 'fpn'
+            (A = the RoI's FPN level through RoIAlign's backward, for comparison).
     Returns:
         DetDataSample (or a list for a list of images) whose ``pred_instances`` hold mmdet's
         ``bboxes``, ``scores``, ``labels`` and ``heatmaps`` (N, H, W) at the original image
@@ -98,7 +100,7 @@ def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
         batch = model.data_preprocessor(dict(inputs=[data['inputs']],
                                              data_samples=[data['data_samples']]), False)
         det, = explain_batch(model, batch['inputs'], batch['data_samples'], method, target,
-                             smooth, normalize, mode)
+                             smooth, normalize, mode, rcnn_features=rcnn_features)
         sample = batch['data_samples'][0]
         sample.pred_instances = det
         results.append(sample)

@@ -23,7 +23,8 @@ from .heatmap import (
     odam_heatmap,
 )
 
-__all__ = ['roi_detections', 'roi_attribute', 'paste_roi_maps', 'explain_roi_detector']
+__all__ = ['roi_detections', 'roi_attribute', 'paste_roi_maps', 'explain_roi_detector',
+           'fpn_rounds', 'roi_fpn_grads']
 
 
 def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
@@ -95,24 +96,35 @@ def paste_roi_maps(maps: torch.Tensor, boxes: torch.Tensor, out_hw) -> torch.Ten
 
 
 def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method: str,
-                         target: str, smooth: str | None, map_size='image') -> list:
+                         target: str, smooth: str | None, map_size='image',
+                         features: str = 'roi') -> list:
     """Detections of a two-stage detector and their heat maps (see
     :func:`odamtrain.apis.explain_detector`). ``mode`` does not apply: one backward per
-    round is exact. Phi's sigma is 0.125 * s cells (the RoI box spans the s x s map)."""
+    round is exact.
+
+    Args:
+        features: 'roi' (A = the RoI's s x s features, pasted into its box; Phi's sigma is
+            0.125 * s cells since the box spans the map) or 'fpn' (A = the FPN level the RoI
+            was pooled from, through RoIAlign's backward; sigma by the box as for FCOS).
+    """
+    if features not in ('roi', 'fpn'):
+        raise ValueError(f"features must be 'roi' or 'fpn', got {features!r}")
     from .dense_explainer import output_size
     roi_head = model.roi_head
     bbox_head = roi_head.bbox_head
     metas = [s.metainfo for s in data_samples]
+    extractor = roi_head.bbox_roi_extractor
     with torch.no_grad():
         feats = model.extract_feat(inputs)
         proposals = model.rpn_head.predict(feats, data_samples, rescale=False)
         rois = bbox2roi([p.bboxes for p in proposals])  # [R, 5]
-        roi_feats = roi_head.bbox_roi_extractor(
-            feats[:roi_head.bbox_roi_extractor.num_inputs], rois)
+    with torch.enable_grad():
+        levels = [f.detach().requires_grad_(features == 'fpn')
+                  for f in feats[:extractor.num_inputs]]
+        roi_feats = extractor(levels, rois)
         if roi_head.with_shared_head:
             roi_feats = roi_head.shared_head(roi_feats)
-    with torch.enable_grad():
-        feat = roi_feats.detach().requires_grad_(True)
+        feat = roi_feats if features == 'fpn' else roi_feats.detach().requires_grad_(True)
         cls_score, bbox_pred = bbox_head(feat)
         counts = [len(p) for p in proposals]
         dets, start = [], 0
@@ -126,8 +138,11 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
             start += counts[i]
         scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
                              device=inputs.device)
-        allb = InstanceData.cat(dets) if dets else None
+        allb = InstanceData.cat(dets)
         img = torch.cat([torch.full_like(d.labels, i) for i, d in enumerate(dets)])
+        if features == 'fpn':
+            return _fpn_level_maps(model, levels, dets, allb, img, rois, cls_score, bbox_pred,
+                                   target, method, smooth, scale, metas, map_size)
         grads = _roi_grads(bbox_head, target, feat, cls_score, bbox_pred, rois, allb, img,
                            scale)
     size = feat.shape[-1]
@@ -173,3 +188,79 @@ def _roi_grads(bbox_head, target, feat, cls_score, bbox_pred, rois, det, img, sc
         g, = torch.autograd.grad(y[sel].sum(), feat, retain_graph=True)
         grads[sel] = g[det.roi[sel]]
     return grads
+
+
+def fpn_rounds(level: torch.Tensor, cells: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+    """Greedy colouring: detections in one round have disjoint footprints on their level
+    (cells (N, 4) x1y1x2y2 inclusive, per ``level``) and distinct RoIs, so one backward
+    separates their gradients. Returns (N,) round index."""
+    rounds = torch.full_like(level, -1)
+    members: list[list[int]] = []
+    for i in range(len(level)):
+        for r, idx in enumerate(members):
+            j = torch.tensor(idx)
+            same = level[j] == level[i]
+            overlap = ((cells[j, 0] <= cells[i, 2]) & (cells[i, 0] <= cells[j, 2])
+                       & (cells[j, 1] <= cells[i, 3]) & (cells[i, 1] <= cells[j, 3]) & same)
+            if not overlap.any() and not (roi[j] == roi[i]).any():
+                idx.append(i)
+                rounds[i] = r
+                break
+        else:
+            members.append([i])
+            rounds[i] = len(members) - 1
+    return rounds
+
+
+def roi_fpn_grads(model, levels, det, img, rois, cls_score, bbox_pred, target, scale):
+    """Yield (indices, level, grads (n, C, h, w)): dY_p/d(FPN level of p's RoI) through
+    RoIAlign's backward, one backward per round of :func:`fpn_rounds`."""
+    extractor = model.roi_head.bbox_roi_extractor
+    roi_level = extractor.map_roi_levels(rois, len(levels))[det.roi]  # [N]
+    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype)[roi_level]
+    box = rois[det.roi, 1:] / strides[:, None]  # footprint in cells, +1 for bilinear taps
+    cells = torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1)
+    y = roi_attribute(model.roi_head.bbox_head, target, cls_score[det.roi],
+                      bbox_pred[det.roi], rois[det.roi, 1:], det.labels, scale[img].T)
+    rounds = fpn_rounds(roi_level, cells, det.roi)
+    for r in range(int(rounds.max()) + 1 if len(rounds) else 0):
+        sel = (rounds == r).nonzero()[:, 0]
+        grads = torch.autograd.grad(y[sel].sum(), levels, retain_graph=True,
+                                    allow_unused=True)
+        for lvl in roi_level[sel].unique().tolist():
+            part = sel[roi_level[sel] == lvl]
+            g = grads[lvl][img[part]]  # [n, C, h, w]
+            h, w = g.shape[-2:]
+            ys = torch.arange(h, dtype=cells.dtype)[None, :, None]
+            xs = torch.arange(w, dtype=cells.dtype)[None, None, :]
+            c = cells[part]
+            inside = ((ys >= c[:, 1, None, None]) & (ys <= c[:, 3, None, None])
+                      & (xs >= c[:, 0, None, None]) & (xs <= c[:, 2, None, None]))
+            yield part, lvl, g * inside[:, None].to(g.dtype)
+
+
+def _fpn_level_maps(model, levels, dets, allb, img, rois, cls_score, bbox_pred, target,
+                    method, smooth, scale, metas, map_size):
+    from .dense_explainer import output_size
+    from .heatmap import box_sigma, resize_maps
+    strides = model.roi_head.bbox_roi_extractor.featmap_strides
+    offsets = torch.cumsum(torch.tensor([0] + [len(d) for d in dets]), 0)
+    for det, meta in zip(dets, metas):
+        det.heatmaps = rois.new_zeros(len(det), *output_size(meta['ori_shape'][:2], map_size))
+    for part, lvl, g in roi_fpn_grads(model, levels, allb, img, rois, cls_score, bbox_pred,
+                                      target, scale):
+        a = levels[lvl].detach()[img[part]]
+        if method == 'odam':
+            sigma = (box_sigma(allb.bboxes[part] * scale[img[part]].repeat(1, 2), strides[lvl])
+                     if smooth == 'gaussian' else None)
+            maps = odam_heatmap(g, a, sigma)
+        elif method == 'gradcam':
+            maps = channel_weighted_map(gradcam_weights(g), a)
+        else:
+            maps = channel_weighted_map(gradcam_pp_weights(g, a), a)
+        for j, p in enumerate(part.tolist()):
+            b = int(img[p])
+            out = dets[b].heatmaps
+            out[p - int(offsets[b])] = resize_maps(maps[j:j + 1], strides[lvl],
+                                                   metas[b]['img_shape'][:2], out.shape[-2:])[0]
+    return dets

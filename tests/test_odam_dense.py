@@ -15,7 +15,7 @@ from odamtrain.explain.dense import (
     dense_grads_fast,
     fast_window_support,
     frozen_group_norm_stats,
-    record_group_norm_stats,
+    record_tower_state,
     window_radius,
 )
 from odamtrain.explain.dense_explainer import (
@@ -42,7 +42,7 @@ def setup(fcos):
     inputs = torch.randn(1, 3, 512, 640, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         feats = fcos.extract_feat(inputs)
-        with record_group_norm_stats(head) as stats:
+        with record_tower_state(head) as stats:
             head(feats)
     g = torch.Generator().manual_seed(2)
     dets = []
@@ -128,15 +128,13 @@ def test_exact_and_fast_equal_per_prediction_autograd(setup, target):
 
 def test_level_heatmaps_fast_matches_full_map_computation(setup):
     """The windowed smoothing/pasting of fast mode equals smoothing the full-map gradient
-    (frozen GN statistics; small levels are exact)."""
+    (frozen GN statistics)."""
     head, feats, stats, dets, scale = setup
     for level, (feat, det) in enumerate(zip(feats, dets)):
         h, w = feat.shape[-2:]
         ys, xs = det.loc // w, det.loc % w
-        small = h * w < EXACT_BELOW_WINDOWS * (2 * window_radius(head) + 1) ** 2
         grads = torch.stack([oracle_grad(head, feat, level, int(y), int(x), int(c), 'score',
-                                         scale, not small)
-                             for y, x, c in zip(ys, xs, det.labels)])
+                                         scale, True) for y, x, c in zip(ys, xs, det.labels)])
         sigma = box_sigma(det.bboxes * 0.8, head.strides[level])
         expected = odam_heatmap(grads, feat, sigma)
         got = level_heatmaps(head, feat, level, det, 'odam', 'score', 'gaussian', 'fast', scale,
@@ -181,9 +179,11 @@ def test_hand_computed_toy_head():
     s2 = 1 / (1 + math.exp(-7.0))  # location (0, 3): 3 + 4
     score_map = logit_map * torch.tensor([0.5 * s * (1 - s), 0.5 * s2 * (1 - s2)])[:, None, None]
     scale = torch.ones(1, 2)
+    with torch.no_grad(), record_tower_state(head) as state:
+        head.forward_single(a, head.scales[0], head.strides[0])
     for mode in ('fast', 'exact'):
         for target, expected in (('logit', logit_map), ('score', score_map)):
-            got = level_heatmaps(head, a, 0, det, 'odam', target, None, mode, scale, {})
+            got = level_heatmaps(head, a, 0, det, 'odam', target, None, mode, scale, state)
             torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-7)
 
 

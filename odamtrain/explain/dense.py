@@ -8,11 +8,12 @@ Two ways to get dY_p/dA for all predictions at once (never one backward per pred
   in chunks of predictions so that memory stays bounded.
 * ``fast``: the FCOS towers are ``n x (conv3x3 + GN + ReLU)`` plus a final conv3x3, so with
   GroupNorm statistics held constant dY_p/dA is zero outside a (2n+3) x (2n+3) window around
-  p's location. All windows are cut from A at once and run through the towers with *valid*
-  convolutions, the GN statistics of the full forward and a mask that zeroes positions
-  outside the map after every layer (the full model's zero padding); one backward gives every
-  window's gradient because windows are independent. Equal to autograd with detached GN
-  statistics; the GN-statistics term it leaves out is small (cosine >= 0.99 to the truth).
+  p's location. For all predictions at once, the gradient at the towers' 3x3 output windows
+  comes from autograd through the final convs and the attribute; it is then propagated down
+  the towers on windows (transposed convs growing 3 -> 5 -> ... -> 2n+3), with the ReLU masks
+  and GN statistics recorded during the forward and positions off the map dropped (the full
+  model's zero padding). Equal to autograd with detached GN statistics; the GN-statistics
+  term it leaves out is small on large maps (see README).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from mmdet.structures.bbox import cat_boxes
 from mmengine.structures import InstanceData
 
 __all__ = ['TARGETS', 'dense_detections', 'dense_attribute', 'fast_window_support',
-           'dense_grads_exact', 'dense_grads_fast', 'record_group_norm_stats',
+           'dense_grads_exact', 'dense_grads_fast', 'record_tower_state',
            'frozen_group_norm_stats']
 
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
@@ -194,22 +195,28 @@ def _is_same_3x3(conv: nn.Conv2d) -> bool:
 
 
 @contextlib.contextmanager
-def record_group_norm_stats(head):
-    """Record (mean, rstd), each (B, G), of every GroupNorm input in the head's towers, per
-    call (i.e. per level). Yields {module: [(mean, rstd) for each level]}."""
-    stats, handles = {}, []
+def record_tower_state(head):
+    """Record, per call (i.e. per level), what the fast backward needs from the full forward:
+    ``state['gn'][gn_module]``: (mean, rstd), each (B, G), of the GroupNorm's input;
+    ``state['out'][tower_layer]``: the layer's output (B, C, h, w) (its ReLU mask)."""
+    state, handles = {'gn': {}, 'out': {}}, []
 
-    def hook(module, args):
+    def gn_hook(module, args):
         x = args[0].detach()
         xg = x.reshape(x.shape[0], module.num_groups, -1).float()
         var, mean = torch.var_mean(xg, -1, unbiased=False)
-        stats.setdefault(module, []).append((mean, torch.rsqrt(var + module.eps)))
+        state['gn'].setdefault(module, []).append((mean, torch.rsqrt(var + module.eps)))
+
+    def out_hook(module, args, output):
+        state['out'].setdefault(module, []).append(output.detach())
 
     try:
         for m in head.modules():
             if isinstance(m, nn.GroupNorm):
-                handles.append(m.register_forward_pre_hook(hook))
-        yield stats
+                handles.append(m.register_forward_pre_hook(gn_hook))
+        for m in list(getattr(head, 'cls_convs', [])) + list(getattr(head, 'reg_convs', [])):
+            handles.append(m.register_forward_hook(out_hook))
+        yield state
     finally:
         for h in handles:
             h.remove()
@@ -238,25 +245,31 @@ def frozen_group_norm_stats():
         nn.GroupNorm.forward = original
 
 
-def _run_tower(tower, x, stats, level: int, b: torch.Tensor, valid: torch.Tensor):
-    """Tower on windows with valid convs, frozen GN stats and zero padding emulated.
-    x: (n, C, k, k) -> (n, C, k - 2 * len(tower), k - 2 * len(tower))."""
-    for i, m in enumerate(tower):
-        x = F.conv2d(x, m.conv.weight, m.conv.bias)
+def _tower_backward(tower, delta, state, level: int, b, ys, xs, hw):
+    """Back-propagate ``delta`` = dY/d(tower output) on (n, C, k, k) windows down to the
+    tower input, (n, C, k + 2 L, k + 2 L), with the forward's ReLU masks, GroupNorm
+    statistics held constant, and positions off the map dropped (they are zero padding)."""
+    h, w = hw
+    for m in reversed(list(tower)):
+        r = delta.shape[-1] // 2
+        if getattr(m, 'with_activation', False):
+            out, _ = gather_windows(state['out'][m][level], b, ys, xs, r)
+            delta = delta * (out > 0)
         if getattr(m, 'with_norm', False):
             gn = m.norm
-            mean, rstd = stats[gn][level]
-            n, c, k, _ = x.shape
-            xg = x.reshape(n, gn.num_groups, -1)
-            xg = (xg - mean[b][:, :, None]) * rstd[b][:, :, None]
-            x = xg.reshape(n, c, k, k)
+            _, rstd = state['gn'][gn][level]
+            group = torch.arange(delta.shape[1], device=delta.device) // (
+                delta.shape[1] // gn.num_groups)
+            scale = rstd[b][:, group]  # [n, C]
             if gn.affine:
-                x = x * gn.weight[:, None, None] + gn.bias[:, None, None]
-        if getattr(m, 'with_activation', False):
-            x = F.relu(x)
-        r = i + 1
-        x = x * valid[:, :, r:valid.shape[2] - r, r:valid.shape[3] - r]
-    return x
+                scale = scale * gn.weight
+            delta = delta * scale[:, :, None, None]
+        delta = F.conv_transpose2d(delta, m.conv.weight)
+        ar = torch.arange(-r - 1, r + 2, device=delta.device)
+        yy, xx = ys[:, None] + ar, xs[:, None] + ar
+        on_map = ((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :]
+        delta = delta * on_map[:, None]
+    return delta
 
 
 def window_radius(head) -> int:
@@ -278,35 +291,45 @@ def gather_windows(feat: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: to
 
 
 def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, target: str,
-                     scale_factors: torch.Tensor, batch_index: torch.Tensor, gn_stats: dict):
-    """dY/dA in the (2r+1)^2 window around each detection's location (all at once).
+                     scale_factors: torch.Tensor, batch_index: torch.Tensor, state: dict):
+    """dY/dA in the (2r+1)^2 window around each detection's location (all at once), with
+    GroupNorm statistics held constant; ``state`` from :func:`record_tower_state`.
+
+    The final convs and the attribute are differentiated by autograd on the towers' 3x3
+    output windows; from there the gradient is propagated down the towers explicitly
+    (:func:`_tower_backward`), reusing the forward's activations.
 
     Returns:
-        grads (N, C, 2r+1, 2r+1) and windows (N, C, 2r+1, 2r+1) of A, with r =
-        :func:`window_radius`.
+        grads (N, C, 2r+1, 2r+1) (zero off the map) and the windows of A (same shape), with
+        r = :func:`window_radius`.
     """
     h, w = feat.shape[-2:]
     ys, xs, b = det.loc // w, det.loc % w, batch_index
-    r = window_radius(head)
-    win, valid = gather_windows(feat.detach(), b, ys, xs, r)
-    win.requires_grad_(True)
-    cls_feat = _run_tower(head.cls_convs, win, gn_stats, level, b, valid)  # [N, C, 3, 3]
-    reg_feat = _run_tower(head.reg_convs, win, gn_stats, level, b, valid)
-    cls = F.conv2d(cls_feat, head.conv_cls.weight, head.conv_cls.bias)[:, :, 0, 0]
-    reg = _test_time_reg(head, F.conv2d(reg_feat, head.conv_reg.weight,
-                                        head.conv_reg.bias)[:, :, 0, 0], level)
-    factor = None
-    conv = _factor_conv(head)
-    if conv is not None:
-        src = reg_feat if getattr(head, 'centerness_on_reg', False) else cls_feat
-        factor = F.conv2d(src, conv.weight, conv.bias)[:, 0, 0, 0]
-    points = _points(head, level, ys, xs, feat)
-    y = dense_attribute(head, target, cls, reg, factor, det.labels, points,
-                        scale_factors[b].T)
-    grads, = torch.autograd.grad(y.sum(), win)
-    # positions off the map are padding, not features: their 'gradient' must not be smoothed
-    # into the map
-    return grads * valid, win.detach()
+    last = {name: state['out'][getattr(head, name)[-1]][level]
+            for name in ('cls_convs', 'reg_convs')}
+    with torch.enable_grad():
+        cls_feat = gather_windows(last['cls_convs'], b, ys, xs, 1)[0].requires_grad_(True)
+        reg_feat = gather_windows(last['reg_convs'], b, ys, xs, 1)[0].requires_grad_(True)
+        cls = F.conv2d(cls_feat, head.conv_cls.weight, head.conv_cls.bias)[:, :, 0, 0]
+        reg = _test_time_reg(head, F.conv2d(reg_feat, head.conv_reg.weight,
+                                            head.conv_reg.bias)[:, :, 0, 0], level)
+        factor = None
+        conv = _factor_conv(head)
+        if conv is not None:
+            src = reg_feat if getattr(head, 'centerness_on_reg', False) else cls_feat
+            factor = F.conv2d(src, conv.weight, conv.bias)[:, 0, 0, 0]
+        points = _points(head, level, ys, xs, feat)
+        y = dense_attribute(head, target, cls, reg, factor, det.labels, points,
+                            scale_factors[b].T)
+        d_cls, d_reg = torch.autograd.grad(y.sum(), [cls_feat, reg_feat], allow_unused=True)
+    grads = 0
+    for tower, delta in ((head.cls_convs, d_cls), (head.reg_convs, d_reg)):
+        if delta is not None:
+            grads = grads + _tower_backward(tower, delta, state, level, b, ys, xs, (h, w))
+    win, _ = gather_windows(feat.detach(), b, ys, xs, window_radius(head))
+    if not torch.is_tensor(grads):
+        grads = torch.zeros_like(win)
+    return grads, win
 
 
 def paste_windows(maps: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,

@@ -12,7 +12,7 @@ from .dense import (
     fast_window_support,
     gather_windows,
     paste_windows,
-    record_group_norm_stats,
+    record_tower_state,
     smoothing_radius,
     window_radius,
 )
@@ -47,7 +47,7 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
     metas = [s.metainfo for s in data_samples]
     with torch.no_grad():
         feats = model.extract_feat(inputs)
-        with record_group_norm_stats(head) as gn_stats:
+        with record_tower_state(head) as tower_state:
             cls_scores, bbox_preds, factors = head(feats)
     dets = [dense_detections(head, [c[i] for c in cls_scores], [r[i] for r in bbox_preds],
                              [f[i] for f in factors] if factors is not None else None, meta)
@@ -69,10 +69,13 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
             det_b = InstanceData(labels=det.labels, loc=det.loc, bboxes=det.bboxes,
                                  img=torch.full_like(det.labels, i))
             for level, feat in enumerate(feats):
+                small = feat.shape[-2] * feat.shape[-1] < EXACT_BELOW_WINDOWS * (
+                    2 * window_radius(head) + 1) ** 2
+                level_mode = 'exact' if small else mode  # the window would cover much of it
                 idx = (det.level == level).nonzero()[:, 0]
                 for part in idx.split(chunk) if len(idx) else ():
                     maps = level_heatmaps(head, feat, level, det_b[part], method, target, smooth,
-                                       mode, scale, gn_stats)
+                                       level_mode, scale, tower_state)
                     det.heatmaps[part] = resize_maps(maps, head.strides[level],
                                                      meta['img_shape'][:2], out_hw)
     return dets
@@ -92,13 +95,11 @@ def output_size(ori_hw, map_size) -> tuple[int, int]:
     return max(1, round(ori_hw[0] * s)), max(1, round(ori_hw[1] * s))
 
 
-def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, gn_stats):
+def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, tower_state):
     """(n, h, w) maps on this level for the detections ``det`` (all of this level)."""
     h, w = feat.shape[-2:]
     b = det.img
     stride = head.strides[level]
-    if mode == 'fast' and h * w < EXACT_BELOW_WINDOWS * (2 * window_radius(head) + 1) ** 2:
-        mode = 'exact'  # the window covers much of this small map: nothing to save
     sigma = None
     if method == 'odam' and smooth == 'gaussian':
         sigma = box_sigma(det.bboxes * scale[b].repeat(1, 2), stride)
@@ -108,7 +109,7 @@ def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, 
             maps.append(_maps_from_grads(method, g, feat[b[idx]], None if sigma is None
                                          else sigma[idx], h * w, feat, b[idx]))
         return torch.cat(maps) if maps else feat.new_zeros(0, h, w)
-    grads, windows = dense_grads_fast(head, feat, level, det, target, scale, b, gn_stats)
+    grads, windows = dense_grads_fast(head, feat, level, det, target, scale, b, tower_state)
     ys, xs = det.loc // w, det.loc % w
     if method != 'odam':
         return _maps_from_grads(method, grads, windows, None, h * w, feat, b)

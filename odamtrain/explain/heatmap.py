@@ -121,16 +121,16 @@ def normalize_maps(maps: torch.Tensor, mode: str | None) -> torch.Tensor:
     ``None``/``'none'`` unchanged. All-zero maps stay zero."""
     if mode in (None, 'none'):
         return maps
-    flat = maps.flatten(1)
+    if mode not in ('minmax', 'l2'):
+        raise ValueError(f"normalize must be 'none', 'minmax' or 'l2', got {mode!r}")
+    flat = maps.flatten(1).clone()  # one copy; in-place from here (maps can be GBs)
     if mode == 'minmax':
         lo = flat.min(1, keepdim=True).values
         span = flat.max(1, keepdim=True).values - lo
-        flat = (flat - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    elif mode == 'l2':
-        norm = flat.norm(dim=1, keepdim=True)
-        flat = flat / torch.where(norm > 0, norm, torch.ones_like(norm))
+        flat.sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
     else:
-        raise ValueError(f"normalize must be 'none', 'minmax' or 'l2', got {mode!r}")
+        norm = flat.norm(dim=1, keepdim=True)
+        flat.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
     return flat.view_as(maps)
 
 

@@ -1,11 +1,11 @@
 """Tiny random-init detectors and inputs for the explanation tests."""
 import numpy as np
 import torch
-from mmcv.transforms import Compose
 from mmdet.registry import MODELS
-from mmdet.utils import get_test_pipeline_cfg, register_all_modules
+from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
+from odamtrain.apis import prepare_batch
 from odamtrain.datasets import render_scene
 
 from .conftest import REPO
@@ -37,10 +37,4 @@ def scene(seed: int = 0) -> np.ndarray:
 
 def image_batch(model, seed: int = 0):
     """(inputs, data_samples) of one synthetic scene through the model's test pipeline."""
-    pipeline = [t for t in get_test_pipeline_cfg(model.cfg.copy())
-                if 'LoadAnnotations' not in t['type']]
-    pipeline[0] = dict(pipeline[0], type='mmdet.LoadImageFromNDArray')
-    data = Compose(pipeline)(dict(img=scene(seed), img_id=0))
-    batch = model.data_preprocessor(dict(inputs=[data['inputs']],
-                                         data_samples=[data['data_samples']]), False)
-    return batch['inputs'], batch['data_samples']
+    return prepare_batch(model, scene(seed))

@@ -8,6 +8,8 @@ warm-up (exact mode: one run).
 
     python tools/benchmark_odam.py [--sizes 512 800] [--counts 10 100 1000] [--repeats 3]
         [--threads 2] [--out docs/benchmark_odam.json]
+    # accuracy of fast mode against exact on a trained FCOS:
+    python tools/benchmark_odam.py --accuracy CONFIG CHECKPOINT --images IMG [IMG ...]
 """
 import argparse
 import json
@@ -121,6 +123,69 @@ def worker(args):
                           base_rss_mb=base)))
 
 
+def accuracy(config: str, checkpoint: str, images: list) -> list:
+    """Fast vs exact on a trained model: per FPN level, the cosine between the gradients
+    dY/dA and between the ODAM maps (score target, Gaussian Phi) of every detection."""
+    import torch
+    import torch.nn.functional as F
+    from mmdet.apis import init_detector
+
+    from odamtrain.apis import prepare_batch
+    from odamtrain.explain.dense import (
+        dense_detections,
+        dense_grads_exact,
+        dense_grads_fast,
+        paste_windows,
+        record_tower_state,
+        window_radius,
+    )
+    from odamtrain.explain.dense_explainer import EXACT_BELOW_WINDOWS
+    from odamtrain.explain.heatmap import box_sigma, odam_heatmap
+    model = init_detector(config, checkpoint, device='cpu')
+    head = model.bbox_head
+    stats = {}
+    for path in images:
+        inputs, samples = prepare_batch(model, path)
+        with torch.no_grad():
+            feats = model.extract_feat(inputs)
+            with record_tower_state(head) as state:
+                cls, reg, ctr = head(feats)
+        det = dense_detections(head, [c[0] for c in cls], [r[0] for r in reg],
+                               [c[0] for c in ctr], samples[0].metainfo)
+        det.img = torch.zeros_like(det.labels)
+        scale = torch.tensor([samples[0].metainfo['scale_factor']], dtype=torch.float32)
+        for level, feat in enumerate(feats):
+            d = det[det.level == level]
+            if not len(d):
+                continue
+            h, w = feat.shape[-2:]
+            exact = torch.cat([g for _, g in dense_grads_exact(head, feat, level, d, 'score',
+                                                                scale, d.img)])
+            win, _ = dense_grads_fast(head, feat, level, d, 'score', scale, d.img, state)
+            n, c, k, _ = win.shape
+            fast = paste_windows(win.reshape(n * c, k, k), (d.loc // w).repeat_interleave(c),
+                                 (d.loc % w).repeat_interleave(c), (h, w)).reshape(n, c, h, w)
+            sigma = box_sigma(d.bboxes * scale.repeat(1, 2), head.strides[level])
+            m_fast, m_exact = odam_heatmap(fast, feat, sigma), odam_heatmap(exact, feat, sigma)
+            both_zero = (m_fast.flatten(1).sum(1) == 0) & (m_exact.flatten(1).sum(1) == 0)
+            s = stats.setdefault(level, dict(hw=(h, w), grad=[], maps=[]))
+            s['grad'].append(F.cosine_similarity(fast.flatten(1), exact.flatten(1)))
+            s['maps'].append(torch.where(both_zero, torch.ones_like(both_zero, dtype=torch.float),
+                                         F.cosine_similarity(m_fast.flatten(1),
+                                                             m_exact.flatten(1))))
+    rows = []
+    for level, s in sorted(stats.items()):
+        g, m = torch.cat(s['grad']), torch.cat(s['maps'])
+        h, w = s['hw']
+        window = (2 * window_radius(head) + 1) ** 2
+        rows.append(dict(level=level, map_hw=list(s['hw']), n=len(g),
+                         fast_used=h * w >= EXACT_BELOW_WINDOWS * window,
+                         grad_cos_min=float(g.min()), grad_cos_mean=float(g.mean()),
+                         map_cos_min=float(m.min()), map_cos_median=float(m.median()),
+                         map_cos_mean=float(m.mean())))
+    return rows
+
+
 def measure(detector, size, count, what, args):
     cmd = [sys.executable, __file__, '--worker', '--detector', detector, '--size', str(size),
            '--count', str(count), '--what', what, '--repeats', str(args.repeats),
@@ -144,6 +209,9 @@ def main():
     p.add_argument('--exact-max', type=int, default=100,
                    help='skip exact mode above this N (one full head backward per prediction)')
     p.add_argument('--out', default=None, help='write all numbers as JSON')
+    p.add_argument('--accuracy', nargs=2, metavar=('CONFIG', 'CHECKPOINT'),
+                   help='also compare fast with exact on this trained FCOS and --images')
+    p.add_argument('--images', nargs='*', default=[], help='images for --accuracy')
     # worker mode
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--detector', help=argparse.SUPPRESS)
@@ -153,6 +221,21 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    if args.accuracy:
+        import torch
+        torch.set_num_threads(args.threads)
+        acc = accuracy(*args.accuracy, args.images)
+        print(f'fast vs exact on {args.accuracy[1]} ({len(args.images)} images), score target')
+        print(f'{"level":>6s}{"map":>9s}{"N":>6s}{"fast used":>11s}{"grad cos min":>14s}'
+              f'{"mean":>7s}{"map cos min":>13s}{"median":>8s}{"mean":>7s}')
+        for r in acc:
+            print(f'{r["level"]:>6d}{"x".join(map(str, r["map_hw"])):>9s}{r["n"]:>6d}'
+                  f'{str(r["fast_used"]):>11s}{r["grad_cos_min"]:>14.3f}{r["grad_cos_mean"]:>7.3f}'
+                  f'{r["map_cos_min"]:>13.3f}{r["map_cos_median"]:>8.3f}{r["map_cos_mean"]:>7.3f}')
+        if args.out:
+            from odamtrain.utils import atomic_write_text
+            atomic_write_text(json.dumps(acc, indent=1), args.out)
+        return
     rows = []
     header = (f'{"detector":12s}{"input":>7s}{"N":>6s}{"forward s":>11s}{"fast maps s":>13s}'
               f'{"fast/fwd":>10s}{"exact maps s":>14s}{"loop s":>10s}{"loop/fast":>11s}'

@@ -1,3 +1,3 @@
-from .explain import METHODS, explain_batch, explain_detector
+from .explain import METHODS, explain_batch, explain_detector, prepare_batch
 
-__all__ = ['explain_detector', 'explain_batch', 'METHODS']
+__all__ = ['explain_detector', 'explain_batch', 'prepare_batch', 'METHODS']

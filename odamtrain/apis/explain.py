@@ -12,7 +12,7 @@ from odamtrain.explain.dense_explainer import explain_dense_detector
 from odamtrain.explain.heatmap import normalize_maps
 from odamtrain.explain.roi_explainer import explain_roi_detector
 
-__all__ = ['explain_detector', 'explain_batch', 'METHODS']
+__all__ = ['explain_detector', 'explain_batch', 'prepare_batch', 'METHODS']
 
 METHODS = ('odam', 'gradcam', 'gradcampp')
 
@@ -54,6 +54,22 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str =
     return dets
 
 
+def prepare_batch(model, img, test_pipeline=None):
+    """One image (path or BGR array) through the model's test pipeline (without
+    annotation loading) and data preprocessor -> (inputs (1, 3, H, W), [DetDataSample])."""
+    if test_pipeline is None:
+        cfg = get_test_pipeline_cfg(model.cfg.copy())
+        cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]  # no GT at inference
+        if isinstance(img, np.ndarray):
+            cfg[0] = dict(cfg[0], type='mmdet.LoadImageFromNDArray')
+        test_pipeline = Compose(cfg)
+    data = test_pipeline(dict(img=img, img_id=0) if isinstance(img, np.ndarray)
+                         else dict(img_path=img, img_id=0))
+    batch = model.data_preprocessor(dict(inputs=[data['inputs']],
+                                         data_samples=[data['data_samples']]), False)
+    return batch['inputs'], batch['data_samples']
+
+
 def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
                      smooth: str | None = 'gaussian', normalize: str | None = 'minmax',
                      mode: str = 'fast', rcnn_features: str = 'roi', test_pipeline=None):
@@ -79,29 +95,12 @@ def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
     """
     is_batch = isinstance(imgs, (list, tuple))
     imgs = list(imgs) if is_batch else [imgs]
-    pipelines = {}
-
-    def pipeline_for(is_array: bool):
-        if test_pipeline is not None:
-            return test_pipeline
-        if is_array not in pipelines:
-            cfg = get_test_pipeline_cfg(model.cfg.copy())
-            cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]  # no GT at inference
-            if is_array:
-                cfg[0] = dict(cfg[0], type='mmdet.LoadImageFromNDArray')
-            pipelines[is_array] = Compose(cfg)
-        return pipelines[is_array]
-
     results = []
     for img in imgs:
-        is_array = isinstance(img, np.ndarray)
-        data = pipeline_for(is_array)(dict(img=img, img_id=0) if is_array
-                                      else dict(img_path=img, img_id=0))
-        batch = model.data_preprocessor(dict(inputs=[data['inputs']],
-                                             data_samples=[data['data_samples']]), False)
-        det, = explain_batch(model, batch['inputs'], batch['data_samples'], method, target,
-                             smooth, normalize, mode, rcnn_features=rcnn_features)
-        sample = batch['data_samples'][0]
+        inputs, samples = prepare_batch(model, img, test_pipeline)
+        det, = explain_batch(model, inputs, samples, method, target, smooth, normalize, mode,
+                             rcnn_features=rcnn_features)
+        sample = samples[0]
         sample.pred_instances = det
         results.append(sample)
     return results if is_batch else results[0]

@@ -87,6 +87,10 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
 EXACT_BELOW_WINDOWS = 8
 
 
+# Elements of one (n, C, k, k) tensor while smoothing gradient windows (64 M = 256 MB fp32).
+SMOOTHING_BUDGET = 2 ** 26
+
+
 def output_size(ori_hw, map_size) -> tuple[int, int]:
     """(H, W) of the output maps: the original size, or short edge ``map_size``."""
     if map_size == 'image':
@@ -113,11 +117,31 @@ def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, 
     ys, xs = det.loc // w, det.loc % w
     if method != 'odam':
         return _maps_from_grads(method, grads, windows, None, h * w, feat, b)
-    rs = smoothing_radius(sigma)  # grow the window so the smoothed gradient fits
-    if rs:
-        grads = torch.nn.functional.pad(grads, (rs, rs, rs, rs))
-        windows, _ = gather_windows(feat.detach(), b, ys, xs, window_radius(head) + rs)
-    return paste_windows(odam_heatmap(grads, windows, sigma), ys, xs, (h, w))
+    if sigma is None:
+        return paste_windows(odam_heatmap(grads, windows), ys, xs, (h, w))
+    # Phi spreads the gradient by 3 sigma: grow each window by that much, in groups of
+    # similar sigma so that one large box does not grow every window, and few enough per
+    # group to keep the (n, C, k, k) tensors under SMOOTHING_BUDGET elements.
+    maps = grads.new_zeros(len(det), h, w)
+    order = torch.argsort(sigma)
+    start = 0
+    while start < len(order):
+        count = len(order) - start
+        while True:  # shrink the group until it fits with its largest sigma (sorted)
+            last = order[start + count - 1]
+            k = grads.shape[-1] + 2 * smoothing_radius(sigma[last:last + 1])
+            fit = max(1, SMOOTHING_BUDGET // (grads.shape[1] * k * k))
+            if fit >= count:
+                break
+            count = fit
+        part = order[start:start + count]
+        rs = smoothing_radius(sigma[part])
+        g = torch.nn.functional.pad(grads[part], (rs, rs, rs, rs))
+        a, _ = gather_windows(feat.detach(), b[part], ys[part], xs[part],
+                              window_radius(head) + rs)
+        maps[part] = paste_windows(odam_heatmap(g, a, sigma[part]), ys[part], xs[part], (h, w))
+        start += len(part)
+    return maps
 
 
 def _maps_from_grads(method, grads, windows, sigma, area, feat, b):

@@ -93,6 +93,9 @@ def test_normalisation():
     l2 = normalize_maps(maps, 'l2')
     torch.testing.assert_close(l2[0].norm(), torch.tensor(1.0))
     assert normalize_maps(maps, None) is maps
+    copy = maps.clone()
+    assert normalize_maps(copy, 'minmax', inplace=True).data_ptr() == copy.data_ptr()
+    torch.testing.assert_close(copy, mm)
     with pytest.raises(ValueError, match='normalize'):
         normalize_maps(maps, 'max')
 

@@ -49,8 +49,8 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str =
         else:
             raise TypeError(f'{type(model).__name__}: expected an mmdet single-stage '
                             '(bbox_head) or two-stage (roi_head) detector')
-    for det in dets:
-        det.heatmaps = normalize_maps(det.heatmaps.detach(), normalize)
+    for det in dets:  # the maps are ours: normalise in place
+        det.heatmaps = normalize_maps(det.heatmaps.detach(), normalize, inplace=True)
     return dets
 
 

@@ -116,14 +116,15 @@ def channel_weighted_map(weights: torch.Tensor, feats: torch.Tensor) -> torch.Te
     return F.relu((weights[:, :, None, None] * feats).sum(1))
 
 
-def normalize_maps(maps: torch.Tensor, mode: str | None) -> torch.Tensor:
+def normalize_maps(maps: torch.Tensor, mode: str | None, inplace: bool = False):
     """Per-map normalisation of (N, H, W): ``'minmax'`` to [0, 1], ``'l2'`` to unit norm,
-    ``None``/``'none'`` unchanged. All-zero maps stay zero."""
+    ``None``/``'none'`` unchanged. All-zero maps stay zero. ``inplace`` overwrites ``maps``
+    (contiguous) instead of returning a new tensor (maps at image size can be GBs)."""
     if mode in (None, 'none'):
         return maps
     if mode not in ('minmax', 'l2'):
         raise ValueError(f"normalize must be 'none', 'minmax' or 'l2', got {mode!r}")
-    flat = maps.flatten(1).clone()  # one copy; in-place from here (maps can be GBs)
+    flat = maps.view(maps.shape[0], -1) if inplace else maps.flatten(1).clone()
     if mode == 'minmax':
         lo = flat.min(1, keepdim=True).values
         span = flat.max(1, keepdim=True).values - lo

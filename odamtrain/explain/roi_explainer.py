@@ -79,20 +79,24 @@ def paste_roi_maps(maps: torch.Tensor, boxes: torch.Tensor, out_hw) -> torch.Ten
     Returns:
         (N, H, W).
     """
-    n = maps.shape[0]
     h, w = out_hw
-    if n == 0:
-        return maps.new_zeros(0, h, w)
+    out = maps.new_zeros(maps.shape[0], h, w)
     ys = torch.arange(h, dtype=maps.dtype, device=maps.device) + 0.5
     xs = torch.arange(w, dtype=maps.dtype, device=maps.device) + 0.5
-    x1, y1, x2, y2 = (boxes[:, i, None] for i in range(4))
-    gx = 2 * (xs[None] - x1) / (x2 - x1).clamp(min=1e-6) - 1  # [N, W]
-    gy = 2 * (ys[None] - y1) / (y2 - y1).clamp(min=1e-6) - 1  # [N, H]
-    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], -1)
-    out = F.grid_sample(maps[:, None], grid, mode='bilinear', padding_mode='border',
-                        align_corners=False)[:, 0]
-    inside = ((gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]).to(maps.dtype)
-    return out * inside
+    step = max(1, 2 ** 22 // (h * w))  # the sampling grid is (n, H, W, 2): bound it
+    for i in range(0, maps.shape[0], step):
+        m, b = maps[i:i + step], boxes[i:i + step]
+        n = m.shape[0]
+        x1, y1, x2, y2 = (b[:, j, None] for j in range(4))
+        gx = 2 * (xs[None] - x1) / (x2 - x1).clamp(min=1e-6) - 1  # [n, W]
+        gy = 2 * (ys[None] - y1) / (y2 - y1).clamp(min=1e-6) - 1  # [n, H]
+        grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)],
+                           -1)
+        pasted = F.grid_sample(m[:, None], grid, mode='bilinear', padding_mode='border',
+                               align_corners=False)[:, 0]
+        inside = (gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]
+        out[i:i + step] = pasted * inside
+    return out
 
 
 def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method: str,

@@ -274,3 +274,44 @@ def test_explain_detector_api(config, tmp_path):
     finally:
         cfg.score_thr = 0.0
     assert empty.heatmaps.shape == (0, *img.shape[:2])
+
+
+def test_unsupported_head_falls_back_to_exact_with_a_log_line(monkeypatch):
+    """A tower layer that is not conv3x3-GN-ReLU (here a dilated conv) -> exact mode."""
+    import odamtrain.explain.dense_explainer as explainer
+    model = build_detector('configs/fcos_tiny_fpn_synthetic.py')
+    conv = model.bbox_head.cls_convs[0].conv
+    conv.dilation, conv.padding = (2, 2), (2, 2)
+    assert 'not 3x3' in fast_window_support(model.bbox_head)
+    inputs, samples = image_batch(model)
+    logged = []
+    monkeypatch.setattr(explainer, 'print_log', lambda msg, **kw: logged.append(msg))
+    fast = explain_dense_detector(model, inputs, samples, 'odam', 'score', None, 'fast')[0]
+    assert any('fast mode does not apply' in m and 'exact' in m for m in logged)
+    exact = explain_dense_detector(model, inputs, samples, 'odam', 'score', None, 'exact')[0]
+    torch.testing.assert_close(fast.heatmaps, exact.heatmaps)
+    bn = FCOSHead(num_classes=1, in_channels=8, feat_channels=8, norm_cfg=dict(type='BN'))
+    assert 'not GroupNorm' in fast_window_support(bn)
+
+
+@pytest.mark.parametrize('config', ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
+                                    'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'])
+def test_stock_mmdet_configs(config):
+    """Stock mmdet models (80 classes; FCOS with exp box regression and centerness on the
+    class tower) are explained, with detections identical to mmdet's predict."""
+    from mmdet.registry import MODELS
+    from mmengine.hub import get_config
+
+    from odamtrain.apis import explain_batch
+    cfg = get_config(config)
+    cfg.model.backbone.init_cfg = None
+    test_cfg = cfg.model.test_cfg.rcnn if 'rcnn' in cfg.model.test_cfg else cfg.model.test_cfg
+    test_cfg.update(score_thr=0.0, max_per_img=15)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    model.cfg = cfg
+    inputs, samples = image_batch(model)
+    ref = model.predict(inputs, samples)[0].pred_instances
+    det, = explain_batch(model, inputs, samples, target='x1')
+    assert torch.equal(det.bboxes, ref.bboxes) and torch.equal(det.labels, ref.labels)
+    assert det.heatmaps.shape == (len(ref), *samples[0].ori_shape)

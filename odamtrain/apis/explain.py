@@ -39,7 +39,7 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str =
     if smooth not in (None, 'none', 'gaussian'):
         raise ValueError(f"smooth must be 'gaussian' or None, got {smooth!r}")
     smooth = None if smooth == 'none' else smooth
-    with _eval_mode(model):
+    with _eval_mode(model), torch.no_grad():  # gradient steps enable grad where needed
         if hasattr(model, 'roi_head'):
             dets = explain_roi_detector(model, inputs, data_samples, method, target, smooth,
                                         map_size, rcnn_features)

@@ -136,15 +136,16 @@ def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, t
         det: the detections of this level (``labels``, ``loc``); batch_index: (N,) image.
         scale_factors: (B, 2) input / original per image.
     """
-    x = feat.detach().requires_grad_(True)
-    cls, reg, factor = head.forward_single(x, head.scales[level], head.strides[level])
     h, w = feat.shape[-2:]
     ys, xs = det.loc // w, det.loc % w
     b = batch_index
-    factor_at = factor[b, 0, ys, xs] if factor is not None and _factor_conv(head) else None
-    points = _points(head, level, ys, xs, feat)
-    y = dense_attribute(head, target, cls[b, :, ys, xs], reg[b, :, ys, xs], factor_at,
-                        det.labels, points, scale_factors[b].T)  # [N]
+    with torch.enable_grad():  # only the forward records a graph (not the consumer's code)
+        x = feat.detach().requires_grad_(True)
+        cls, reg, factor = head.forward_single(x, head.scales[level], head.strides[level])
+        factor_at = factor[b, 0, ys, xs] if factor is not None and _factor_conv(head) else None
+        points = _points(head, level, ys, xs, feat)
+        y = dense_attribute(head, target, cls[b, :, ys, xs], reg[b, :, ys, xs], factor_at,
+                            det.labels, points, scale_factors[b].T)  # [N]
     eye = torch.eye(len(y), dtype=y.dtype, device=y.device)
     for start in range(0, len(y), chunk):
         idx = torch.arange(start, min(start + chunk, len(y)), device=y.device)
@@ -322,6 +323,13 @@ def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, ta
         y = dense_attribute(head, target, cls, reg, factor, det.labels, points,
                             scale_factors[b].T)
         d_cls, d_reg = torch.autograd.grad(y.sum(), [cls_feat, reg_feat], allow_unused=True)
+    # the explicit backward multiplies by parameters: no graph may be recorded there
+    with torch.no_grad():
+        return _windows_backward(head, feat, level, b, ys, xs, d_cls, d_reg, state)
+
+
+def _windows_backward(head, feat, level, b, ys, xs, d_cls, d_reg, state):
+    h, w = feat.shape[-2:]
     grads = 0
     for tower, delta in ((head.cls_convs, d_cls), (head.reg_convs, d_reg)):
         if delta is not None:

@@ -16,14 +16,7 @@ from .dense import (
     smoothing_radius,
     window_radius,
 )
-from .heatmap import (
-    box_sigma,
-    channel_weighted_map,
-    gradcam_pp_weights,
-    gradcam_weights,
-    odam_heatmap,
-    resize_maps,
-)
+from .heatmap import box_sigma, explanation_maps, odam_heatmap, resize_maps
 
 __all__ = ['explain_dense_detector', 'level_heatmaps', 'output_size']
 
@@ -62,7 +55,9 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
         raise ValueError(f"mode must be 'fast' or 'exact', got {mode!r}")
     scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
                          device=inputs.device)  # [B, 2] input / original (w, h)
-    with torch.enable_grad():
+    # Everything below runs without recording a graph (the gradient functions record what
+    # they need themselves): a graph through the maps would keep every chunk alive.
+    with torch.no_grad():
         for i, (det, meta) in enumerate(zip(dets, metas)):
             out_hw = output_size(meta['ori_shape'][:2], map_size)
             det.heatmaps = inputs.new_zeros(len(det), *out_hw)
@@ -76,8 +71,10 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
                 for part in idx.split(chunk) if len(idx) else ():
                     maps = level_heatmaps(head, feat, level, det_b[part], method, target, smooth,
                                        level_mode, scale, tower_state)
-                    det.heatmaps[part] = resize_maps(maps, head.strides[level],
-                                                     meta['img_shape'][:2], out_hw)
+                    for j in range(0, len(part), RESIZE_CHUNK):  # (n, H, W) temporaries
+                        det.heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
+                            maps[j:j + RESIZE_CHUNK], head.strides[level],
+                            meta['img_shape'][:2], out_hw)
     return dets
 
 
@@ -87,8 +84,11 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
 EXACT_BELOW_WINDOWS = 8
 
 
-# Elements of one (n, C, k, k) tensor while smoothing gradient windows (64 M = 256 MB fp32).
-SMOOTHING_BUDGET = 2 ** 26
+# Elements of one (n, C, k, k) tensor while smoothing gradient windows (16 M = 64 MB fp32;
+# smoothing holds about five such tensors).
+SMOOTHING_BUDGET = 2 ** 24
+# Maps resized to the image at a time (each holds a few (n, H, W) temporaries).
+RESIZE_CHUNK = 32
 
 
 def output_size(ori_hw, map_size) -> tuple[int, int]:
@@ -110,13 +110,14 @@ def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, 
     if mode == 'exact':
         maps = []
         for idx, g in dense_grads_exact(head, feat, level, det, target, scale, b):
-            maps.append(_maps_from_grads(method, g, feat[b[idx]], None if sigma is None
-                                         else sigma[idx], h * w, feat, b[idx]))
+            maps.append(explanation_maps(method, g, feat[b[idx]],
+                                         None if sigma is None else sigma[idx]))
         return torch.cat(maps) if maps else feat.new_zeros(0, h, w)
     grads, windows = dense_grads_fast(head, feat, level, det, target, scale, b, tower_state)
     ys, xs = det.loc // w, det.loc % w
     if method != 'odam':
-        return _maps_from_grads(method, grads, windows, None, h * w, feat, b)
+        return explanation_maps(method, grads, windows, area=h * w,
+                                full_feats=feat.detach()[b])
     if sigma is None:
         return paste_windows(odam_heatmap(grads, windows), ys, xs, (h, w))
     # Phi spreads the gradient by 3 sigma: grow each window by that much, in groups of
@@ -142,16 +143,3 @@ def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, 
         maps[part] = paste_windows(odam_heatmap(g, a, sigma[part]), ys[part], xs[part], (h, w))
         start += len(part)
     return maps
-
-
-def _maps_from_grads(method, grads, windows, sigma, area, feat, b):
-    """Maps on the full level from gradients on windows (or full maps, then windows = A)."""
-    if method == 'odam':
-        return odam_heatmap(grads, windows, sigma)
-    if method == 'gradcam':
-        weights = gradcam_weights(grads, area)
-    elif method == 'gradcampp':
-        weights = gradcam_pp_weights(grads, windows)
-    else:
-        raise ValueError(f"method must be 'odam', 'gradcam' or 'gradcampp', got {method!r}")
-    return channel_weighted_map(weights, feat.detach()[b])

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 __all__ = ['SIGMA_PER_BOX_SIZE', 'box_sigma', 'gaussian_kernels', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',
-           'normalize_maps', 'resize_maps']
+           'explanation_maps', 'normalize_maps', 'resize_maps']
 
 # sigma = SIGMA_PER_BOX_SIZE * sqrt(w * h) of the box in feature-map cells.
 SIGMA_PER_BOX_SIZE = 0.125
@@ -116,6 +116,31 @@ def channel_weighted_map(weights: torch.Tensor, feats: torch.Tensor) -> torch.Te
     return F.relu((weights[:, :, None, None] * feats).sum(1))
 
 
+def explanation_maps(method: str, grads: torch.Tensor, feats: torch.Tensor,
+                     sigma: torch.Tensor | None = None, area: int | None = None,
+                     full_feats: torch.Tensor | None = None) -> torch.Tensor:
+    """Maps of ``method`` from the same gradients.
+
+    Args:
+        method: 'odam' (with Phi's ``sigma``), 'gradcam' or 'gradcampp'.
+        grads, feats: (N, C, h, w) gradient and features on the same window (or whole map).
+        area: the whole map's h * w when ``grads`` is a window (Grad-CAM's average).
+        full_feats: (N, C, H, W) the whole map for the CAM methods' weighted sum
+            (default ``feats``).
+    Returns:
+        (N, h, w) for 'odam', (N, H, W) for the CAM methods.
+    """
+    if method == 'odam':
+        return odam_heatmap(grads, feats, sigma)
+    if method == 'gradcam':
+        weights = gradcam_weights(grads, area)
+    elif method == 'gradcampp':
+        weights = gradcam_pp_weights(grads, feats)
+    else:
+        raise ValueError(f"method must be 'odam', 'gradcam' or 'gradcampp', got {method!r}")
+    return channel_weighted_map(weights, feats if full_feats is None else full_feats)
+
+
 def normalize_maps(maps: torch.Tensor, mode: str | None, inplace: bool = False):
     """Per-map normalisation of (N, H, W): ``'minmax'`` to [0, 1], ``'l2'`` to unit norm,
     ``None``/``'none'`` unchanged. All-zero maps stay zero. ``inplace`` overwrites ``maps``
@@ -124,7 +149,9 @@ def normalize_maps(maps: torch.Tensor, mode: str | None, inplace: bool = False):
         return maps
     if mode not in ('minmax', 'l2'):
         raise ValueError(f"normalize must be 'none', 'minmax' or 'l2', got {mode!r}")
-    flat = maps.view(maps.shape[0], -1) if inplace else maps.flatten(1).clone()
+    if inplace and not maps.is_contiguous():
+        raise ValueError('normalize_maps(inplace=True) needs contiguous maps')
+    flat = maps.flatten(1) if inplace else maps.flatten(1).clone()  # a view when inplace
     if mode == 'minmax':
         lo = flat.min(1, keepdim=True).values
         span = flat.max(1, keepdim=True).values - lo

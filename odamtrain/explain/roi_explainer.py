@@ -15,13 +15,7 @@ from mmdet.models.layers import multiclass_nms
 from mmdet.structures.bbox import bbox2roi
 from mmengine.structures import InstanceData
 
-from .heatmap import (
-    SIGMA_PER_BOX_SIZE,
-    channel_weighted_map,
-    gradcam_pp_weights,
-    gradcam_weights,
-    odam_heatmap,
-)
+from .heatmap import SIGMA_PER_BOX_SIZE, explanation_maps
 
 __all__ = ['roi_detections', 'roi_attribute', 'paste_roi_maps', 'explain_roi_detector',
            'fpn_rounds', 'roi_fpn_grads']
@@ -153,15 +147,7 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
     sigma = None
     if method == 'odam' and smooth == 'gaussian':
         sigma = torch.full((len(grads),), SIGMA_PER_BOX_SIZE * size, dtype=feat.dtype)
-    a = feat.detach()[allb.roi]
-    if method == 'odam':
-        maps = odam_heatmap(grads, a, sigma)
-    elif method == 'gradcam':
-        maps = channel_weighted_map(gradcam_weights(grads), a)
-    elif method == 'gradcampp':
-        maps = channel_weighted_map(gradcam_pp_weights(grads, a), a)
-    else:
-        raise ValueError(f"method must be 'odam', 'gradcam' or 'gradcampp', got {method!r}")
+    maps = explanation_maps(method, grads, feat.detach()[allb.roi], sigma)
     out, start = [], 0
     for i, (det, meta) in enumerate(zip(dets, metas)):
         part = maps[start:start + len(det)]
@@ -246,25 +232,27 @@ def roi_fpn_grads(model, levels, det, img, rois, cls_score, bbox_pred, target, s
 def _fpn_level_maps(model, levels, dets, allb, img, rois, cls_score, bbox_pred, target,
                     method, smooth, scale, metas, map_size):
     from .dense_explainer import output_size
-    from .heatmap import box_sigma, resize_maps
     strides = model.roi_head.bbox_roi_extractor.featmap_strides
     offsets = torch.cumsum(torch.tensor([0] + [len(d) for d in dets]), 0)
     for det, meta in zip(dets, metas):
         det.heatmaps = rois.new_zeros(len(det), *output_size(meta['ori_shape'][:2], map_size))
     for part, lvl, g in roi_fpn_grads(model, levels, allb, img, rois, cls_score, bbox_pred,
                                       target, scale):
-        a = levels[lvl].detach()[img[part]]
-        if method == 'odam':
-            sigma = (box_sigma(allb.bboxes[part] * scale[img[part]].repeat(1, 2), strides[lvl])
-                     if smooth == 'gaussian' else None)
-            maps = odam_heatmap(g, a, sigma)
-        elif method == 'gradcam':
-            maps = channel_weighted_map(gradcam_weights(g), a)
-        else:
-            maps = channel_weighted_map(gradcam_pp_weights(g, a), a)
-        for j, p in enumerate(part.tolist()):
-            b = int(img[p])
-            out = dets[b].heatmaps
-            out[p - int(offsets[b])] = resize_maps(maps[j:j + 1], strides[lvl],
-                                                   metas[b]['img_shape'][:2], out.shape[-2:])[0]
+        with torch.no_grad():
+            _paste_level_maps(dets, metas, offsets, allb, img, part, lvl, g, levels, method,
+                              smooth, scale, strides)
     return dets
+
+
+def _paste_level_maps(dets, metas, offsets, allb, img, part, lvl, g, levels, method, smooth,
+                      scale, strides):
+    from .heatmap import box_sigma, resize_maps
+    sigma = None
+    if method == 'odam' and smooth == 'gaussian':
+        sigma = box_sigma(allb.bboxes[part] * scale[img[part]].repeat(1, 2), strides[lvl])
+    maps = explanation_maps(method, g, levels[lvl].detach()[img[part]], sigma)
+    for j, p in enumerate(part.tolist()):
+        b = int(img[p])
+        out = dets[b].heatmaps
+        out[p - int(offsets[b])] = resize_maps(maps[j:j + 1], strides[lvl],
+                                               metas[b]['img_shape'][:2], out.shape[-2:])[0]

@@ -1,6 +1,10 @@
 """What tools/train.py and tools/test.py share."""
 import contextlib
+import os
+import os.path as osp
 import sys
+
+from mmengine.config import Config, DictAction
 
 import odamtrain  # noqa: F401  (registers odamtrain's modules, safe checkpoint I/O)
 from odamtrain.datasets import OdgtError
@@ -26,3 +30,27 @@ def exit_on_data_error():
     except (OdgtError, CheckpointSecurityError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
+
+
+def add_common_args(parser) -> None:
+    """mmdet's shared flags: --work-dir, --cfg-options, --launcher, --local_rank."""
+    parser.add_argument('--work-dir', help='the dir to save logs, checkpoints and metrics')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (e.g. '
+                             'train_cfg.max_epochs=3)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args) -> Config:
+    """The config with --cfg-options merged, the launcher and the work dir (default
+    ./work_dirs/<config name>) set, as mmdet's tools do."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg

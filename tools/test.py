@@ -5,42 +5,28 @@ MR^-2 and JI for CrowdHuman configs.
         [--show-dir DIR] [--cfg-options k=v ...] [--launcher none|pytorch]
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
-
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import build_runner, exit_on_data_error  # noqa: E402
+from _common import add_common_args, build_runner, exit_on_data_error, load_config  # noqa: E402
 
 
 def parse_args():
     p = argparse.ArgumentParser(description='Test (and evaluate) a detector (odamtrain)')
     p.add_argument('config', help='test config file path')
     p.add_argument('checkpoint', help='checkpoint file')
-    p.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     p.add_argument('--out', help='dump predictions to a pickle file (.pkl)')
     p.add_argument('--show', action='store_true', help='show predictions in a window')
     p.add_argument('--show-dir', help='draw predictions into images under work_dir/DIR')
     p.add_argument('--wait-time', type=float, default=2, help='interval of --show (s)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config settings, key=value')
-    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = p.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(p)
+    return p.parse_args()
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook

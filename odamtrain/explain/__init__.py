@@ -2,17 +2,19 @@
 from .dense import TARGETS
 from .dense_explainer import explain_dense_detector
 from .heatmap import (
-                      box_sigma,
-                      channel_weighted_map,
-                      gaussian_smooth,
-                      gradcam_pp_weights,
-                      gradcam_weights,
-                      normalize_maps,
-                      odam_heatmap,
-                      resize_maps,
+    box_sigma,
+    channel_weighted_map,
+    explanation_maps,
+    gaussian_smooth,
+    gradcam_pp_weights,
+    gradcam_weights,
+    normalize_maps,
+    odam_heatmap,
+    resize_maps,
 )
 from .roi_explainer import explain_roi_detector, paste_roi_maps
 
 __all__ = ['TARGETS', 'explain_dense_detector', 'explain_roi_detector', 'box_sigma',
            'gaussian_smooth', 'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights',
-           'channel_weighted_map', 'normalize_maps', 'resize_maps', 'paste_roi_maps']
+           'channel_weighted_map', 'explanation_maps', 'normalize_maps', 'resize_maps',
+           'paste_roi_maps']

@@ -20,6 +20,17 @@ from .heatmap import box_sigma, explanation_maps, odam_heatmap, resize_maps
 
 __all__ = ['explain_dense_detector', 'level_heatmaps', 'output_size']
 
+# In 'fast' mode a level whose map holds fewer than this many windows is done 'exact': the
+# window would cover much of it (no saving), and the GroupNorm-statistics term that 'fast'
+# leaves out is largest on small maps (it is spread over h * w positions).
+EXACT_BELOW_WINDOWS = 8
+
+# Elements of one (n, C, k, k) tensor while smoothing gradient windows (16 M = 64 MB fp32;
+# smoothing holds about five such tensors).
+SMOOTHING_BUDGET = 2 ** 24
+# Maps resized to the image at a time (each holds a few (n, H, W) temporaries).
+RESIZE_CHUNK = 32
+
 
 def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, method: str,
                            target: str, smooth: str | None, mode: str, map_size='image',
@@ -76,19 +87,6 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
                             maps[j:j + RESIZE_CHUNK], head.strides[level],
                             meta['img_shape'][:2], out_hw)
     return dets
-
-
-# In 'fast' mode a level whose map holds fewer than this many windows is done 'exact': the
-# window would cover much of it (no saving), and the GroupNorm-statistics term that 'fast'
-# leaves out is largest on small maps (it is spread over h * w positions).
-EXACT_BELOW_WINDOWS = 8
-
-
-# Elements of one (n, C, k, k) tensor while smoothing gradient windows (16 M = 64 MB fp32;
-# smoothing holds about five such tensors).
-SMOOTHING_BUDGET = 2 ** 24
-# Maps resized to the image at a time (each holds a few (n, H, W) temporaries).
-RESIZE_CHUNK = 32
 
 
 def output_size(ori_hw, map_size) -> tuple[int, int]:

@@ -109,6 +109,9 @@ def test_wrong_data_root_and_missing_or_empty_ann_file(tmp_path, root):
     root, ids = root
     with pytest.raises(OdgtError, match='data_root .* does not exist'):
         _build(tmp_path / 'nowhere', 'annotation_val.odgt')
+    # lazily built for its metainfo (as mmdet's init_detector does): no data needed
+    lazy = _build(tmp_path / 'nowhere', 'annotation_val.odgt', lazy_init=True)
+    assert lazy.metainfo['classes'] == ('person',)
     with pytest.raises(OdgtError, match='annotation_train.odgt not found'):
         _build(root, 'annotation_train.odgt')
     with pytest.raises(OdgtError, match='is empty'):

@@ -51,9 +51,6 @@ class StrictCrowdHumanDataset(CrowdHumanDataset):
 
     def __init__(self, data_root: str, ann_file: str, extra_ann_file: str | None = None,
                  strict: bool = True, **kwargs):
-        if not osp.isdir(data_root):
-            raise OdgtError(f'data_root {data_root!r} does not exist; expected a CrowdHuman '
-                            'folder with annotation_train.odgt, annotation_val.odgt and Images/')
         self.strict = strict
         stem = osp.splitext(osp.basename(ann_file))[0].replace('annotation_', '')
         self.extra_ann_file = extra_ann_file or osp.join(data_root, f'id_hw_{stem}.json')
@@ -65,6 +62,11 @@ class StrictCrowdHumanDataset(CrowdHumanDataset):
         BaseDetDataset.__init__(self, data_root=data_root, ann_file=ann_file, **kwargs)
 
     def load_data_list(self) -> list[dict]:
+        # checked here, not in __init__: mmdet's init_detector builds the dataset lazily only
+        # for its metainfo, also where no data is present
+        if not osp.isdir(self.data_root):
+            raise OdgtError(f'data_root {self.data_root!r} does not exist; expected a CrowdHuman '
+                            'folder with annotation_train.odgt, annotation_val.odgt and Images/')
         records = read_odgt(self.ann_file)
         n_cached = len(self.extra_anns)
         data_list = []

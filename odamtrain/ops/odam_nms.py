@@ -1,0 +1,103 @@
+"""Odam-NMS (Zhao & Chan, ICLR'23, Algorithm 1): NMS that asks the heat maps.
+
+Walking the boxes by decreasing score, box p is a duplicate of an already kept box d if
+
+    (IoU(p, d) >  T_iou  and  corr(p, d) > T_l)     overlapping and explained alike, or
+    (IoU(p, d) <= T_iou  and  corr(p, d) > T_h)     apart but explained the same way.
+
+The paper writes IoU >= T_iou; like mmcv's ``nms`` and the authors' code we use the strict
+``IoU > T_iou``, so that with T_l <= -1 and T_h > 1 the keep set is exactly mmcv's ``nms``.
+corr is the normalised correlation of the maps, as in the authors' code: each map is resized
+to short edge 50, flattened and L2-normalised; corr is the dot product (cosine similarity).
+Maps are >= 0, so corr lies in [0, 1]; an all-zero map has corr 0 with everything.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ['odam_nms', 'batched_odam_nms', 'map_correlation', 'box_iou']
+
+MAP_SHORT_EDGE = 50
+
+
+def box_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of (N, 4) x1y1x2y2 boxes -> (N, N), computed like mmcv's CPU nms
+    (offset 0, ``inter / (area_i + area_j - inter)``)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
+    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])  # [N, N, 2]
+    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+def map_correlation(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) heat maps -> (N, N) normalised correlation (cosine of the L2-normalised,
+    flattened maps at short edge 50)."""
+    n, h, w = heatmaps.shape
+    s = MAP_SHORT_EDGE / min(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    maps = heatmaps.float()
+    if (h, w) != size:
+        maps = F.interpolate(maps[:, None], size=size, mode='bilinear', align_corners=False)
+    v = F.normalize(maps.reshape(n, -1), dim=1)  # zero maps stay zero
+    return v @ v.T
+
+
+def _greedy(duplicate: np.ndarray) -> list:
+    """Indices kept by walking rows in order; a row is dropped if a kept earlier row marks
+    it. duplicate: (N, N) bool."""
+    removed = np.zeros(len(duplicate), bool)
+    keep = []
+    for i in range(len(duplicate)):
+        if not removed[i]:
+            keep.append(i)
+            removed |= duplicate[i]
+    return keep
+
+
+def odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.Tensor,
+             iou_threshold: float = 0.5, corr_low: float = 0.2, corr_high: float = 0.8,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Odam-NMS.
+
+    Args:
+        boxes: (N, 4) x1y1x2y2; scores: (N,); heatmaps: (N, h, w) >= 0 at any resolution.
+        iou_threshold: T_iou; corr_low: T_l (0.2); corr_high: T_h (0.8).
+        labels: (N,) optional classes; boxes of different classes never suppress each other.
+    Returns:
+        int64 indices of the kept boxes, sorted by decreasing score (ties in the order of
+        ``scores.sort(descending=True)``, like mmcv's ``nms``).
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    order = scores.sort(0, descending=True)[1]  # the same sort as mmcv's nms
+    iou = box_iou(boxes[order].float())
+    corr = map_correlation(heatmaps[order])
+    overlap = iou > iou_threshold
+    duplicate = (overlap & (corr > corr_low)) | (~overlap & (corr > corr_high))
+    if labels is not None:
+        duplicate &= labels[order][:, None] == labels[order][None, :]
+    keep = _greedy(duplicate.cpu().numpy())
+    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def batched_odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.Tensor,
+                     idxs: torch.Tensor, nms_cfg: dict):
+    """Per-class Odam-NMS shaped like mmcv's ``batched_nms``.
+
+    Args:
+        idxs: (N,) class of each box; nms_cfg: ``iou_threshold``, ``corr_low``,
+            ``corr_high`` and optionally ``max_num`` (keep at most that many).
+    Returns:
+        dets (K, 5) kept boxes with their scores, keep (K,) int64 indices by decreasing score.
+    """
+    cfg = dict(nms_cfg)
+    cfg.pop('type', None)
+    max_num = cfg.pop('max_num', -1)
+    keep = odam_nms(boxes, scores, heatmaps, labels=idxs, **cfg)
+    if max_num > 0:
+        keep = keep[:max_num]
+    return torch.cat([boxes[keep], scores[keep][:, None]], 1), keep

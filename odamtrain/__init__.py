@@ -4,7 +4,7 @@ Importing the package (``custom_imports = dict(imports=['odamtrain'])``) registe
 datasets, metrics, hooks and runner in mmdet/mmengine registries, makes mmengine's local
 file writes atomic and its local checkpoint loading weights-only with a narrow allow-list.
 """
-from . import apis, datasets, engine, evaluation, explain, ops  # noqa: F401  (registers modules)
+from . import apis, datasets, engine, evaluation, explain, models, ops  # noqa: F401  (registers modules)
 from .engine.checkpoint import register_safe_local_loader
 from .utils.fileio import register_atomic_local_backend
 from .version import __version__

@@ -11,11 +11,13 @@ from odamtrain.datasets import render_scene
 from .conftest import REPO
 
 
-def build_detector(config: str, num_classes: int = 1, seed: int = 0):
+def build_detector(config: str, num_classes: int = 1, seed: int = 0, cfg_options=None):
     """A model from one of our configs, random init, eval mode, keeping low-score
     detections (score_thr 0) so that a random model detects something."""
     register_all_modules()
     cfg = Config.fromfile(f'{REPO}/{config}')
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     if 'roi_head' in cfg.model:
         cfg.model.roi_head.bbox_head.num_classes = num_classes
         cfg.model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=30)

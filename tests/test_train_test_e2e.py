@@ -44,6 +44,13 @@ def test_train_then_test(config, synthetic_root, tmp_path):
                        str(tmp_path / 'test'), '--cfg-options', *data_options(synthetic_root)))
     for name in ('AP50', 'MR^-2', 'JI'):
         assert any(line.split()[:1] == [name] for line in out.splitlines()), name
+    if 'fcos' in config:  # the same checkpoint tested with Odam-NMS, chosen from the CLI
+        out = _ok(run_tool('tools/test.py', config, str(work / 'epoch_1.pth'), '--work-dir',
+                           str(tmp_path / 'test_odam'), '--cfg-options',
+                           *data_options(synthetic_root), 'model.bbox_head.type=OdamFCOSHead',
+                           'model.test_cfg.nms.type=odam_nms',
+                           'model.test_cfg.nms.corr_low=0.2', 'model.test_cfg.nms.corr_high=0.8'))
+        assert any(line.split()[:1] == ['JI'] for line in out.splitlines())
     # heat-map pictures and maps of the trained model's detections
     images = sorted((Path(synthetic_root) / 'Images').glob('*val*.jpg'))[:2]
     _ok(run_tool('tools/explain.py', config, str(work / 'epoch_1.pth'), *map(str, images),

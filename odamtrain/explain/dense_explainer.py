@@ -18,7 +18,7 @@ from .dense import (
 )
 from .heatmap import box_sigma, explanation_maps, odam_heatmap, resize_maps
 
-__all__ = ['explain_dense_detector', 'level_heatmaps', 'output_size']
+__all__ = ['explain_dense_detector', 'dense_heatmaps', 'level_heatmaps', 'output_size']
 
 # In 'fast' mode a level whose map holds fewer than this many windows is done 'exact': the
 # window would cover much of it (no saving), and the GroupNorm-statistics term that 'fast'
@@ -56,6 +56,21 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
     dets = [dense_detections(head, [c[i] for c in cls_scores], [r[i] for r in bbox_preds],
                              [f[i] for f in factors] if factors is not None else None, meta)
             for i, meta in enumerate(metas)]
+    dense_heatmaps(head, feats, dets, metas, method, target, smooth, mode, tower_state,
+                   map_size, chunk)
+    return dets
+
+
+def dense_heatmaps(head, feats, dets: list, metas: list, method: str, target: str,
+                   smooth: str | None, mode: str, tower_state: dict, map_size='image',
+                   chunk: int = 256) -> None:
+    """Set ``heatmaps`` (N, H, W) on each image's detections (``labels``, ``level``, ``loc``,
+    ``bboxes`` in original pixels, as :func:`dense.dense_detections` returns them).
+
+    Args:
+        feats: the FPN levels (B, C, h, w) the detections were made from; tower_state: what
+            :func:`dense.record_tower_state` recorded during that forward.
+    """
     if mode == 'fast':
         reason = fast_window_support(head)
         if reason is not None:
@@ -64,14 +79,14 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
             mode = 'exact'
     elif mode != 'exact':
         raise ValueError(f"mode must be 'fast' or 'exact', got {mode!r}")
-    scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
-                         device=inputs.device)  # [B, 2] input / original (w, h)
+    scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=feats[0].dtype,
+                         device=feats[0].device)  # [B, 2] input / original (w, h)
     # Everything below runs without recording a graph (the gradient functions record what
     # they need themselves): a graph through the maps would keep every chunk alive.
     with torch.no_grad():
         for i, (det, meta) in enumerate(zip(dets, metas)):
             out_hw = output_size(meta['ori_shape'][:2], map_size)
-            det.heatmaps = inputs.new_zeros(len(det), *out_hw)
+            det.heatmaps = feats[0].new_zeros(len(det), *out_hw)
             det_b = InstanceData(labels=det.labels, loc=det.loc, bboxes=det.bboxes,
                                  img=torch.full_like(det.labels, i))
             for level, feat in enumerate(feats):
@@ -81,12 +96,11 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
                 idx = (det.level == level).nonzero()[:, 0]
                 for part in idx.split(chunk) if len(idx) else ():
                     maps = level_heatmaps(head, feat, level, det_b[part], method, target, smooth,
-                                       level_mode, scale, tower_state)
+                                          level_mode, scale, tower_state)
                     for j in range(0, len(part), RESIZE_CHUNK):  # (n, H, W) temporaries
                         det.heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
                             maps[j:j + RESIZE_CHUNK], head.strides[level],
                             meta['img_shape'][:2], out_hw)
-    return dets
 
 
 def output_size(ori_hw, map_size) -> tuple[int, int]:

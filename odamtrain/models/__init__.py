@@ -1,0 +1,3 @@
+from .dense_heads import OdamFCOSHead
+
+__all__ = ['OdamFCOSHead']

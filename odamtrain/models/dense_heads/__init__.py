@@ -1,0 +1,3 @@
+from .odam_fcos_head import OdamFCOSHead
+
+__all__ = ['OdamFCOSHead']

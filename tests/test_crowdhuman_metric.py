@@ -124,3 +124,21 @@ def test_unknown_prediction_id_and_refused_options(ann):
         CrowdHumanDetMetric(ann_file=path, compare_matching_method='VOC')
     with pytest.raises(ValueError, match='eval_mode'):
         CrowdHumanDetMetric(ann_file=path, eval_mode=1)
+
+
+def test_crowd_and_sparse_recall_hand_computed(tmp_path):
+    """GT A and B overlap (IoU 80 / 120 = 0.67: the crowd set), C stands alone (sparse).
+    Detections hit A and C: at the best-JI threshold recall = 2/3, crowd 1/2, sparse 1/1
+    (plain NMS at 0.5 would remove any detection of B kept next to A's)."""
+    from odamtrain.evaluation import crowd_mask
+    boxes = [[0, 0, 10, 20], [2, 0, 10, 20], [50, 0, 10, 20]]  # xywh
+    rec = dict(ID='a', gtboxes=[dict(tag='person', fbox=b) for b in boxes])
+    path = tmp_path / 'annotation_val.odgt'
+    path.write_text(json.dumps(rec) + '\n')
+    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in boxes], float)
+    assert crowd_mask(xyxy).tolist() == [True, True, False]
+    sample = dict(img_id='a', ori_shape=(100, 100), pred_instances=dict(
+        bboxes=torch.tensor([[0, 0, 10, 20], [50, 0, 60, 20.]]), scores=torch.tensor([0.9, 0.8])))
+    res = _evaluate(CrowdHumanDetMetric(ann_file=str(path)), [sample])
+    assert res['recall'] == pytest.approx(2 / 3, abs=1e-4)
+    assert res['crowd_recall'] == pytest.approx(0.5) and res['sparse_recall'] == 1.0

@@ -44,7 +44,9 @@ def main():
 
 def print_metrics(metrics: dict) -> None:
     """One line per metric, CrowdHuman's named as in the papers."""
-    names = {'crowd_human/AP50': 'AP50', 'crowd_human/MR-2': 'MR^-2', 'crowd_human/JI': 'JI'}
+    names = {'crowd_human/AP50': 'AP50', 'crowd_human/MR-2': 'MR^-2', 'crowd_human/JI': 'JI',
+             'crowd_human/recall': 'recall', 'crowd_human/crowd_recall': 'crowd recall',
+             'crowd_human/sparse_recall': 'sparse recall'}
     print('\n' + '=' * 40)
     for key, value in metrics.items():
         print(f'{names.get(key, key):>28s}  {value:.4f}' if isinstance(value, float)

@@ -9,6 +9,7 @@ from mmdet.registry import METRICS
 from mmengine.fileio import load
 
 from odamtrain.datasets.odgt import OdgtError, read_odgt
+from odamtrain.evaluation.functional import crowd_mask, set_recalls
 
 __all__ = ['CrowdHumanDetMetric']
 
@@ -40,12 +41,14 @@ class CrowdHumanDetMetric(CrowdHumanMetric):
       shuffled loader evaluates correctly (the parent zips both files line by line and asserts);
     * images without ``gtboxes`` are evaluated (the parent crashes);
     * no ground truth at all gives NaN instead of a division by zero;
-    * ``num_ji_process=1`` computes JI in this process (the parent always forks, 10 x 10
-      processes by default);
+    * JI is computed in this process (the parent forks 10 x 10 processes by default;
+      ``num_ji_process`` is accepted for config compatibility);
     * ``compare_matching_method='VOC'`` and ``eval_mode`` 1/2 are refused at construction
       with a clear message (both crash in mmdet 3.3; our detectors predict body boxes).
 
-    Reported keys (under the ``crowd_human`` prefix): ``AP50``, ``MR-2``, ``JI``.
+    Reported keys (under the ``crowd_human`` prefix): ``AP50``, ``MR-2``, ``JI`` and, with JI,
+    ``recall``, ``crowd_recall``, ``sparse_recall`` at the score threshold of the best JI (the
+    ODAM paper's crowd / sparse sets, :mod:`odamtrain.evaluation.functional.crowd_recall`).
     """
 
     def __init__(self, ann_file: str, num_ji_process: int = 1, **kwargs):
@@ -82,14 +85,30 @@ class CrowdHumanDetMetric(CrowdHumanMetric):
             return super().eval_mr(score_list, gt_num, img_num)
 
     def eval_ji(self, samples):
-        if self.num_ji_process > 1:
-            return super().eval_ji(samples)
+        """Best JI over score thresholds 0.0 .. 0.9 (computed in this process); also sets
+        the crowd / sparse recalls at that threshold (:meth:`set_recalls`)."""
         ratios = []
         for i in range(10):
             results = _ListQueue()
             self.compute_ji_with_ignore(results, samples, 0.1 * i)
             ratios.append(self.gather(results)[1])
+        best = int(np.nanargmax(ratios)) if not np.isnan(ratios).all() else 0
+        self._recalls = self.set_recalls(samples, 0.1 * best)
         return max(ratios)
+
+    def set_recalls(self, samples: dict, score_thr: float) -> dict:
+        """Recall of all / crowd / sparse GT persons (paper A.4.2) with the JI matching of
+        detections scoring above ``score_thr``."""
+        matched, crowd = [], []
+        for record in samples.values():
+            gt = record.gt_boxes[record.gt_boxes[:, -1] != -1, :4]
+            dt = record.dt_boxes[record.dt_boxes[:, -1] > score_thr, :-1]
+            hit = np.zeros(len(gt), bool)
+            for _, j in self.compute_ji_matching(dt, gt):
+                hit[j] = True
+            matched.append(hit)
+            crowd.append(crowd_mask(gt))
+        return set_recalls(matched, crowd)
 
     @staticmethod
     def gather(results):
@@ -100,4 +119,7 @@ class CrowdHumanDetMetric(CrowdHumanMetric):
     def compute_metrics(self, results: list) -> dict:
         out = super().compute_metrics(results)
         names = {'mAP': 'AP50', 'mMR': 'MR-2', 'JI': 'JI'}
-        return OrderedDict((names[k], v) for k, v in out.items())
+        metrics = OrderedDict((names[k], v) for k, v in out.items())
+        if 'JI' in metrics:
+            metrics.update((k, round(v, 4)) for k, v in self._recalls.items())
+        return metrics

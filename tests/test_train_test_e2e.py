@@ -51,6 +51,16 @@ def test_train_then_test(config, synthetic_root, tmp_path):
                            'model.test_cfg.nms.type=odam_nms',
                            'model.test_cfg.nms.corr_low=0.2', 'model.test_cfg.nms.corr_high=0.8'))
         assert any(line.split()[:1] == ['JI'] for line in out.splitlines())
+        # the NMS / Soft-NMS / Odam-NMS table of the paper (Table 5) for this checkpoint
+        table = tmp_path / 'nms_table.json'
+        _ok(run_tool('tools/compare_nms.py', config, str(work / 'epoch_1.pth'), '--work-dir',
+                     str(tmp_path / 'compare'), '--out', str(table), '--cfg-options',
+                     *data_options(synthetic_root)))
+        rows = json.loads(table.read_text())
+        assert [r['method'] for r in rows] == ['NMS', 'Soft-NMS', 'Odam-NMS (0.2, 0.8)']
+        for r in rows:
+            assert {'AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall'} <= set(r)
+            assert r['s_per_img'] > 0
     # heat-map pictures and maps of the trained model's detections
     images = sorted((Path(synthetic_root) / 'Images').glob('*val*.jpg'))[:2]
     _ok(run_tool('tools/explain.py', config, str(work / 'epoch_1.pth'), *map(str, images),

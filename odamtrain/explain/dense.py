@@ -125,11 +125,17 @@ def _factor_conv(head):
 
 # ----------------------------------------------------------------------------- exact mode
 
+# Elements of one level map times predictions per vectorised backward in exact mode (the
+# backward holds a few dozen such tensors: 2^22 elements = 16 MB each).
+EXACT_BUDGET = 2 ** 22
+
+
 def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, target: str,
                       scale_factors: torch.Tensor, batch_index: torch.Tensor,
-                      chunk: int = 8):
+                      chunk: int | None = None):
     """Yield (indices, grads) with grads (n, C, h, w) = dY/dA_level for chunks of the
     detections of this level, by vectorised autograd of the whole head on the level map.
+    ``chunk`` predictions per backward (default: as many as :data:`EXACT_BUDGET` allows).
 
     Args:
         feat: (B, C, h, w) the level's FPN features (no grad needed; a leaf copy is made).
@@ -146,6 +152,8 @@ def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, t
         points = _points(head, level, ys, xs, feat)
         y = dense_attribute(head, target, cls[b, :, ys, xs], reg[b, :, ys, xs], factor_at,
                             det.labels, points, scale_factors[b].T)  # [N]
+    if chunk is None:
+        chunk = max(1, EXACT_BUDGET // feat.numel())
     eye = torch.eye(len(y), dtype=y.dtype, device=y.device)
     for start in range(0, len(y), chunk):
         idx = torch.arange(start, min(start + chunk, len(y)), device=y.device)

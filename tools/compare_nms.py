@@ -1,0 +1,89 @@
+"""The ODAM paper's Table 5 on one checkpoint: NMS, Soft-NMS and Odam-NMS on the test set,
+with AP50, MR^-2, JI, recall (all / crowd / sparse) and seconds per image; optionally the
+T_l x T_h sweep of the paper's Fig. 9.
+
+    python tools/compare_nms.py CONFIG CHECKPOINT [--iou 0.5] [--corr-low 0.2] [--corr-high 0.8]
+        [--sweep] [--out table.json] [--cfg-options ...]
+
+Odam-NMS needs an FCOS model (the head becomes OdamFCOSHead, same weights).
+"""
+import argparse
+import copy
+import json
+import os.path as osp
+import sys
+import time
+
+from mmengine.config import Config, DictAction
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import build_runner, exit_on_data_error  # noqa: E402
+
+from odamtrain.utils import atomic_write_text  # noqa: E402
+
+COLUMNS = [('AP50', 'AP50'), ('MR-2', 'MR^-2'), ('JI', 'JI'), ('recall', 'recall'),
+           ('crowd_recall', 'crowd'), ('sparse_recall', 'sparse')]
+
+
+def run(cfg, checkpoint, nms, work_dir, odam_head=False):
+    """Test ``checkpoint`` with ``nms`` as the test-time NMS -> (metrics, s/img)."""
+    cfg = copy.deepcopy(cfg)
+    test_cfg = cfg.model.test_cfg.rcnn if 'rcnn' in cfg.model.test_cfg else cfg.model.test_cfg
+    test_cfg.nms = nms
+    if odam_head:
+        cfg.model.bbox_head.type = 'OdamFCOSHead'
+    cfg.load_from, cfg.work_dir, cfg.log_level = checkpoint, work_dir, 'WARNING'
+    runner = build_runner(cfg)
+    start = time.perf_counter()
+    metrics = runner.test()
+    seconds = time.perf_counter() - start
+    metrics = {k.split('/')[-1]: v for k, v in metrics.items()}
+    return metrics, seconds / len(runner.test_dataloader.dataset)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config')
+    p.add_argument('checkpoint')
+    p.add_argument('--iou', type=float, default=0.5, help='T_iou, also NMS / Soft-NMS IoU')
+    p.add_argument('--corr-low', type=float, default=0.2, help='T_l')
+    p.add_argument('--corr-high', type=float, default=0.8, help='T_h')
+    p.add_argument('--sweep', action='store_true', help='also sweep T_l x T_h (Fig. 9)')
+    p.add_argument('--work-dir', default='work_dirs/compare_nms')
+    p.add_argument('--out', help='write the rows as JSON')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = p.parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    is_fcos = 'rcnn' not in cfg.model.test_cfg
+    variants = [('NMS', dict(type='nms', iou_threshold=args.iou), False),
+                ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05), False)]
+    odam = dict(type='odam_nms', iou_threshold=args.iou)
+    if is_fcos:
+        variants.append((f'Odam-NMS ({args.corr_low}, {args.corr_high})',
+                         dict(odam, corr_low=args.corr_low, corr_high=args.corr_high), True))
+        if args.sweep:
+            for low in (0.0, 0.1, 0.2, 0.3, 0.4):
+                for high in (0.6, 0.7, 0.8, 0.9, 1.01):
+                    if (low, high) != (args.corr_low, args.corr_high):
+                        variants.append((f'Odam-NMS ({low}, {high})',
+                                         dict(odam, corr_low=low, corr_high=high), True))
+    else:
+        print('Odam-NMS rows need an FCOS model (Faster R-CNN wiring: next step)')
+    header = f'{"method":28s}' + ''.join(f'{name:>8s}' for _, name in COLUMNS) + f'{"s/img":>8s}'
+    print(header, flush=True)
+    rows = []
+    with exit_on_data_error():
+        for i, (name, nms, odam_head) in enumerate(variants):
+            metrics, s_img = run(cfg, args.checkpoint, nms, osp.join(args.work_dir, str(i)),
+                                 odam_head)
+            rows.append(dict(method=name, nms=nms, s_per_img=s_img, **metrics))
+            print(f'{name:28s}' + ''.join(f'{metrics.get(key, float("nan")):>8.4f}'
+                                          for key, _ in COLUMNS) + f'{s_img:>8.3f}', flush=True)
+    if args.out:
+        atomic_write_text(json.dumps(rows, indent=1), args.out)
+
+
+if __name__ == '__main__':
+    main()

@@ -5,7 +5,8 @@ T_l x T_h sweep of the paper's Fig. 9.
     python tools/compare_nms.py CONFIG CHECKPOINT [--iou 0.5] [--corr-low 0.2] [--corr-high 0.8]
         [--sweep] [--out table.json] [--cfg-options ...]
 
-Odam-NMS needs an FCOS model (the head becomes OdamFCOSHead, same weights).
+For Odam-NMS the FCOS head becomes OdamFCOSHead, the R-CNN RoI head OdamRoIHead (same
+weights).
 """
 import argparse
 import copy
@@ -30,7 +31,9 @@ def run(cfg, checkpoint, nms, work_dir, odam_head=False):
     cfg = copy.deepcopy(cfg)
     test_cfg = cfg.model.test_cfg.rcnn if 'rcnn' in cfg.model.test_cfg else cfg.model.test_cfg
     test_cfg.nms = nms
-    if odam_head:
+    if odam_head and 'roi_head' in cfg.model:
+        cfg.model.roi_head.type = 'OdamRoIHead'
+    elif odam_head:
         cfg.model.bbox_head.type = 'OdamFCOSHead'
     cfg.load_from, cfg.work_dir, cfg.log_level = checkpoint, work_dir, 'WARNING'
     runner = build_runner(cfg)
@@ -56,21 +59,17 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    is_fcos = 'rcnn' not in cfg.model.test_cfg
-    variants = [('NMS', dict(type='nms', iou_threshold=args.iou), False),
-                ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05), False)]
     odam = dict(type='odam_nms', iou_threshold=args.iou)
-    if is_fcos:
-        variants.append((f'Odam-NMS ({args.corr_low}, {args.corr_high})',
-                         dict(odam, corr_low=args.corr_low, corr_high=args.corr_high), True))
-        if args.sweep:
-            for low in (0.0, 0.1, 0.2, 0.3, 0.4):
-                for high in (0.6, 0.7, 0.8, 0.9, 1.01):
-                    if (low, high) != (args.corr_low, args.corr_high):
-                        variants.append((f'Odam-NMS ({low}, {high})',
-                                         dict(odam, corr_low=low, corr_high=high), True))
-    else:
-        print('Odam-NMS rows need an FCOS model (Faster R-CNN wiring: next step)')
+    variants = [('NMS', dict(type='nms', iou_threshold=args.iou), False),
+                ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05), False),
+                (f'Odam-NMS ({args.corr_low}, {args.corr_high})',
+                 dict(odam, corr_low=args.corr_low, corr_high=args.corr_high), True)]
+    if args.sweep:
+        for low in (0.0, 0.1, 0.2, 0.3, 0.4):
+            for high in (0.6, 0.7, 0.8, 0.9, 1.01):
+                if (low, high) != (args.corr_low, args.corr_high):
+                    variants.append((f'Odam-NMS ({low}, {high})',
+                                     dict(odam, corr_low=low, corr_high=high), True))
     header = f'{"method":28s}' + ''.join(f'{name:>8s}' for _, name in COLUMNS) + f'{"s/img":>8s}'
     print(header, flush=True)
     rows = []

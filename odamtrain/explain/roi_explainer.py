@@ -18,7 +18,7 @@ from mmengine.structures import InstanceData
 from .heatmap import SIGMA_PER_BOX_SIZE, explanation_maps
 
 __all__ = ['roi_detections', 'roi_attribute', 'paste_roi_maps', 'explain_roi_detector',
-           'fpn_rounds', 'roi_fpn_grads']
+           'roi_heatmaps', 'fpn_rounds', 'roi_fpn_grads']
 
 
 def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
@@ -107,7 +107,6 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
     """
     if features not in ('roi', 'fpn'):
         raise ValueError(f"features must be 'roi' or 'fpn', got {features!r}")
-    from .dense_explainer import output_size
     roi_head = model.roi_head
     bbox_head = roi_head.bbox_head
     metas = [s.metainfo for s in data_samples]
@@ -134,28 +133,48 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
             det.roi = det.roi + start
             dets.append(det)
             start += counts[i]
-        scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
-                             device=inputs.device)
-        allb = InstanceData.cat(dets)
-        img = torch.cat([torch.full_like(d.labels, i) for i, d in enumerate(dets)])
         if features == 'fpn':
+            scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
+                                 device=inputs.device)
+            allb = InstanceData.cat(dets)
+            img = torch.cat([torch.full_like(d.labels, i) for i, d in enumerate(dets)])
             return _fpn_level_maps(model, levels, dets, allb, img, rois, cls_score, bbox_pred,
                                    target, method, smooth, scale, metas, map_size)
+    roi_heatmaps(bbox_head, feat, cls_score, bbox_pred, rois, dets, metas, method, target,
+                 smooth, map_size)
+    return dets
+
+
+def roi_heatmaps(bbox_head, feat: torch.Tensor, cls_score: torch.Tensor,
+                 bbox_pred: torch.Tensor, rois: torch.Tensor, dets: list, metas: list,
+                 method: str, target: str, smooth: str | None, map_size='image') -> None:
+    """Set ``heatmaps`` (N, H, W) on each image's detections (``labels``, ``roi`` indexing
+    ``rois`` of the whole batch) from the RoI features.
+
+    Args:
+        feat: (R, C, s, s) RoI features requiring grad, from which ``cls_score`` (R, K + 1)
+            and ``bbox_pred`` were computed (graph kept); rois: (R, 5) batch index, x1y1x2y2.
+    """
+    from .dense_explainer import output_size
+    scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=feat.dtype,
+                         device=feat.device)
+    allb = InstanceData.cat(dets)
+    img = torch.cat([torch.full_like(d.labels, i) for i, d in enumerate(dets)])
+    with torch.enable_grad():
         grads = _roi_grads(bbox_head, target, feat, cls_score, bbox_pred, rois, allb, img,
                            scale)
-    size = feat.shape[-1]
-    sigma = None
-    if method == 'odam' and smooth == 'gaussian':
-        sigma = torch.full((len(grads),), SIGMA_PER_BOX_SIZE * size, dtype=feat.dtype)
-    maps = explanation_maps(method, grads, feat.detach()[allb.roi], sigma)
-    out, start = [], 0
-    for i, (det, meta) in enumerate(zip(dets, metas)):
-        part = maps[start:start + len(det)]
-        boxes = rois[det.roi, 1:] / scale[i].repeat(2)  # RoI in original pixels
-        det.heatmaps = paste_roi_maps(part, boxes, output_size(meta['ori_shape'][:2], map_size))
-        start += len(det)
-        out.append(det)
-    return out
+    with torch.no_grad():
+        sigma = None
+        if method == 'odam' and smooth == 'gaussian':
+            sigma = torch.full((len(grads),), SIGMA_PER_BOX_SIZE * feat.shape[-1],
+                               dtype=feat.dtype, device=feat.device)
+        maps = explanation_maps(method, grads, feat.detach()[allb.roi], sigma)
+        start = 0
+        for i, (det, meta) in enumerate(zip(dets, metas)):
+            boxes = rois[det.roi, 1:] / scale[i].repeat(2)  # RoI in original pixels
+            det.heatmaps = paste_roi_maps(maps[start:start + len(det)], boxes,
+                                          output_size(meta['ori_shape'][:2], map_size))
+            start += len(det)
 
 
 def _roi_grads(bbox_head, target, feat, cls_score, bbox_pred, rois, det, img, scale):

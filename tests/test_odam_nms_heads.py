@@ -1,4 +1,4 @@
-"""Odam-NMS inside FCOS: test_cfg.nms switches between mmdet's NMS and Odam-NMS."""
+"""Odam-NMS inside FCOS and Faster R-CNN: the NMS config picks mmdet's NMS or Odam-NMS."""
 import pytest
 import torch
 
@@ -52,3 +52,32 @@ def test_default_thresholds_run_in_the_detector():
     assert 'heatmaps' not in got
     # the same candidates reach the operator: the top detection survives either NMS
     torch.testing.assert_close(got.bboxes[0], want.bboxes[0])
+
+
+RCNN = 'configs/faster-rcnn_tiny_fpn_synthetic.py'
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_rcnn_limit_is_exactly_mmdet_nms(seed):
+    """OdamRoIHead with T_l <= -1, T_h > 1 == mmdet's StandardRoIHead with NMS 0.5."""
+    stock = build_detector(RCNN)
+    odam = build_detector(RCNN, cfg_options={
+        'model.roi_head.type': 'OdamRoIHead',
+        'model.test_cfg.rcnn.nms': dict(type='odam_nms', iou_threshold=0.5, corr_low=-1.0,
+                                        corr_high=1.01, keep_heatmaps=True)})
+    odam.load_state_dict(stock.state_dict())
+    inputs, samples = image_batch(stock, seed)
+    want = stock.predict(inputs, samples)[0].pred_instances
+    got = odam.predict(inputs, samples)[0].pred_instances
+    assert len(want) > 5
+    assert torch.equal(got.labels, want.labels)
+    torch.testing.assert_close(got.scores, want.scores)
+    torch.testing.assert_close(got.bboxes, want.bboxes)
+    assert got.heatmaps.shape[0] == len(got) and got.heatmaps.shape[1] == 50
+    default = build_detector(RCNN, cfg_options={
+        'model.roi_head.type': 'OdamRoIHead',
+        'model.test_cfg.rcnn.nms': dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
+                                        corr_high=0.8)})
+    default.load_state_dict(stock.state_dict())
+    res = default.predict(inputs, samples)[0].pred_instances
+    assert len(res) > 0 and (res.scores[:-1] >= res.scores[1:]).all() and 'heatmaps' not in res

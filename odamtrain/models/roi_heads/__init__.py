@@ -1,0 +1,3 @@
+from .odam_roi_head import OdamRoIHead
+
+__all__ = ['OdamRoIHead']

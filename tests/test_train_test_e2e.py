@@ -54,13 +54,19 @@ def test_train_then_test(config, synthetic_root, tmp_path):
         # the NMS / Soft-NMS / Odam-NMS table of the paper (Table 5) for this checkpoint
         table = tmp_path / 'nms_table.json'
         _ok(run_tool('tools/compare_nms.py', config, str(work / 'epoch_1.pth'), '--work-dir',
-                     str(tmp_path / 'compare'), '--out', str(table), '--cfg-options',
-                     *data_options(synthetic_root)))
+                     str(tmp_path / 'compare'), '--out', str(table), '--sweep',
+                     '--cfg-options', *data_options(synthetic_root)))
         rows = json.loads(table.read_text())
-        assert [r['method'] for r in rows] == ['NMS', 'Soft-NMS', 'Odam-NMS (0.2, 0.8)']
+        assert [r['method'] for r in rows[:3]] == ['NMS', 'Soft-NMS', 'Odam-NMS (0.2, 0.8)']
+        assert len(rows) == 3 + 25  # the T_l x T_h sweep
+        keys = ('AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall')
         for r in rows:
-            assert {'AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall'} <= set(r)
-            assert r['s_per_img'] > 0
+            assert set(keys) <= set(r)
+        assert all(r['s_per_img'] > 0 for r in rows[:3])
+        # the sweep (maps computed once) reproduces the full test loop's Odam-NMS row
+        swept = next(r for r in rows[3:] if r['method'] == 'Odam-NMS (0.2, 0.8)')
+        for key in keys:
+            assert swept[key] == pytest.approx(rows[2][key], nan_ok=True), key
     # heat-map pictures and maps of the trained model's detections
     images = sorted((Path(synthetic_root) / 'Images').glob('*val*.jpg'))[:2]
     _ok(run_tool('tools/explain.py', config, str(work / 'epoch_1.pth'), *map(str, images),

@@ -44,6 +44,41 @@ def run(cfg, checkpoint, nms, work_dir, odam_head=False):
     return metrics, seconds / len(runner.test_dataloader.dataset)
 
 
+def sweep(cfg, checkpoint, settings: list, iou: float) -> list:
+    """Odam-NMS for every (T_l, T_h) in ``settings`` on the test set, with the candidates
+    and their maps computed once per batch (they do not depend on the thresholds).
+    FCOS only. Returns [(setting, metrics)]."""
+    import torch
+    cfg = copy.deepcopy(cfg)
+    cfg.model.bbox_head.type = 'OdamFCOSHead'
+    cfg.load_from, cfg.log_level = checkpoint, 'WARNING'
+    cfg.work_dir = cfg.get('work_dir') or 'work_dirs/compare_nms/sweep'
+    runner = build_runner(cfg)
+    runner.load_checkpoint(checkpoint)
+    model, loader = runner.model.eval(), runner.test_dataloader
+    evaluators = []
+    for _ in settings:
+        evaluator = runner.build_evaluator(cfg.test_evaluator)
+        evaluator.dataset_meta = loader.dataset.metainfo
+        evaluators.append(evaluator)
+    head = model.bbox_head
+    for batch in loader:
+        data = model.data_preprocessor(batch, False)
+        metas = [s.metainfo for s in data['data_samples']]
+        with torch.no_grad():
+            x = model.extract_feat(data['inputs'])
+        cands = head.odam_candidates(x, metas, dict(type='odam_nms'))
+        for (low, high), evaluator in zip(settings, evaluators):
+            results = head.odam_suppress(cands, metas, dict(iou_threshold=iou, corr_low=low,
+                                                            corr_high=high))
+            samples = model.add_pred_to_datasample(
+                [s.clone() for s in data['data_samples']], results)
+            evaluator.process(data_samples=samples, data_batch=batch)
+    return [(setting, {k.split('/')[-1]: v for k, v in
+                       evaluator.evaluate(len(loader.dataset)).items()})
+            for setting, evaluator in zip(settings, evaluators)]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config')
@@ -64,12 +99,7 @@ def main():
                 ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05), False),
                 (f'Odam-NMS ({args.corr_low}, {args.corr_high})',
                  dict(odam, corr_low=args.corr_low, corr_high=args.corr_high), True)]
-    if args.sweep:
-        for low in (0.0, 0.1, 0.2, 0.3, 0.4):
-            for high in (0.6, 0.7, 0.8, 0.9, 1.01):
-                if (low, high) != (args.corr_low, args.corr_high):
-                    variants.append((f'Odam-NMS ({low}, {high})',
-                                     dict(odam, corr_low=low, corr_high=high), True))
+
     header = f'{"method":28s}' + ''.join(f'{name:>8s}' for _, name in COLUMNS) + f'{"s/img":>8s}'
     print(header, flush=True)
     rows = []
@@ -80,6 +110,19 @@ def main():
             rows.append(dict(method=name, nms=nms, s_per_img=s_img, **metrics))
             print(f'{name:28s}' + ''.join(f'{metrics.get(key, float("nan")):>8.4f}'
                                           for key, _ in COLUMNS) + f'{s_img:>8.3f}', flush=True)
+    if args.sweep:
+        if 'roi_head' in cfg.model:
+            sys.exit('error: --sweep supports FCOS models')
+        settings = [(low, high) for low in (0.0, 0.1, 0.2, 0.3, 0.4)
+                    for high in (0.6, 0.7, 0.8, 0.9, 1.01)]
+        print(f'\nT_l x T_h sweep (T_iou {args.iou}; maps computed once per image)')
+        with exit_on_data_error():
+            for (low, high), metrics in sweep(cfg, args.checkpoint, settings, args.iou):
+                name = f'Odam-NMS ({low}, {high})'
+                rows.append(dict(method=name, nms=dict(odam, corr_low=low, corr_high=high),
+                                 **metrics))
+                print(f'{name:28s}' + ''.join(f'{metrics.get(key, float("nan")):>8.4f}'
+                                              for key, _ in COLUMNS), flush=True)
     if args.out:
         atomic_write_text(json.dumps(rows, indent=1), args.out)
 

@@ -34,23 +34,33 @@ class OdamFCOSHead(FCOSHead):
         if nms_cfg.get('type') != 'odam_nms':
             return super().predict(x, batch_data_samples, rescale=rescale)
         metas = [s.metainfo for s in batch_data_samples]
+        cands = self.odam_candidates(x, metas, nms_cfg)
+        return self.odam_suppress(cands, metas, nms_cfg, rescale)
+
+    def odam_candidates(self, x, batch_img_metas: list, nms_cfg: dict) -> list:
+        """Per image the detections that reach NMS (score threshold, ``nms_pre``, score
+        factors applied; boxes in original pixels) with their ODAM ``heatmaps``."""
         with torch.no_grad(), record_tower_state(self) as state:
             cls_scores, bbox_preds, centernesses = self(x)
-        # candidates in original pixels (what the maps are sized by), before NMS
         cands = [dense_detections(self, [c[i] for c in cls_scores], [b[i] for b in bbox_preds],
                                   [f[i] for f in centernesses], meta, rescale=True,
                                   with_nms=False)
-                 for i, meta in enumerate(metas)]
-        dense_heatmaps(self, x, cands, metas, 'odam', nms_cfg.get('target', 'logit'),
+                 for i, meta in enumerate(batch_img_metas)]
+        dense_heatmaps(self, x, cands, batch_img_metas, 'odam', nms_cfg.get('target', 'logit'),
                        'gaussian', nms_cfg.get('mode', 'fast'), state,
                        nms_cfg.get('map_size', 50))
+        return cands
+
+    def odam_suppress(self, cands: list, batch_img_metas: list, nms_cfg: dict,
+                      rescale: bool = True) -> list:
+        """Odam-NMS of :meth:`odam_candidates` per image (the candidates are not changed)."""
         op_cfg = {k: v for k, v in nms_cfg.items() if k not in _MAP_KEYS}
+        max_per_img = self.test_cfg.get('max_per_img', -1)
         results = []
-        for cand, meta in zip(cands, metas):
+        for cand, meta in zip(cands, batch_img_metas):
             _, keep = batched_odam_nms(cand.bboxes, cand.scores, cand.heatmaps, cand.labels,
                                        op_cfg)
-            res = cand[keep[:self.test_cfg.get('max_per_img', -1)]
-                       if self.test_cfg.get('max_per_img', -1) > 0 else keep]
+            res = cand[keep[:max_per_img] if max_per_img > 0 else keep]
             del res.level, res.loc
             if not nms_cfg.get('keep_heatmaps', False):
                 del res.heatmaps

@@ -4,17 +4,13 @@ from __future__ import annotations
 import torch
 from mmdet.models.dense_heads import FCOSHead
 from mmdet.registry import MODELS
-from mmdet.structures.bbox import scale_boxes
 
 from odamtrain.explain.dense import dense_detections, record_tower_state
 from odamtrain.explain.dense_explainer import dense_heatmaps
-from odamtrain.ops import batched_odam_nms
+
+from ..odam_nms_results import odam_nms_results
 
 __all__ = ['OdamFCOSHead']
-
-# keys of test_cfg.nms that configure the heat maps rather than the operator
-_MAP_KEYS = ('target', 'mode', 'map_size', 'keep_heatmaps')
-
 
 @MODELS.register_module()
 class OdamFCOSHead(FCOSHead):
@@ -54,17 +50,5 @@ class OdamFCOSHead(FCOSHead):
     def odam_suppress(self, cands: list, batch_img_metas: list, nms_cfg: dict,
                       rescale: bool = True) -> list:
         """Odam-NMS of :meth:`odam_candidates` per image (the candidates are not changed)."""
-        op_cfg = {k: v for k, v in nms_cfg.items() if k not in _MAP_KEYS}
-        max_per_img = self.test_cfg.get('max_per_img', -1)
-        results = []
-        for cand, meta in zip(cands, batch_img_metas):
-            _, keep = batched_odam_nms(cand.bboxes, cand.scores, cand.heatmaps, cand.labels,
-                                       op_cfg)
-            res = cand[keep[:max_per_img] if max_per_img > 0 else keep]
-            del res.level, res.loc
-            if not nms_cfg.get('keep_heatmaps', False):
-                del res.heatmaps
-            if not rescale:
-                res.bboxes = scale_boxes(res.bboxes, meta['scale_factor'])
-            results.append(res)
-        return results
+        return odam_nms_results(cands, batch_img_metas, nms_cfg,
+                                self.test_cfg.get('max_per_img', -1), rescale)

@@ -4,16 +4,14 @@ from __future__ import annotations
 import torch
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.registry import MODELS
-from mmdet.structures.bbox import bbox2roi, scale_boxes
+from mmdet.structures.bbox import bbox2roi
 from mmengine.structures import InstanceData
 
 from odamtrain.explain.roi_explainer import roi_heatmaps
-from odamtrain.ops import batched_odam_nms
+
+from ..odam_nms_results import odam_nms_results
 
 __all__ = ['OdamRoIHead']
-
-_MAP_KEYS = ('target', 'map_size', 'keep_heatmaps')
-
 
 @MODELS.register_module()
 class OdamRoIHead(StandardRoIHead):
@@ -47,21 +45,8 @@ class OdamRoIHead(StandardRoIHead):
         roi_heatmaps(self.bbox_head, feat, cls_score, bbox_pred, rois, cands, batch_img_metas,
                      'odam', nms_cfg.get('target', 'logit'), 'gaussian',
                      nms_cfg.get('map_size', 50))
-        op_cfg = {k: v for k, v in nms_cfg.items() if k not in _MAP_KEYS}
-        results = []
-        for cand, meta in zip(cands, batch_img_metas):
-            _, keep = batched_odam_nms(cand.bboxes, cand.scores, cand.heatmaps, cand.labels,
-                                       op_cfg)
-            if rcnn_test_cfg.max_per_img > 0:
-                keep = keep[:rcnn_test_cfg.max_per_img]
-            res = cand[keep]
-            del res.roi
-            if not nms_cfg.get('keep_heatmaps', False):
-                del res.heatmaps
-            if not rescale:
-                res.bboxes = scale_boxes(res.bboxes, meta['scale_factor'])
-            results.append(res)
-        return results
+        return odam_nms_results(cands, batch_img_metas, nms_cfg, rcnn_test_cfg.max_per_img,
+                                rescale)
 
     def _candidates(self, rois, cls_score, bbox_pred, meta, score_thr, offset) -> InstanceData:
         """(RoI, class) pairs scoring above ``score_thr``, RoI-major as in mmdet's

@@ -95,7 +95,7 @@ def rois_in_original(roi_setup):
 def test_fpn_level_gradients_equal_per_detection_autograd(rcnn):
     """A = the RoI's FPN level through RoIAlign's backward: rounds of non-overlapping
     footprints give each detection exactly its own gradient."""
-    from odamtrain.explain.roi_explainer import fpn_rounds, roi_fpn_grads
+    from odamtrain.explain.roi_explainer import fpn_rounds, roi_footprints, roi_fpn_grads
     inputs, samples = image_batch(rcnn, seed=1)
     roi_head = rcnn.roi_head
     with torch.no_grad():
@@ -113,7 +113,8 @@ def test_fpn_level_gradients_equal_per_detection_autograd(rcnn):
         for j, p in enumerate(part.tolist()):
             got[p] = (lvl, g[j])
     assert sorted(got) == list(range(len(det)))
-    rounds = fpn_rounds(*_round_inputs(rcnn, rois, det))
+    level, cells = roi_footprints(roi_head.bbox_roi_extractor, rois[det.roi], 4)
+    rounds = fpn_rounds(level, cells, det.roi)
     assert int(rounds.max()) + 1 < len(det)  # fewer backward passes than detections
     for p in range(len(det)):
         y = cls[det.roi[p]].softmax(-1)[det.labels[p]]
@@ -124,14 +125,6 @@ def test_fpn_level_gradients_equal_per_detection_autograd(rcnn):
                 assert truth[other].abs().max() == 0  # only the RoI's level is used
         torch.testing.assert_close(g, truth[lvl][0], rtol=1e-4,
                                    atol=1e-6 * truth[lvl].abs().max())
-
-
-def _round_inputs(rcnn, rois, det):
-    extractor = rcnn.roi_head.bbox_roi_extractor
-    level = extractor.map_roi_levels(rois, 4)[det.roi]
-    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype)[level]
-    box = rois[det.roi, 1:] / strides[:, None]
-    return level, torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1), det.roi
 
 
 def test_fpn_rounds_hand_made():

@@ -274,10 +274,7 @@ def _tower_backward(tower, delta, state, level: int, b, ys, xs, hw):
                 scale = scale * gn.weight
             delta = delta * scale[:, :, None, None]
         delta = F.conv_transpose2d(delta, m.conv.weight)
-        ar = torch.arange(-r - 1, r + 2, device=delta.device)
-        yy, xx = ys[:, None] + ar, xs[:, None] + ar
-        on_map = ((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :]
-        delta = delta * on_map[:, None]
+        delta = delta * window_on_map(ys, xs, r + 1, (h, w))
     return delta
 
 
@@ -286,17 +283,25 @@ def window_radius(head) -> int:
     return len(head.cls_convs) + 1
 
 
+def window_on_map(ys: torch.Tensor, xs: torch.Tensor, radius: int, hw) -> torch.Tensor:
+    """(n, 1, 2r+1, 2r+1) bool: which cells of the windows centred at (ys, xs) lie on an
+    (h, w) map."""
+    h, w = hw
+    ar = torch.arange(-radius, radius + 1, device=ys.device)
+    yy, xx = ys[:, None] + ar, xs[:, None] + ar  # [n, k]
+    return (((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :])[:, None]
+
+
 def gather_windows(feat: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
                    radius: int):
     """Windows (n, C, 2r+1, 2r+1) of ``feat`` (B, C, h, w) centred at (ys, xs) of images b,
     zero outside the map, and the validity mask (n, 1, 2r+1, 2r+1)."""
-    h, w = feat.shape[-2:]
-    ar = torch.arange(-radius, radius + 1, device=feat.device)
-    yy, xx = ys[:, None] + ar, xs[:, None] + ar  # [n, k]
+    ar = torch.arange(0, 2 * radius + 1, device=feat.device)
     padded = F.pad(feat, (radius, radius, radius, radius))
-    win = padded[b[:, None, None], :, (yy + radius)[:, :, None], (xx + radius)[:, None, :]]
-    valid = ((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :]
-    return win.permute(0, 3, 1, 2), valid[:, None].to(feat.dtype)
+    win = padded[b[:, None, None], :, (ys[:, None] + ar)[:, :, None],
+                 (xs[:, None] + ar)[:, None, :]]
+    valid = window_on_map(ys, xs, radius, feat.shape[-2:])
+    return win.permute(0, 3, 1, 2), valid.to(feat.dtype)
 
 
 def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, target: str,

@@ -18,7 +18,7 @@ from mmengine.structures import InstanceData
 from .heatmap import SIGMA_PER_BOX_SIZE, explanation_maps
 
 __all__ = ['roi_detections', 'roi_attribute', 'paste_roi_maps', 'explain_roi_detector',
-           'roi_heatmaps', 'fpn_rounds', 'roi_fpn_grads']
+           'roi_heatmaps', 'roi_footprints', 'fpn_rounds', 'roi_fpn_grads']
 
 
 def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
@@ -221,14 +221,20 @@ def fpn_rounds(level: torch.Tensor, cells: torch.Tensor, roi: torch.Tensor) -> t
     return rounds
 
 
+def roi_footprints(extractor, rois: torch.Tensor, num_levels: int):
+    """Where RoIAlign reads each RoI: its FPN level (R,) and the cells it touches on that
+    level (R, 4) x1y1x2y2 inclusive (the box in cells, widened by one for bilinear taps)."""
+    level = extractor.map_roi_levels(rois, num_levels)  # [R]
+    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype)[level]
+    box = rois[:, 1:] / strides[:, None]
+    return level, torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1)
+
+
 def roi_fpn_grads(model, levels, det, img, rois, cls_score, bbox_pred, target, scale):
     """Yield (indices, level, grads (n, C, h, w)): dY_p/d(FPN level of p's RoI) through
     RoIAlign's backward, one backward per round of :func:`fpn_rounds`."""
-    extractor = model.roi_head.bbox_roi_extractor
-    roi_level = extractor.map_roi_levels(rois, len(levels))[det.roi]  # [N]
-    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype)[roi_level]
-    box = rois[det.roi, 1:] / strides[:, None]  # footprint in cells, +1 for bilinear taps
-    cells = torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1)
+    roi_level, cells = roi_footprints(model.roi_head.bbox_roi_extractor, rois[det.roi],
+                                      len(levels))
     y = roi_attribute(model.roi_head.bbox_head, target, cls_score[det.roi],
                       bbox_pred[det.roi], rois[det.roi, 1:], det.labels, scale[img].T)
     rounds = fpn_rounds(roi_level, cells, det.roi)

@@ -5,7 +5,7 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-from odamtrain.apis import prepare_batch
+from odamtrain.apis import prepare_batch, prepare_train_batch
 from odamtrain.datasets import render_scene
 
 from .conftest import REPO
@@ -40,3 +40,14 @@ def scene(seed: int = 0) -> np.ndarray:
 def image_batch(model, seed: int = 0):
     """(inputs, data_samples) of one synthetic scene through the model's test pipeline."""
     return prepare_batch(model, scene(seed))
+
+
+def train_batch(model, seeds=(0, 1)):
+    """(inputs, data_samples with gt_instances) of synthetic scenes (full boxes, class 0)."""
+    imgs, boxes = [], []
+    for seed in seeds:
+        img, gtboxes = render_scene(np.random.default_rng([seed, 9, 9]))
+        imgs.append(img)
+        boxes.append(np.array([[x, y, x + w, y + h] for x, y, w, h in
+                               (g['fbox'] for g in gtboxes)], np.float32))
+    return prepare_train_batch(model, imgs, boxes)

@@ -81,3 +81,48 @@ def test_rcnn_limit_is_exactly_mmdet_nms(seed):
     default.load_state_dict(stock.state_dict())
     res = default.predict(inputs, samples)[0].pred_instances
     assert len(res) > 0 and (res.scores[:-1] >= res.scores[1:]).all() and 'heatmaps' not in res
+
+
+@pytest.mark.parametrize('detector', ['fcos', 'rcnn'])
+def test_explaining_an_odam_nms_detector_explains_its_own_detections(detector):
+    """explain_batch on a model whose test-time NMS is Odam-NMS explains exactly the
+    detections that model.predict returns (not those of a plain NMS)."""
+    from odamtrain.apis import explain_batch
+    if detector == 'fcos':
+        _, model = _pair(0.2, 0.8, num_classes=1)
+    else:
+        model = build_detector(RCNN, cfg_options={
+            'model.roi_head.type': 'OdamRoIHead',
+            'model.test_cfg.rcnn.nms': dict(type='odam_nms', iou_threshold=0.5,
+                                            corr_low=0.2, corr_high=0.8)})
+    inputs, samples = image_batch(model)
+    want = model.predict(inputs, samples)[0].pred_instances
+    got = explain_batch(model, inputs, samples)[0]
+    assert len(want) > 3
+    assert torch.equal(got.labels, want.labels)
+    torch.testing.assert_close(got.scores, want.scores)
+    torch.testing.assert_close(got.bboxes, want.bboxes)
+    assert got.heatmaps.shape[0] == len(want) and got.heatmaps.amax((1, 2)).gt(0).any()
+
+
+def test_switching_an_odam_nms_config_to_nms_from_the_command_line():
+    """``--cfg-options model.test_cfg.nms.type=nms`` leaves corr_low / corr_high / map keys
+    in the dict: the heads and the explainer drop them and run mmdet's NMS."""
+    from odamtrain.apis import explain_batch
+    stock, odam = _pair(0.2, 0.8, num_classes=1, mode='fast')
+    odam.bbox_head.test_cfg.nms.type = 'nms'
+    inputs, samples = image_batch(stock)
+    want = stock.predict(inputs, samples)[0].pred_instances
+    got = odam.predict(inputs, samples)[0].pred_instances
+    assert torch.equal(got.scores, want.scores)
+    torch.testing.assert_close(explain_batch(odam, inputs, samples)[0].bboxes, want.bboxes)
+    rcnn_stock = build_detector(RCNN)
+    rcnn = build_detector(RCNN, cfg_options={
+        'model.roi_head.type': 'OdamRoIHead',
+        'model.test_cfg.rcnn.nms': dict(type='nms', iou_threshold=0.5, corr_low=0.2,
+                                        corr_high=0.8, map_size=50)})
+    rcnn.load_state_dict(rcnn_stock.state_dict())
+    want = rcnn_stock.predict(inputs, samples)[0].pred_instances
+    got = rcnn.predict(inputs, samples)[0].pred_instances
+    assert torch.equal(got.scores, want.scores)
+    torch.testing.assert_close(explain_batch(rcnn, inputs, samples)[0].bboxes, want.bboxes)

@@ -12,7 +12,9 @@ from .conftest import REPO, run_tool
 
 pytestmark = pytest.mark.slow
 
-CONFIGS = ['configs/fcos_tiny_fpn_synthetic.py', 'configs/faster-rcnn_tiny_fpn_synthetic.py']
+# Odam-Train + Odam-NMS (the demo's), and the plain FCOS they are built on
+CONFIGS = ['configs/fcos_odam_tiny_fpn_synthetic.py',
+           'configs/faster-rcnn_odam_tiny_fpn_synthetic.py']
 
 
 def data_options(root, batch_size=4):
@@ -32,12 +34,14 @@ def _ok(proc):
     return proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize('config', CONFIGS)
+@pytest.mark.parametrize('config', CONFIGS + ['configs/fcos_tiny_fpn_synthetic.py'])
 def test_train_then_test(config, synthetic_root, tmp_path):
     work = tmp_path / 'work'
-    _ok(run_tool('tools/train.py', config, '--work-dir', str(work), '--cfg-options',
-                 *data_options(synthetic_root), 'train_cfg.max_epochs=1',
-                 'train_cfg.val_interval=1'))
+    out = _ok(run_tool('tools/train.py', config, '--work-dir', str(work), '--cfg-options',
+                       *data_options(synthetic_root), 'train_cfg.max_epochs=1',
+                       'train_cfg.val_interval=1', 'default_hooks.logger.interval=1'))
+    # Odam-Train's losses are logged separately
+    assert ('loss_odam_con' in out and 'loss_odam_sep' in out) == ('odam' in config)
     ckpt = torch.load(work / 'epoch_1.pth', weights_only=True)  # plain weights_only load
     assert ckpt['meta']['epoch'] == 1 and ckpt['state_dict']
     out = _ok(run_tool('tools/test.py', config, str(work / 'epoch_1.pth'), '--work-dir',
@@ -67,6 +71,20 @@ def test_train_then_test(config, synthetic_root, tmp_path):
         swept = next(r for r in rows[3:] if r['method'] == 'Odam-NMS (0.2, 0.8)')
         for key in keys:
             assert swept[key] == pytest.approx(rows[2][key], nan_ok=True), key
+    if 'fcos_odam' in config:  # the explanation audit (tiny budgets)
+        audit = tmp_path / 'audit.json'
+        _ok(run_tool('tools/audit.py', config, str(work / 'epoch_1.pth'), '--methods', 'odam',
+                     'gradcam', 'drise', 'vps', '--iou-thr', '0.1', '--max-images', '2',
+                     '--deletion-steps', '4', '--drise-masks', '8', '--vps-regions', '4',
+                     '--vps-steps', '1', '--out', str(audit), '--cfg-options',
+                     *data_options(synthetic_root)))
+        table = json.loads(audit.read_text())['results']
+        assert set(table) == {'odam', 'gradcam', 'drise', 'vps'}
+        for row in table.values():
+            assert row['images'] == 2 and row['objects'] == table['odam']['objects']
+            if row['objects']:
+                assert 0 <= row['pointing_game'] <= 1 and 0 <= row['odi'] <= 1
+                assert 0 <= row['deletion_auc'] <= 1 and 0 <= row['insertion_auc'] <= 1
     # heat-map pictures and maps of the trained model's detections
     images = sorted((Path(synthetic_root) / 'Images').glob('*val*.jpg'))[:2]
     _ok(run_tool('tools/explain.py', config, str(work / 'epoch_1.pth'), *map(str, images),

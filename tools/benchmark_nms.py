@@ -1,8 +1,14 @@
-"""Benchmark Odam-NMS against mmcv's nms on CPU: the operator alone for 100 / 1000 / 5000
-candidates (random boxes; heat maps 50 x 67, the size Odam-NMS correlates at), side by side
-in one run, median of --repeats.
+"""Benchmark Odam-NMS against mmcv's nms on CPU, side by side in one run:
+
+* the operator alone for 100 / 1000 / 5000 candidates (random boxes; heat maps 50 x 67, the
+  size Odam-NMS correlates at), median of --repeats;
+* with ``--pipeline CONFIG CHECKPOINT``: the whole test-time prediction (``model.predict``
+  on preprocessed images: backbone, head, candidates, maps, suppression) with NMS and with
+  Odam-NMS (maps in 'fast' and in 'windows' mode), interleaved image by image on the same
+  --images val images, seconds per image and ratio to NMS.
 
     python tools/benchmark_nms.py [--counts 100 1000 5000] [--repeats 5] [--threads 2]
+        [--pipeline CONFIG CHECKPOINT --images 20]
 """
 import argparse
 import statistics
@@ -25,13 +31,61 @@ def timed(fn, args, repeats):
     return statistics.median(times), out
 
 
+def pipeline(config: str, checkpoint: str, num_images: int) -> None:
+    """s/img of model.predict with NMS vs Odam-NMS on the same preprocessed images."""
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    import odamtrain  # noqa: F401  (registers the Odam heads)
+    cfg = Config.fromfile(config)
+    two_stage = 'roi_head' in cfg.model
+    if two_stage:  # the same weights in the Odam head (its NMS is chosen per call below)
+        cfg.model.roi_head.type = 'OdamRoIHead'
+    else:
+        cfg.model.bbox_head.type = 'OdamFCOSHead'
+    model = init_detector(cfg, checkpoint, device='cpu')
+    test_cfg = model.roi_head.test_cfg if two_stage else model.bbox_head.test_cfg
+    loader_cfg = model.cfg.test_dataloader.copy()
+    loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
+    batches = []
+    for data in Runner.build_dataloader(loader_cfg):
+        batches.append(model.data_preprocessor(data, False))
+        if len(batches) == num_images:
+            break
+    iou = 0.5
+    variants = {'NMS': dict(type='nms', iou_threshold=iou)}
+    for mode in ('fast', 'windows')[:1 if two_stage else 2]:
+        variants[f'Odam-NMS {mode}'] = dict(type='odam_nms', iou_threshold=iou, corr_low=0.2,
+                                            corr_high=0.8, mode=mode)
+    times = {name: [] for name in variants}
+    with torch.no_grad():
+        for r in range(2):  # round 0 warms up on the first image only
+            for b in batches[:1] if r == 0 else batches:
+                for name, nms_cfg in variants.items():
+                    test_cfg.nms = nms_cfg
+                    t = time.perf_counter()
+                    model.predict(b['inputs'], b['data_samples'])
+                    if r:
+                        times[name].append(time.perf_counter() - t)
+    base = statistics.mean(times['NMS'])
+    print(f'{"pipeline":18s}{"s/img":>9s}{"ratio":>8s}   ({len(batches)} images, {config})')
+    for name, ts in times.items():
+        print(f'{name:18s}{statistics.mean(ts):>9.4f}{statistics.mean(ts) / base:>8.2f}')
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--counts', nargs='+', type=int, default=[100, 1000, 5000])
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--pipeline', nargs=2, metavar=('CONFIG', 'CHECKPOINT'))
+    p.add_argument('--images', type=int, default=20)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pipeline:
+        pipeline(*args.pipeline, args.images)
+        return
     print(f'{"N":>6s}{"mmcv nms ms":>13s}{"odam_nms ms":>13s}{"ratio":>8s}{"kept nms":>10s}'
           f'{"kept odam":>11s}')
     for n in args.counts:

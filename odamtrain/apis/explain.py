@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
-from mmcv.transforms import Compose
-from mmdet.utils import get_test_pipeline_cfg
 
 from odamtrain.explain.dense_explainer import explain_dense_detector
+from odamtrain.explain.drise import explain_drise_detector
 from odamtrain.explain.heatmap import normalize_maps
 from odamtrain.explain.roi_explainer import explain_roi_detector
+from odamtrain.explain.vps import explain_vps_detector
 
-__all__ = ['explain_detector', 'explain_batch', 'prepare_batch', 'METHODS']
+from .batch import prepare_batch
 
-METHODS = ('odam', 'gradcam', 'gradcampp')
+__all__ = ['explain_detector', 'explain_batch', 'METHODS']
+
+METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'vps')
+BLACK_BOX = {'drise': explain_drise_detector, 'vps': explain_vps_detector}
 
 
 @contextlib.contextmanager
@@ -30,12 +32,24 @@ def _eval_mode(model):
 def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str = 'odam',
                   target: str = 'score', smooth: str | None = 'gaussian',
                   normalize: str | None = 'minmax', mode: str = 'fast',
-                  map_size='image', rcnn_features: str = 'roi') -> list:
+                  map_size='image', rcnn_features: str = 'roi',
+                  drise: dict | None = None, vps: dict | None = None) -> list:
     """Detections and heat maps for a preprocessed batch (``model.data_preprocessor``
     output). Returns per image an InstanceData with ``bboxes`` (N, 4) x1y1x2y2 original
-    pixels, ``scores`` (N,), ``labels`` (N,) and ``heatmaps`` (N, H, W) float >= 0."""
+    pixels, ``scores`` (N,), ``labels`` (N,) and ``heatmaps`` (N, H, W) float >= 0.
+    The black-box methods (``target``, ``smooth``, ``mode`` do not apply) take their
+    settings from ``drise`` (num_masks 5000, grid 16, keep_prob 0.5, batch_size 32, seed 0:
+    :func:`odamtrain.explain.drise.explain_drise_detector`) and ``vps`` (regions 64,
+    max_steps None, batch_size 32: :func:`odamtrain.explain.vps.explain_vps_detector`)."""
     if method not in METHODS:
         raise ValueError(f'method must be one of {METHODS}, got {method!r}')
+    if method in BLACK_BOX:
+        with _eval_mode(model):
+            dets = BLACK_BOX[method](model, inputs, data_samples, map_size,
+                                     **((drise if method == 'drise' else vps) or {}))
+        for det in dets:
+            det.heatmaps = normalize_maps(det.heatmaps, normalize, inplace=True)
+        return dets
     if smooth not in (None, 'none', 'gaussian'):
         raise ValueError(f"smooth must be 'gaussian' or None, got {smooth!r}")
     smooth = None if smooth == 'none' else smooth
@@ -54,25 +68,10 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list, method: str =
     return dets
 
 
-def prepare_batch(model, img, test_pipeline=None):
-    """One image (path or BGR array) through the model's test pipeline (without
-    annotation loading) and data preprocessor -> (inputs (1, 3, H, W), [DetDataSample])."""
-    if test_pipeline is None:
-        cfg = get_test_pipeline_cfg(model.cfg.copy())
-        cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]  # no GT at inference
-        if isinstance(img, np.ndarray):
-            cfg[0] = dict(cfg[0], type='mmdet.LoadImageFromNDArray')
-        test_pipeline = Compose(cfg)
-    data = test_pipeline(dict(img=img, img_id=0) if isinstance(img, np.ndarray)
-                         else dict(img_path=img, img_id=0))
-    batch = model.data_preprocessor(dict(inputs=[data['inputs']],
-                                         data_samples=[data['data_samples']]), False)
-    return batch['inputs'], batch['data_samples']
-
-
 def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
                      smooth: str | None = 'gaussian', normalize: str | None = 'minmax',
-                     mode: str = 'fast', rcnn_features: str = 'roi', test_pipeline=None):
+                     mode: str = 'fast', rcnn_features: str = 'roi', test_pipeline=None,
+                     drise: dict | None = None, vps: dict | None = None):
     """Detect and explain every detection, like ``mmdet.apis.inference_detector``.
 
     Args:
@@ -80,7 +79,8 @@ def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
             (e.g. from ``mmdet.apis.init_detector``).
         imgs: image path(s) or BGR ``np.ndarray``(s).
         method: 'odam' (default), 'gradcam' or 'gradcampp' (instance Grad-CAM baselines
-            from the same gradients).
+            from the same gradients), 'drise' / 'vps' (D-RISE / VPS, black box; settings in
+            ``drise`` / ``vps``).
         target: explained attribute: 'score', 'logit', 'x1', 'y1', 'x2' or 'y2'.
         smooth: ODAM's Phi: 'gaussian' (paper; width follows the box) or None (authors'
             public code, no smoothing).
@@ -99,7 +99,7 @@ def explain_detector(model, imgs, method: str = 'odam', target: str = 'score',
     for img in imgs:
         inputs, samples = prepare_batch(model, img, test_pipeline)
         det, = explain_batch(model, inputs, samples, method, target, smooth, normalize, mode,
-                             rcnn_features=rcnn_features)
+                             rcnn_features=rcnn_features, drise=drise, vps=vps)
         sample = samples[0]
         sample.pred_instances = det
         results.append(sample)

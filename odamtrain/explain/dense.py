@@ -27,6 +27,8 @@ from mmdet.models.utils import filter_scores_and_topk
 from mmdet.structures.bbox import cat_boxes
 from mmengine.structures import InstanceData
 
+from odamtrain.ops import without_odam_keys
+
 __all__ = ['TARGETS', 'dense_detections', 'dense_attribute', 'fast_window_support',
            'dense_grads_exact', 'dense_grads_fast', 'record_tower_state',
            'frozen_group_norm_stats']
@@ -48,6 +50,9 @@ def dense_detections(head, cls_scores, bbox_preds, score_factors, img_meta: dict
             for this image (score_factors may be None).
     """
     cfg = head.test_cfg if cfg is None else cfg
+    if cfg.get('nms'):  # a config switched from odam_nms to nms keeps Odam-NMS's keys
+        cfg = cfg.copy()
+        cfg.nms = without_odam_keys(cfg.nms)
     sizes = [s.shape[-2:] for s in cls_scores]
     priors = head.prior_generator.grid_priors(sizes, dtype=cls_scores[0].dtype,
                                               device=cls_scores[0].device)
@@ -305,7 +310,8 @@ def gather_windows(feat: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: to
 
 
 def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, target: str,
-                     scale_factors: torch.Tensor, batch_index: torch.Tensor, state: dict):
+                     scale_factors: torch.Tensor, batch_index: torch.Tensor, state: dict,
+                     create_graph: bool = False):
     """dY/dA in the (2r+1)^2 window around each detection's location (all at once), with
     GroupNorm statistics held constant; ``state`` from :func:`record_tower_state`.
 
@@ -313,9 +319,12 @@ def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, ta
     output windows; from there the gradient is propagated down the towers explicitly
     (:func:`_tower_backward`), reusing the forward's activations.
 
+    Args:
+        create_graph: record the gradient's graph to the head's weights (Odam-Train's
+            second-order term); otherwise the gradient is a constant.
     Returns:
-        grads (N, C, 2r+1, 2r+1) (zero off the map) and the windows of A (same shape), with
-        r = :func:`window_radius`.
+        grads (N, C, 2r+1, 2r+1) (zero off the map) and the windows of A (same shape, with
+        ``feat``'s graph when grad mode is on), with r = :func:`window_radius`.
     """
     h, w = feat.shape[-2:]
     ys, xs, b = det.loc // w, det.loc % w, batch_index
@@ -335,19 +344,15 @@ def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, ta
         points = _points(head, level, ys, xs, feat)
         y = dense_attribute(head, target, cls, reg, factor, det.labels, points,
                             scale_factors[b].T)
-        d_cls, d_reg = torch.autograd.grad(y.sum(), [cls_feat, reg_feat], allow_unused=True)
-    # the explicit backward multiplies by parameters: no graph may be recorded there
-    with torch.no_grad():
-        return _windows_backward(head, feat, level, b, ys, xs, d_cls, d_reg, state)
-
-
-def _windows_backward(head, feat, level, b, ys, xs, d_cls, d_reg, state):
-    h, w = feat.shape[-2:]
-    grads = 0
-    for tower, delta in ((head.cls_convs, d_cls), (head.reg_convs, d_reg)):
-        if delta is not None:
-            grads = grads + _tower_backward(tower, delta, state, level, b, ys, xs, (h, w))
-    win, _ = gather_windows(feat.detach(), b, ys, xs, window_radius(head))
+        d_cls, d_reg = torch.autograd.grad(y.sum(), [cls_feat, reg_feat], allow_unused=True,
+                                           create_graph=create_graph)
+    # the explicit backward multiplies by parameters: a graph only when asked for
+    with torch.set_grad_enabled(create_graph):
+        grads = 0
+        for tower, delta in ((head.cls_convs, d_cls), (head.reg_convs, d_reg)):
+            if delta is not None:
+                grads = grads + _tower_backward(tower, delta, state, level, b, ys, xs, (h, w))
+    win, _ = gather_windows(feat, b, ys, xs, window_radius(head))
     if not torch.is_tensor(grads):
         grads = torch.zeros_like(win)
     return grads, win

@@ -5,6 +5,8 @@ import torch
 from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
+from odamtrain.ops import odam_nms_keep
+
 from .dense import (
     dense_detections,
     dense_grads_exact,
@@ -40,7 +42,8 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
     Args:
         inputs: (B, 3, H_in, W_in) the preprocessed batch; data_samples: their metainfo.
         method: 'odam' | 'gradcam' | 'gradcampp'; target: see :data:`dense.TARGETS`;
-        smooth: 'gaussian' or None (ODAM's Phi); mode: 'fast' | 'exact'.
+        smooth: 'gaussian' or None (ODAM's Phi); mode: 'fast' | 'windows' | 'exact' (see
+            :func:`dense_heatmaps`).
         map_size: 'image' (original image size) or an int: the maps' short edge.
         chunk: detections per vectorised step (bounds memory).
     Returns:
@@ -53,9 +56,18 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
         feats = model.extract_feat(inputs)
         with record_tower_state(head) as tower_state:
             cls_scores, bbox_preds, factors = head(feats)
-    dets = [dense_detections(head, [c[i] for c in cls_scores], [r[i] for r in bbox_preds],
-                             [f[i] for f in factors] if factors is not None else None, meta)
-            for i, meta in enumerate(metas)]
+    nms_cfg = (head.test_cfg or {}).get('nms', {})
+    if nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks the detections
+        dets = []
+        for cand in head.odam_candidates(feats, metas, nms_cfg):
+            det = cand[odam_nms_keep(cand, nms_cfg, head.test_cfg.get('max_per_img', -1))]
+            del det.heatmaps
+            dets.append(det)
+    else:
+        dets = [dense_detections(head, [c[i] for c in cls_scores], [r[i] for r in bbox_preds],
+                                 [f[i] for f in factors] if factors is not None else None,
+                                 meta)
+                for i, meta in enumerate(metas)]
     dense_heatmaps(head, feats, dets, metas, method, target, smooth, mode, tower_state,
                    map_size, chunk)
     return dets
@@ -70,15 +82,18 @@ def dense_heatmaps(head, feats, dets: list, metas: list, method: str, target: st
     Args:
         feats: the FPN levels (B, C, h, w) the detections were made from; tower_state: what
             :func:`dense.record_tower_state` recorded during that forward.
+        mode: 'fast' (windows; levels under :data:`EXACT_BELOW_WINDOWS` windows exact),
+            'windows' (windows on every level: cheaper, leaves the GroupNorm-statistics term
+            out also on small levels) or 'exact'.
     """
-    if mode == 'fast':
+    if mode in ('fast', 'windows'):
         reason = fast_window_support(head)
         if reason is not None:
             print_log(f'ODAM: fast mode does not apply ({reason}); using exact mode',
                       logger='current')
             mode = 'exact'
     elif mode != 'exact':
-        raise ValueError(f"mode must be 'fast' or 'exact', got {mode!r}")
+        raise ValueError(f"mode must be 'fast', 'windows' or 'exact', got {mode!r}")
     scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=feats[0].dtype,
                          device=feats[0].device)  # [B, 2] input / original (w, h)
     # Everything below runs without recording a graph (the gradient functions record what
@@ -90,9 +105,11 @@ def dense_heatmaps(head, feats, dets: list, metas: list, method: str, target: st
             det_b = InstanceData(labels=det.labels, loc=det.loc, bboxes=det.bboxes,
                                  img=torch.full_like(det.labels, i))
             for level, feat in enumerate(feats):
-                small = feat.shape[-2] * feat.shape[-1] < EXACT_BELOW_WINDOWS * (
-                    2 * window_radius(head) + 1) ** 2
-                level_mode = 'exact' if small else mode  # the window would cover much of it
+                small = mode == 'fast' and feat.shape[-2] * feat.shape[-1] < (
+                    EXACT_BELOW_WINDOWS * (2 * window_radius(head) + 1) ** 2)
+                # a small level: the window would cover much of it
+                level_mode = 'exact' if small or mode == 'exact' else 'fast'
+
                 idx = (det.level == level).nonzero()[:, 0]
                 for part in idx.split(chunk) if len(idx) else ():
                     maps = level_heatmaps(head, feat, level, det_b[part], method, target, smooth,
@@ -111,8 +128,13 @@ def output_size(ori_hw, map_size) -> tuple[int, int]:
     return max(1, round(ori_hw[0] * s)), max(1, round(ori_hw[1] * s))
 
 
-def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, tower_state):
-    """(n, h, w) maps on this level for the detections ``det`` (all of this level)."""
+def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, tower_state,
+                   create_graph: bool = False):
+    """(n, h, w) maps on this level for the detections ``det`` (``labels``, ``loc``,
+    ``bboxes``, ``img``; all of this level).
+
+    Under grad mode the maps keep ``feat``'s graph (Odam-Train); ``create_graph`` ('fast' mode)
+    also keeps the gradients' graph to the head's weights."""
     h, w = feat.shape[-2:]
     b = det.img
     stride = head.strides[level]
@@ -125,7 +147,8 @@ def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, 
             maps.append(explanation_maps(method, g, feat[b[idx]],
                                          None if sigma is None else sigma[idx]))
         return torch.cat(maps) if maps else feat.new_zeros(0, h, w)
-    grads, windows = dense_grads_fast(head, feat, level, det, target, scale, b, tower_state)
+    grads, windows = dense_grads_fast(head, feat, level, det, target, scale, b, tower_state,
+                                      create_graph)
     ys, xs = det.loc // w, det.loc % w
     if method != 'odam':
         return explanation_maps(method, grads, windows, area=h * w,
@@ -150,8 +173,7 @@ def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, 
         part = order[start:start + count]
         rs = smoothing_radius(sigma[part])
         g = torch.nn.functional.pad(grads[part], (rs, rs, rs, rs))
-        a, _ = gather_windows(feat.detach(), b[part], ys[part], xs[part],
-                              window_radius(head) + rs)
+        a, _ = gather_windows(feat, b[part], ys[part], xs[part], window_radius(head) + rs)
         maps[part] = paste_windows(odam_heatmap(g, a, sigma[part]), ys[part], xs[part], (h, w))
         start += len(part)
     return maps

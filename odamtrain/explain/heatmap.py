@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 __all__ = ['SIGMA_PER_BOX_SIZE', 'box_sigma', 'gaussian_kernels', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',
-           'explanation_maps', 'normalize_maps', 'resize_maps']
+           'explanation_maps', 'normalize_maps', 'resize_maps', 'resample_maps']
 
 # sigma = SIGMA_PER_BOX_SIZE * sqrt(w * h) of the box in feature-map cells.
 SIGMA_PER_BOX_SIZE = 0.125
@@ -187,3 +187,27 @@ def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
     if tuple(x.shape[-2:]) != tuple(out_hw):
         x = F.interpolate(x, size=tuple(out_hw), mode='bilinear', align_corners=False)
     return x[:, 0].clamp(min=0)
+
+
+def resample_maps(maps: torch.Tensor, stride: float, out_stride: float,
+                  out_hw: tuple[int, int]) -> torch.Tensor:
+    """Maps on one feature grid -> the grid of another stride over the same input, bilinearly
+    with cell centres aligned (output cell i samples input cell (i + 0.5) * out_stride /
+    stride - 0.5), cropped or zero-padded to ``out_hw``. Differentiable (Odam-Train compares
+    maps of all FPN levels on the stride-16 grid).
+
+    Args:
+        maps: (N, h, w) on the stride-``stride`` grid.
+    Returns:
+        (N, *out_hw).
+    """
+    out = maps.new_zeros(maps.shape[0], *out_hw)
+    if maps.shape[0] == 0:
+        return out
+    x = F.interpolate(maps[:, None], scale_factor=stride / out_stride, mode='bilinear',
+                      align_corners=False, recompute_scale_factor=False)[:, 0]
+    h, w = min(out_hw[0], x.shape[1]), min(out_hw[1], x.shape[2])
+    if (h, w) == tuple(out_hw):
+        return x[:, :h, :w]
+    out[:, :h, :w] = x[:, :h, :w]
+    return out

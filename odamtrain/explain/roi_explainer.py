@@ -15,9 +15,11 @@ from mmdet.models.layers import multiclass_nms
 from mmdet.structures.bbox import bbox2roi
 from mmengine.structures import InstanceData
 
+from odamtrain.ops import odam_nms_keep, without_odam_keys
+
 from .heatmap import SIGMA_PER_BOX_SIZE, explanation_maps
 
-__all__ = ['roi_detections', 'roi_attribute', 'paste_roi_maps', 'explain_roi_detector',
+__all__ = ['roi_detections', 'roi_attribute', 'roi_boxes', 'paste_roi_maps', 'explain_roi_detector',
            'roi_heatmaps', 'roi_footprints', 'fpn_rounds', 'roi_fpn_grads']
 
 
@@ -32,7 +34,8 @@ def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
     per_roi = bbox_head._predict_by_feat_single(rois, cls_score, bbox_pred, img_meta,
                                                 rescale=True, rcnn_test_cfg=None)
     det, labels, inds = multiclass_nms(per_roi.bboxes, per_roi.scores, rcnn_cfg.score_thr,
-                                       rcnn_cfg.nms, rcnn_cfg.max_per_img, return_inds=True)
+                                       without_odam_keys(rcnn_cfg.nms), rcnn_cfg.max_per_img,
+                                       return_inds=True)
     num_classes = per_roi.bboxes.shape[1] // 4
     return InstanceData(bboxes=det[:, :-1], scores=det[:, -1], labels=labels,
                         roi=inds // num_classes)
@@ -54,14 +57,21 @@ def roi_attribute(bbox_head, target: str, cls_score: torch.Tensor, bbox_pred: to
     if target == 'score':
         return cls_score.softmax(-1).gather(1, labels[:, None])[:, 0]
     if target in ('x1', 'y1', 'x2', 'y2'):
-        if not bbox_head.reg_class_agnostic:
-            idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
-            bbox_pred = bbox_pred.gather(1, idx)
-        boxes = bbox_head.bbox_coder.decode(rois, bbox_pred)
+        boxes = roi_boxes(bbox_head, bbox_pred, rois, labels)
         i = ('x1', 'y1', 'x2', 'y2').index(target)
         return boxes[:, i] / scale_factor[i % 2]
     raise ValueError(f"target must be 'score', 'logit', 'x1', 'y1', 'x2' or 'y2', "
                      f'got {target!r}')
+
+
+def roi_boxes(bbox_head, bbox_pred: torch.Tensor, rois: torch.Tensor,
+              labels: torch.Tensor) -> torch.Tensor:
+    """(N, 4) x1y1x2y2 boxes (input pixels, not clipped) decoded from the deltas of each
+    RoI's class ``labels`` (bbox_pred (N, 4 K) or class-agnostic (N, 4); rois (N, 4))."""
+    if not bbox_head.reg_class_agnostic:
+        idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
+        bbox_pred = bbox_pred.gather(1, idx)
+    return bbox_head.bbox_coder.decode(rois, bbox_pred)
 
 
 def paste_roi_maps(maps: torch.Tensor, boxes: torch.Tensor, out_hw) -> torch.Tensor:
@@ -125,12 +135,23 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
         cls_score, bbox_pred = bbox_head(feat)
         counts = [len(p) for p in proposals]
         dets, start = [], 0
+        rcnn_cfg = model.test_cfg.rcnn
+        odam_nms_cfg = rcnn_cfg.get('nms', {})
         for i, meta in enumerate(metas):
             sl = slice(start, start + counts[i])
-            with torch.no_grad():
-                det = roi_detections(bbox_head, rois[sl], cls_score[sl], bbox_pred[sl], meta,
-                                     model.test_cfg.rcnn)
-            det.roi = det.roi + start
+            if odam_nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks them
+                det = roi_head._candidates(rois[sl], cls_score[sl], bbox_pred[sl], meta,
+                                           rcnn_cfg.score_thr, start)
+                roi_heatmaps(bbox_head, feat, cls_score, bbox_pred, rois, [det], [meta],
+                             'odam', odam_nms_cfg.get('target', 'logit'), 'gaussian',
+                             odam_nms_cfg.get('map_size', 50))
+                det = det[odam_nms_keep(det, odam_nms_cfg, rcnn_cfg.max_per_img)]
+                del det.heatmaps
+            else:
+                with torch.no_grad():
+                    det = roi_detections(bbox_head, rois[sl], cls_score[sl], bbox_pred[sl],
+                                         meta, rcnn_cfg)
+                det.roi = det.roi + start
             dets.append(det)
             start += counts[i]
         if features == 'fpn':

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from mmdet.structures.bbox import scale_boxes
 
-from odamtrain.ops import batched_odam_nms
+from odamtrain.ops import odam_nms_keep
 
-__all__ = ['MAP_KEYS', 'odam_nms_results']
-
-# keys of an odam_nms config that configure the heat maps rather than the operator
-MAP_KEYS = ('target', 'mode', 'map_size', 'keep_heatmaps')
+__all__ = ['odam_nms_results']
 
 
 def odam_nms_results(cands: list, batch_img_metas: list, nms_cfg: dict, max_per_img: int,
@@ -20,11 +17,9 @@ def odam_nms_results(cands: list, batch_img_metas: list, nms_cfg: dict, max_per_
     ``heatmaps`` stay only with ``nms_cfg['keep_heatmaps']``; boxes go back to the network
     input's scale when ``rescale`` is False.
     """
-    op_cfg = {k: v for k, v in nms_cfg.items() if k not in MAP_KEYS}
     results = []
     for cand, meta in zip(cands, batch_img_metas):
-        _, keep = batched_odam_nms(cand.bboxes, cand.scores, cand.heatmaps, cand.labels, op_cfg)
-        res = cand[keep[:max_per_img] if max_per_img > 0 else keep]
+        res = cand[odam_nms_keep(cand, nms_cfg, max_per_img)]
         for key in list(res.keys()):
             if key not in ('bboxes', 'scores', 'labels', 'heatmaps'):
                 res.pop(key)

@@ -1,3 +1,12 @@
-from .odam_nms import batched_odam_nms, box_iou, map_correlation, odam_nms
+from .odam_nms import (
+    MAP_KEYS,
+    batched_odam_nms,
+    box_iou,
+    map_correlation,
+    odam_nms,
+    odam_nms_keep,
+    without_odam_keys,
+)
 
-__all__ = ['odam_nms', 'batched_odam_nms', 'box_iou', 'map_correlation']
+__all__ = ['odam_nms', 'batched_odam_nms', 'box_iou', 'map_correlation', 'odam_nms_keep',
+           'MAP_KEYS', 'without_odam_keys']

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ['odam_nms', 'batched_odam_nms', 'map_correlation', 'box_iou']
+__all__ = ['odam_nms', 'batched_odam_nms', 'map_correlation', 'box_iou', 'odam_nms_keep',
+           'MAP_KEYS', 'without_odam_keys']
 
 MAP_SHORT_EDGE = 50
 
@@ -101,3 +102,22 @@ def batched_odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.
     if max_num > 0:
         keep = keep[:max_num]
     return torch.cat([boxes[keep], scores[keep][:, None]], 1), keep
+
+
+# keys of an odam_nms config that configure the heat maps rather than the operator
+MAP_KEYS = ('target', 'mode', 'map_size', 'keep_heatmaps')
+
+
+def without_odam_keys(nms_cfg: dict) -> dict:
+    """A copy of an NMS config without Odam-NMS's own keys (thresholds and map settings),
+    so that switching ``type`` to 'nms' / 'soft_nms' from the command line just works."""
+    return {k: v for k, v in nms_cfg.items()
+            if k not in MAP_KEYS + ('corr_low', 'corr_high')}
+
+
+def odam_nms_keep(cand, nms_cfg: dict, max_per_img: int = -1):
+    """Indices of the candidates (``bboxes``, ``scores``, ``labels``, ``heatmaps``) that
+    Odam-NMS keeps (per class, by decreasing score), at most ``max_per_img``."""
+    op_cfg = {k: v for k, v in nms_cfg.items() if k not in MAP_KEYS}
+    _, keep = batched_odam_nms(cand.bboxes, cand.scores, cand.heatmaps, cand.labels, op_cfg)
+    return keep[:max_per_img] if max_per_img > 0 else keep

@@ -1,3 +1,21 @@
 from .crowd_recall import crowd_mask, set_recalls
+from .faithfulness import (
+    EVIDENCES,
+    curve_auc,
+    deletion_insertion,
+    detection_evidence,
+    perturbed_images,
+)
+from .localisation import (
+    box_mask,
+    compactness,
+    energy_pointing_game,
+    object_discrimination_index,
+    pointing_game,
+)
+from .matching import match_detections
 
-__all__ = ['crowd_mask', 'set_recalls']
+__all__ = ['crowd_mask', 'set_recalls', 'box_mask', 'pointing_game', 'energy_pointing_game',
+           'compactness', 'object_discrimination_index', 'match_detections',
+           'EVIDENCES', 'detection_evidence', 'perturbed_images', 'curve_auc',
+           'deletion_insertion']

@@ -1,0 +1,11 @@
+# FCOS R50-FPN with Odam-Train on CrowdHuman (full boxes), tested with Odam-NMS: the ODAM
+# paper's setting. Data in data/CrowdHuman/ (see README), ImageNet ResNet-50 weights in
+# checkpoints/resnet50.pth. 8 GPUs x 2 images:
+#   bash tools/dist_train.sh configs/fcos_odam_crowdhuman.py 8
+# Plain NMS at test time: --cfg-options model.test_cfg.nms.type=nms
+_base_ = './fcos_r50_fpn_crowdhuman.py'
+model = dict(
+    bbox_head=dict(type='OdamFCOSHead', odam_loss=dict(loss_weight=0.5, second_order=False,
+                                                       max_positives=300)),
+    test_cfg=dict(nms=dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
+                           corr_high=0.8)))

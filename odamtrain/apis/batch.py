@@ -1,0 +1,81 @@
+"""Images -> the preprocessed batches a detector takes (inference and training)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmdet.utils import get_test_pipeline_cfg
+
+__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input']
+
+
+def _test_pipeline(model, img, with_annotations: bool) -> Compose:
+    cfg = get_test_pipeline_cfg(model.cfg.copy())
+    if not with_annotations:
+        cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]  # no GT at inference
+    if isinstance(img, np.ndarray):
+        cfg[0] = dict(cfg[0], type='mmdet.LoadImageFromNDArray')
+    return Compose(cfg)
+
+
+def _source(img, img_id: int) -> dict:
+    return (dict(img=img, img_id=img_id) if isinstance(img, np.ndarray)
+            else dict(img_path=img, img_id=img_id))
+
+
+def prepare_batch(model, img, test_pipeline=None):
+    """One image (path or BGR array) through the model's test pipeline (without
+    annotation loading) and data preprocessor -> (inputs (1, 3, H, W), [DetDataSample])."""
+    pipeline = test_pipeline or _test_pipeline(model, img, with_annotations=False)
+    data = pipeline(_source(img, 0))
+    batch = model.data_preprocessor(dict(inputs=[data['inputs']],
+                                         data_samples=[data['data_samples']]), False)
+    return batch['inputs'], batch['data_samples']
+
+
+def prepare_train_batch(model, imgs: list, gt_bboxes: list, gt_labels: list | None = None):
+    """Images with their GT through the model's test pipeline (resize, no augmentation) and
+    its data preprocessor in training mode -> (inputs (B, 3, H, W), data samples with
+    ``gt_instances``), what ``model.loss`` takes.
+
+    Args:
+        imgs: B image paths or BGR arrays (one size transform: the test pipeline's).
+        gt_bboxes: B arrays (n_i, 4) x1y1x2y2 in original pixels.
+        gt_labels: B arrays (n_i,) class indices (default all 0).
+    """
+    pipeline = _test_pipeline(model, imgs[0], with_annotations=True)
+    datas = []
+    for i, (img, boxes) in enumerate(zip(imgs, gt_bboxes)):
+        labels = np.zeros(len(boxes), int) if gt_labels is None else gt_labels[i]
+        src = _source(img, i)
+        src['instances'] = [dict(bbox=[float(v) for v in box], bbox_label=int(label),
+                                 ignore_flag=0) for box, label in zip(boxes, labels)]
+        datas.append(pipeline(src))
+    batch = model.data_preprocessor(dict(inputs=[d['inputs'] for d in datas],
+                                         data_samples=[d['data_samples'] for d in datas]),
+                                    True)
+    return batch['inputs'], batch['data_samples']
+
+
+def predict_fn(model, metainfo: dict):
+    """A callable: images (b, 3, H, W) preprocessed like the image of ``metainfo`` -> b
+    detections (boxes (D, 4) x1y1x2y2 original pixels, labels (D,), scores (D,)) by
+    ``model.predict`` in one batch (black-box explainers and the deletion metrics)."""
+    from mmdet.structures import DetDataSample
+
+    def predict(images):
+        with torch.no_grad():
+            out = model.predict(images, [DetDataSample(metainfo=metainfo) for _ in images])
+        return [(o.pred_instances.bboxes, o.pred_instances.labels, o.pred_instances.scores)
+                for o in out]
+    return predict
+
+
+def pixel_to_input(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel values (0..255, (3, ...) in the model's channel order) -> what the model takes
+    after its data preprocessor's normalisation (e.g. black = -mean / std)."""
+    prep = model.data_preprocessor
+    if not getattr(prep, '_enable_normalize', False):
+        return pixels
+    shape = (3,) + (1,) * (pixels.dim() - 1)
+    return (pixels - prep.mean.reshape(shape)) / prep.std.reshape(shape)

@@ -1,0 +1,136 @@
+"""D-RISE (Petsiuk et al., CVPR'21): black-box saliency of detections from random masks.
+
+Shapes: M masks, T target detections, D detections of one masked image, (H, W) the network
+input.
+
+For each random mask m (an s x s binary grid, cells kept with probability p, upsampled
+bilinearly to (s + 1) cells and cropped at a random shift of less than one cell), the
+detector runs on the masked image; the mask's weight for target t is the best similarity
+between t and a detection d of the masked image,
+
+    w_t(m) = max_d IoU(t, d) * [label(d) = label(t)] * score(d),
+
+(D-RISE's IoU x cosine(class probabilities) x objectness with mmdet's outputs: a detection
+carries one label and one score, so the class vector is one-hot and the score plays the
+objectness), and the saliency of t is sum_m w_t(m) * m / M. Masks go through the detector
+in batches and are accumulated online; every target of an image shares the same masks.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from mmdet.structures.bbox import bbox_overlaps
+
+__all__ = ['drise_grids', 'drise_masks', 'detection_similarity', 'drise_saliency',
+           'drise_target_maps', 'explain_drise_detector']
+
+
+def drise_grids(num: int, grid: int, keep_prob: float, hw: tuple[int, int],
+                generator: torch.Generator):
+    """The random part of ``num`` masks: cells (num, grid, grid) float 0/1 (kept with
+    probability ``keep_prob``) and shifts (num, 2) (dy, dx) in [0, cell) pixels, with cell =
+    (ceil(H / grid), ceil(W / grid)). Drawn all at once, so the masks do not depend on how
+    they are batched."""
+    ch, cw = math.ceil(hw[0] / grid), math.ceil(hw[1] / grid)
+    cells = (torch.rand(num, grid, grid, generator=generator) < keep_prob).float()
+    shifts = torch.stack([torch.randint(0, ch, (num,), generator=generator),
+                          torch.randint(0, cw, (num,), generator=generator)], 1)
+    return cells, shifts
+
+
+def drise_masks(cells: torch.Tensor, shifts: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(n, H, W) masks in [0, 1]: the cells upsampled bilinearly to (grid + 1) cells of
+    ceil(H / grid) x ceil(W / grid) pixels, cropped to (H, W) at their shifts."""
+    h, w = hw
+    grid = cells.shape[-1]
+    ch, cw = math.ceil(h / grid), math.ceil(w / grid)
+    up = F.interpolate(cells[:, None], size=((grid + 1) * ch, (grid + 1) * cw),
+                       mode='bilinear', align_corners=False)[:, 0]
+    return torch.stack([up[i, y:y + h, x:x + w]
+                        for i, (y, x) in enumerate(shifts.tolist())])
+
+
+def detection_similarity(target_boxes: torch.Tensor, target_labels: torch.Tensor,
+                         boxes: torch.Tensor, labels: torch.Tensor,
+                         scores: torch.Tensor) -> torch.Tensor:
+    """(T,) max over the D detections of IoU(target, d) * [same label] * score(d) (0 when
+    D = 0). Boxes x1y1x2y2 in the same pixels."""
+    if len(boxes) == 0 or len(target_boxes) == 0:
+        return target_boxes.new_zeros(len(target_boxes))
+    sim = bbox_overlaps(target_boxes, boxes.to(target_boxes))  # [T, D]
+    sim = sim * (target_labels[:, None] == labels[None].to(target_labels)) * scores[None]
+    return sim.max(1).values
+
+
+def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
+                   target_labels: torch.Tensor, num_masks: int = 5000, grid: int = 16,
+                   keep_prob: float = 0.5, batch_size: int = 32, fill: float | torch.Tensor = 0.,
+                   seed: int = 0, progress: Callable | None = None) -> torch.Tensor:
+    """D-RISE saliency of T targets of one image.
+
+    Args:
+        predict: masked inputs (b, 3, H, W) -> b detections, each (boxes (D, 4), labels (D,),
+            scores (D,)) in the pixels of ``target_boxes``.
+        inputs: (1, 3, H, W) the image as the detector takes it.
+        target_boxes: (T, 4) x1y1x2y2, target_labels: (T,).
+        fill: what a masked pixel becomes (a value or a (3,) per channel, in ``inputs``'
+            units; D-RISE multiplies the image by the mask, i.e. black).
+        seed: the masks' random generator (same seed, same masks).
+        progress: called with the number of masks done after each batch.
+    Returns:
+        (T, H, W) saliency, sum_m w_t(m) m / num_masks.
+    """
+    h, w = inputs.shape[-2:]
+    cells, shifts = drise_grids(num_masks, grid, keep_prob, (h, w),
+                                torch.Generator().manual_seed(seed))
+    fill = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).reshape(-1, 1, 1)
+    saliency = inputs.new_zeros(len(target_boxes), h, w)
+    for start in range(0, num_masks, batch_size):
+        sl = slice(start, start + batch_size)
+        masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
+        masked = inputs * masks[:, None] + fill * (1 - masks[:, None])
+        weights = torch.stack([detection_similarity(target_boxes, target_labels, *det)
+                               for det in predict(masked)])  # [b, T]
+        saliency += torch.einsum('bt,bhw->thw', weights.to(masks), masks)
+        if progress is not None:
+            progress(len(masks))
+    return saliency / num_masks
+
+
+def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
+                      labels: torch.Tensor, map_size='image', num_masks: int = 5000,
+                      grid: int = 16, keep_prob: float = 0.5, batch_size: int = 32,
+                      seed: int = 0, progress: Callable | None = None) -> torch.Tensor:
+    """D-RISE maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels
+    + labels: detections, or GT boxes to explain missed objects) of one preprocessed image
+    (1, 3, H, W) of an mmdet detector; masked pixels become black."""
+    from odamtrain.apis.batch import pixel_to_input, predict_fn
+
+    from .dense_explainer import output_size
+    from .heatmap import resize_maps
+    fill = pixel_to_input(model, inputs.new_zeros(3))
+    with torch.no_grad():
+        sal = drise_saliency(predict_fn(model, meta), inputs, boxes, labels, num_masks, grid,
+                             keep_prob, batch_size, fill, seed, progress)
+    return resize_maps(sal, 1, meta['img_shape'][:2],
+                       output_size(meta['ori_shape'][:2], map_size))
+
+
+def explain_drise_detector(model, inputs: torch.Tensor, data_samples: list, map_size='image',
+                           **settings) -> list:
+    """mmdet's detections of each image and a D-RISE saliency map for each (any mmdet
+    detector: only ``model.predict`` is used), ``heatmaps`` (N, H, W) at ``map_size``, >= 0.
+    Settings: those of :func:`drise_target_maps`. Cost: ``num_masks / batch_size`` batched
+    forwards per image, shared by its detections."""
+    dets = []
+    with torch.no_grad():
+        results = model.predict(inputs, data_samples)
+    for i, (res, sample) in enumerate(zip(results, data_samples)):
+        det = res.pred_instances
+        det.heatmaps = drise_target_maps(model, inputs[i:i + 1], sample.metainfo, det.bboxes,
+                                         det.labels, map_size, **settings)
+        dets.append(det)
+    return dets

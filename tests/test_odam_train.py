@@ -1,0 +1,338 @@
+"""Odam-Train: the pair losses against hand-computed values and per-image sums, gradcheck,
+the heads' maps against per-prediction autograd, and the losses' effect on training."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from mmdet.models.utils import unpack_gt_instances
+from mmdet.structures.bbox import bbox_overlaps
+
+from odamtrain.explain.dense import frozen_group_norm_stats, record_tower_state
+from odamtrain.explain.heatmap import SIGMA_PER_BOX_SIZE, box_sigma, odam_heatmap, resample_maps
+from odamtrain.models.losses import (
+    best_per_object,
+    cap_positives,
+    odam_loss_config,
+    odam_loss_dict,
+    odam_pair_losses,
+)
+
+from .odam_fixtures import build_detector, train_batch
+
+EPS = 1e-4
+
+# 2 GT objects, 4 predictions with 2-value "maps": A = {p0 (IoU .9), p1 (.6)}, B = {p2 (.5),
+# p3 (.8)}: best A = p0, best B = p3.
+MAPS = torch.tensor([[1., 0.], [1., 1.], [0., 1.], [1., 2.]], dtype=torch.float64)
+GT = torch.tensor([0, 0, 1, 1])
+IOUS = torch.tensor([0.9, 0.6, 0.5, 0.8], dtype=torch.float64)
+
+
+def test_hand_computed_two_objects_four_predictions():
+    pair = odam_pair_losses(MAPS, GT, IOUS, eps=EPS)
+    # consistency: (p0, p1) cos 1/sqrt2; (p3, p2) cos 2/sqrt5
+    con = -math.log(1 / math.sqrt(2)) - math.log(2 / math.sqrt(5))
+    # separation: p0 vs p2 (cos 0 -> eps), p0 vs p3 (1/sqrt5); p3 vs p0 (1/sqrt5), p3 vs p1
+    # (3/sqrt10)
+    sep = (-math.log(1 - EPS) - 2 * math.log(1 - 1 / math.sqrt(5))
+           - math.log(1 - 3 / math.sqrt(10)))
+    assert pair.consistency.item() == pytest.approx(con, rel=1e-12)
+    assert pair.separation.item() == pytest.approx(sep, rel=1e-12)
+    assert (int(pair.num_consistency), int(pair.num_separation)) == (2, 4)
+    losses = odam_loss_dict(MAPS, GT, IOUS, None, loss_weight=0.5, eps=EPS)
+    assert losses['loss_odam_con'].item() == pytest.approx(0.5 * con / 6, rel=1e-12)
+    assert losses['loss_odam_sep'].item() == pytest.approx(0.5 * sep / 6, rel=1e-12)
+
+
+def test_best_per_object_is_the_highest_iou_lowest_index_on_ties():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = int(torch.randint(1, 30, (1,), generator=g))
+        obj = torch.randint(0, 5, (n,), generator=g)
+        obj = torch.unique(obj, return_inverse=True)[1]
+        ious = torch.randint(0, 4, (n,), generator=g).double() / 4  # many ties
+        best = best_per_object(obj, ious)
+        for o in range(int(obj.max()) + 1):
+            members = [i for i in range(n) if obj[i] == o]
+            top = max(float(ious[i]) for i in members)
+            assert int(best[o]) == min(i for i in members if float(ious[i]) == top)
+    # the loss follows the best: making p1 the best of A changes the reference of A
+    ious = IOUS.clone()
+    ious[1] = 0.95
+    pair = odam_pair_losses(MAPS, GT, ious, eps=EPS)
+    con = -math.log(1 / math.sqrt(2)) - math.log(2 / math.sqrt(5))  # symmetric in A's pair
+    sep = (-math.log(1 - 1 / math.sqrt(2)) - math.log(1 - 3 / math.sqrt(10))  # p1 vs p2, p3
+           - math.log(1 - 3 / math.sqrt(10)) - math.log(1 - 1 / math.sqrt(5)))  # p3 vs p1, p0
+    assert pair.consistency.item() == pytest.approx(con, rel=1e-12)
+    assert pair.separation.item() == pytest.approx(sep, rel=1e-12)
+
+
+def test_pairs_never_cross_images():
+    """A batch of 2 images with the same GT indices: the losses are the sums of the
+    per-image losses (a cross-image pair would change them: image 1's maps are close to
+    image 0's other object)."""
+    maps1 = torch.tensor([[0., 1.], [0.1, 1.], [1., 0.2]], dtype=torch.float64)
+    gt1, ious1 = torch.tensor([0, 0, 1]), torch.tensor([0.7, 0.9, 0.8], dtype=torch.float64)
+    a = odam_pair_losses(MAPS, GT, IOUS, eps=EPS)
+    b = odam_pair_losses(maps1, gt1, ious1, eps=EPS)
+    both = odam_pair_losses(torch.cat([MAPS, maps1]), torch.cat([GT, gt1]),
+                            torch.cat([IOUS, ious1]), torch.tensor([0] * 4 + [1] * 3), eps=EPS)
+    assert both.consistency.item() == pytest.approx((a.consistency + b.consistency).item())
+    assert both.separation.item() == pytest.approx((a.separation + b.separation).item())
+    assert int(both.num_separation) == int(a.num_separation) + int(b.num_separation) == 4 + 3
+    # interleaved order and shuffled image ids give the same
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(3))
+    shuffled = odam_pair_losses(torch.cat([MAPS, maps1])[perm], torch.cat([GT, gt1])[perm],
+                                torch.cat([IOUS, ious1])[perm],
+                                torch.tensor([5] * 4 + [2] * 3)[perm], eps=EPS)
+    assert shuffled.separation.item() == pytest.approx(both.separation.item())
+    assert shuffled.consistency.item() == pytest.approx(both.consistency.item())
+
+
+def test_gradcheck_wrt_maps():
+    g = torch.Generator().manual_seed(1)
+    maps = (torch.rand(7, 3, 4, generator=g, dtype=torch.float64) + 0.1).requires_grad_(True)
+    gt = torch.tensor([0, 0, 1, 1, 1, 0, 0])
+    img = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    ious = torch.rand(7, generator=g, dtype=torch.float64)
+
+    def f(m):
+        out = odam_loss_dict(m, gt, ious, img, loss_weight=0.5, eps=EPS)
+        return out['loss_odam_con'], out['loss_odam_sep']
+
+    assert torch.autograd.gradcheck(f, (maps,))
+
+
+@pytest.mark.parametrize('case', ['empty', 'one positive', 'one object', 'zero maps'])
+def test_finite_in_degenerate_cases(case):
+    maps = {'empty': torch.zeros(0, 4, 4), 'one positive': torch.rand(1, 4, 4),
+            'one object': torch.rand(3, 4, 4), 'zero maps': torch.zeros(4, 4, 4)}[case]
+    maps.requires_grad_(True)
+    n = len(maps)
+    gt = torch.tensor([0, 0, 1, 1])[:n] if case == 'zero maps' else torch.zeros(n, dtype=int)
+    out = odam_loss_dict(maps, gt, torch.rand(n), None, loss_weight=0.5, eps=EPS)
+    total = out['loss_odam_con'] + out['loss_odam_sep']
+    assert torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(maps.grad).all()
+    if case in ('empty', 'one positive'):
+        assert total.item() == 0
+    if case == 'one object':
+        assert out['loss_odam_sep'].item() == 0 and out['loss_odam_con'].item() > 0
+    if case == 'zero maps':  # cos 0 is clamped to eps: -log(eps) per consistency pair
+        # 2 consistency + 4 separation pairs
+        assert out['loss_odam_con'].item() == pytest.approx(0.5 * 2 * -math.log(EPS) / 6)
+
+
+def test_cap_positives_keeps_every_best_and_at_most_k_per_image():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 3, (500,), generator=g)
+    gt = torch.randint(0, 40, (500,), generator=g)
+    ious = torch.rand(500, generator=g)
+    torch.manual_seed(0)
+    keep = cap_positives(img, gt, ious, 50)
+    assert (keep.diff() > 0).all()
+    for b in range(3):
+        n_b = int((img == b).sum())
+        assert int((img[keep] == b).sum()) == min(50, n_b)
+    obj = torch.unique(torch.stack([img, gt], 1), dim=0, return_inverse=True)[1]
+    assert set(best_per_object(obj, ious).tolist()) <= set(keep.tolist())
+    torch.manual_seed(0)
+    assert torch.equal(cap_positives(img, gt, ious, 50), keep)  # seeded: reproducible
+    assert torch.equal(cap_positives(img, gt, ious, 1000), torch.arange(500))
+
+
+def test_config_defaults_and_unknown_keys():
+    assert odam_loss_config(None, 0.5) is None
+    cfg = odam_loss_config(dict(second_order=True), 0.2)
+    assert cfg == dict(loss_weight=0.2, second_order=True, max_positives=300, map_stride=16,
+                       eps=1e-4)
+    with pytest.raises(ValueError, match='unknown key.*weight'):
+        odam_loss_config(dict(weight=1.0), 0.5)
+
+
+def test_resample_maps_keeps_cell_centres_aligned():
+    """A ramp a * x + b sampled at cell centres (j + 0.5) * s stays that ramp at the new
+    cell centres (interior cells; bilinear is exact on linear functions)."""
+    for stride in (8, 32):
+        w = 256 // stride
+        xs = (torch.arange(w, dtype=torch.float64) + 0.5) * stride
+        maps = (0.3 * xs + 2).expand(1, 4, w).clone()
+        out = resample_maps(maps, stride, 16, (3, 256 // 16 + 2))  # wider: zero-padded
+        want = 0.3 * (torch.arange(256 // 16, dtype=torch.float64) + 0.5) * 16 + 2
+        torch.testing.assert_close(out[0, 1, 1:-1][:14], want[1:15])
+        assert (out[:, :, 256 // 16:] == 0).all()
+
+
+# ---------------------------------------------------------------------------------- heads
+
+def fcos(second_order=False, center_sampling=True):
+    return build_detector('configs/fcos_tiny_fpn_synthetic.py', cfg_options={
+        'model.bbox_head.type': 'OdamFCOSHead',
+        'model.bbox_head.center_sampling': center_sampling,
+        'model.bbox_head.odam_loss': dict(second_order=second_order)}).train()
+
+
+def rcnn(second_order=False):
+    return build_detector('configs/faster-rcnn_tiny_fpn_synthetic.py', cfg_options={
+        'model.roi_head.type': 'OdamRoIHead',
+        'model.roi_head.odam_loss': dict(second_order=second_order)}).train()
+
+
+def fcos_train_maps(model, inputs, samples):
+    head = model.bbox_head
+    x = model.extract_feat(inputs)
+    with record_tower_state(head) as state:
+        _, bbox_preds, _ = head(x)
+    gts, _, metas = unpack_gt_instances(samples)
+    pos, maps = head.odam_train_maps(x, bbox_preds, state, gts, metas)
+    return x, bbox_preds, gts, pos, maps
+
+
+@pytest.mark.parametrize('center_sampling', [False, True])
+def test_fcos_positives_carry_their_assigned_gt(center_sampling):
+    """Brute-force FCOS assignment (without centre sampling: the smallest GT box containing
+    the point whose largest side distance fits the level's range); with centre sampling the
+    indexed GT box rebuilds the regression target."""
+    model = fcos(center_sampling=center_sampling)
+    inputs, samples = train_batch(model, seeds=(0, 1))
+    head = model.bbox_head
+    with torch.no_grad():
+        x, bbox_preds, gts, _, _ = fcos_train_maps(model, inputs, samples)
+        pos = head.odam_positives([f.shape[-2:] for f in x], bbox_preds, gts)
+    assert len(pos) > 20
+    for p in range(len(pos)):
+        b, lvl, loc = int(pos.img[p]), int(pos.level[p]), int(pos.loc[p])
+        boxes = gts[b].bboxes
+        assert torch.allclose(boxes[pos.gt_index[p]], pos.gt_bboxes[p], atol=1e-3)
+        if center_sampling:
+            continue
+        w = x[lvl].shape[-1]
+        off = head.prior_generator.offset  # mmdet's point of a location
+        px, py = (loc % w + off) * head.strides[lvl], (loc // w + off) * head.strides[lvl]
+        d = torch.stack([px - boxes[:, 0], py - boxes[:, 1], boxes[:, 2] - px,
+                         boxes[:, 3] - py], 1)
+        lo, hi = head.regress_ranges[lvl]
+        ok = (d.min(1).values > 0) & (d.max(1).values >= lo) & (d.max(1).values <= hi)
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).masked_fill(~ok, 1e12)
+        assert int(pos.gt_index[p]) == int(area.argmin())
+    assigned = torch.stack([gts[int(i)].bboxes[int(j)] for i, j in zip(pos.img, pos.gt_index)])
+    ious = bbox_overlaps(pos.bboxes, assigned, is_aligned=True)
+    torch.testing.assert_close(pos.ious, ious)
+
+
+def test_fcos_train_maps_equal_per_prediction_autograd():
+    """Each positive's map = ODAM of per-prediction autograd (GN statistics held constant,
+    train-mode head, logit of the assigned class), Phi by its predicted box, on the stride-16
+    grid."""
+    model = fcos()
+    inputs, samples = train_batch(model, seeds=(0, 1))
+    head = model.bbox_head
+    torch.manual_seed(0)
+    x, _, _, pos, maps = fcos_train_maps(model, inputs, samples)
+    pick = torch.randperm(len(pos), generator=torch.Generator().manual_seed(0))[:12]
+    for p in pick.tolist():
+        b, lvl, loc, label = (int(pos.img[p]), int(pos.level[p]), int(pos.loc[p]),
+                              int(pos.labels[p]))
+        a = x[lvl].detach()[b:b + 1].clone().requires_grad_(True)
+        with frozen_group_norm_stats():
+            cls, _, _ = head.forward_single(a, head.scales[lvl], head.strides[lvl])
+        w = a.shape[-1]
+        g, = torch.autograd.grad(cls[0, label, loc // w, loc % w], a)
+        sigma = box_sigma(pos.bboxes[p:p + 1], head.strides[lvl])
+        level_map = odam_heatmap(g, a.detach(), sigma)
+        want = resample_maps(level_map, head.strides[lvl], 16, maps.shape[-2:])[0]
+        torch.testing.assert_close(maps[p].detach(), want, rtol=1e-4,
+                                   atol=1e-6 * float(want.abs().max()))
+    assert maps.shape[-2:] == tuple(math.ceil(s / 16) for s in inputs.shape[-2:])
+
+
+def test_rcnn_train_maps_equal_per_roi_autograd():
+    model = rcnn()
+    inputs, samples = train_batch(model, seeds=(0, 1))
+    head = model.roi_head
+    captured = {}
+    original = head.odam_train_maps
+
+    def capture(x, bbox_results, sampling_results):
+        pos, maps = original(x, bbox_results, sampling_results)
+        captured.update(pos=pos, maps=maps, feats=bbox_results['bbox_feats'],
+                        sampling=sampling_results)
+        return pos, maps
+
+    head.odam_train_maps = capture
+    torch.manual_seed(0)
+    losses = model.loss(inputs, samples)
+    assert {'loss_odam_con', 'loss_odam_sep'} <= set(losses)
+    pos, maps, feats = captured['pos'], captured['maps'], captured['feats']
+    from mmdet.structures.bbox import bbox2roi
+    rois = bbox2roi([r.priors for r in captured['sampling']])
+    for p in range(0, len(pos), max(1, len(pos) // 8)):
+        r = int(pos.roi[p])
+        a = feats.detach()[r:r + 1].clone().requires_grad_(True)
+        cls, _ = head.bbox_head(a)
+        g, = torch.autograd.grad(cls[0, int(pos.labels[p])], a)
+        m = odam_heatmap(g, a.detach(), torch.tensor([SIGMA_PER_BOX_SIZE * 7]))
+        # pasted into the RoI on the stride-16 grid: compare at the RoI's cells
+        from odamtrain.explain.roi_explainer import paste_roi_maps
+        want = paste_roi_maps(m, rois[r:r + 1, 1:] / 16, maps.shape[-2:])[0]
+        torch.testing.assert_close(maps[p].detach(), want, rtol=1e-4,
+                                   atol=1e-6 * float(want.abs().max()))
+        assert int(pos.img[p]) == int(rois[r, 0])
+    # each image's positives point at that image's GT (pairs are formed per image)
+    for res, b in zip(captured['sampling'], range(2)):
+        assert sorted(pos.gt_index[pos.img == b].tolist()) == sorted(
+            res.pos_assigned_gt_inds.tolist())
+
+
+@pytest.mark.parametrize('detector', ['fcos', 'rcnn'])
+def test_second_order_trains_the_head_detached_does_not(detector):
+    results = {}
+    for second_order in (False, True):
+        model = fcos(second_order) if detector == 'fcos' else rcnn(second_order)
+        inputs, samples = train_batch(model, seeds=(0, 1))
+        torch.manual_seed(0)
+        losses = model.loss(inputs, samples)
+        (losses['loss_odam_con'] + losses['loss_odam_sep']).backward()
+        if detector == 'fcos':
+            head = model.bbox_head
+            weights = [head.conv_cls.weight, head.cls_convs[0].conv.weight]
+            feature = model.neck.fpn_convs[0].conv.weight
+        else:
+            head = model.roi_head.bbox_head
+            weights = [head.fc_cls.weight, head.shared_fcs[0].weight]
+            feature = model.neck.fpn_convs[0].conv.weight
+        results[second_order] = [w.grad for w in weights], feature.grad.clone()
+    assert all(g is None for g in results[False][0])
+    assert all(g is not None and g.abs().sum() > 0 for g in results[True][0])
+    # the features get the same gradient either way (dY/dA does not depend on A smoothly)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-4, atol=1e-8)
+    assert results[False][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize('detector,second_order', [('fcos', False), ('fcos', True),
+                                                    ('rcnn', False)])
+def test_training_on_a_fixed_batch_lowers_the_odam_losses(detector, second_order):
+    """20 Adam steps on L_con + L_sep alone (a wrong sign or a broken graph anywhere from the
+    maps back to the backbone would not lower it)."""
+    model = fcos(second_order) if detector == 'fcos' else rcnn(second_order)
+    inputs, samples = train_batch(model, seeds=(0, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(20):
+        torch.manual_seed(0)  # the same capped positives / sampled RoIs every step
+        losses = model.loss(inputs, samples)
+        loss = losses['loss_odam_con'] + losses['loss_odam_sep']
+        history.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert np.mean(history[-3:]) < 0.8 * np.mean(history[:3]), history
+
+
+def test_head_without_fast_towers_is_refused():
+    with pytest.raises(ValueError, match='odam_loss needs.*DCN|odam_loss needs'):
+        build_detector('configs/fcos_tiny_fpn_synthetic.py', cfg_options={
+            'model.bbox_head.type': 'OdamFCOSHead', 'model.bbox_head.odam_loss': {},
+            'model.bbox_head.dcn_on_last_conv': True})

@@ -9,3 +9,8 @@ model = dict(
                                                        max_positives=300)),
     test_cfg=dict(nms=dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
                            corr_high=0.8)))
+# The explanation audit after training and testing (papers' settings, 500 val images).
+custom_hooks = [
+    dict(type='ExplanationAuditHook', methods=('odam', 'gradcam', 'drise'), max_images=500,
+         iou_thr=0.9, deletion_steps=100, drise=dict(num_masks=5000))
+]

@@ -72,19 +72,25 @@ def test_train_then_test(config, synthetic_root, tmp_path):
         for key in keys:
             assert swept[key] == pytest.approx(rows[2][key], nan_ok=True), key
     if 'fcos_odam' in config:  # the explanation audit (tiny budgets)
-        audit = tmp_path / 'audit.json'
+        audit = tmp_path / 'audit'
         _ok(run_tool('tools/audit.py', config, str(work / 'epoch_1.pth'), '--methods', 'odam',
                      'gradcam', 'drise', 'vps', '--iou-thr', '0.1', '--max-images', '2',
                      '--deletion-steps', '4', '--drise-masks', '8', '--vps-regions', '4',
-                     '--vps-steps', '1', '--out', str(audit), '--cfg-options',
+                     '--vps-steps', '1', '--out-dir', str(audit), '--cfg-options',
                      *data_options(synthetic_root)))
-        table = json.loads(audit.read_text())['results']
+        table = json.loads((audit / 'audit.json').read_text())['results']
         assert set(table) == {'odam', 'gradcam', 'drise', 'vps'}
         for row in table.values():
             assert row['images'] == 2 and row['objects'] == table['odam']['objects']
             if row['objects']:
                 assert 0 <= row['pointing_game'] <= 1 and 0 <= row['odi'] <= 1
                 assert 0 <= row['deletion_auc'] <= 1 and 0 <= row['insertion_auc'] <= 1
+        if table['odam']['objects']:
+            assert cv2.imread(str(audit / 'audit_curves.png')) is not None
+            assert cv2.imread(str(audit / 'audit_methods.png')).shape[0] > 4 * 100  # 4 rows
+        # tools/test.py ran the config's ExplanationAuditHook after testing
+        hook = json.loads((tmp_path / 'test' / 'audit_test' / 'audit.json').read_text())
+        assert set(hook['results']) == {'odam', 'gradcam', 'drise', 'vps'}
     # heat-map pictures and maps of the trained model's detections
     images = sorted((Path(synthetic_root) / 'Images').glob('*val*.jpg'))[:2]
     _ok(run_tool('tools/explain.py', config, str(work / 'epoch_1.pth'), *map(str, images),

@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from odamtrain.explain.vps import grid_regions, greedy_order, rank_attribution, vps_saliency
+from odamtrain.explain.vps import greedy_order, grid_regions, rank_attribution, vps_saliency
 
 HW = (24, 32)
 

@@ -1,17 +1,18 @@
 """Audit a trained detector's explanations on its test set: pointing game, energy pointing
 game, compactness, ODI and (with --deletion-steps) deletion / insertion AUC of each
-method's heat maps on the well-detected objects.
+method's heat maps on the well-detected objects. Writes OUT_DIR/audit.json, the mean
+deletion / insertion curves (audit_curves.png) and the methods' maps of the same objects
+(audit_methods.png); prints the table.
 
-    python tools/audit.py CONFIG CHECKPOINT [--methods odam gradcam gradcampp drise vps]
-        [--target score] [--iou-thr 0.9] [--max-images 0] [--deletion-steps 0]
-        [--evidence odam|vps|class|iou] [--drise-masks 1000] [--vps-regions 64]
-        [--vps-steps N] [--out audit.json] [--cfg-options ...]
+    python tools/audit.py CONFIG CHECKPOINT --out-dir DIR
+        [--methods odam gradcam gradcampp drise vps] [--target score] [--iou-thr 0.9]
+        [--max-images 0] [--deletion-steps 0] [--evidence odam|vps|class|iou]
+        [--drise-masks 1000] [--vps-regions 64] [--vps-steps N] [--cfg-options ...]
 
 Budgets: D-RISE runs --drise-masks masked images per image; VPS about 2 x regions x steps
 per object (regions x (regions + 1) without --vps-steps).
 """
 import argparse
-import json
 import os.path as osp
 import sys
 
@@ -19,16 +20,10 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import exit_on_data_error  # noqa: E402
 
 from odamtrain.apis import METHODS  # noqa: E402
-from odamtrain.evaluation.explanation_audit import (  # noqa: E402
-    METRIC_DIRECTIONS,
-    audit_explanations,
-)
+from odamtrain.evaluation.explanation_audit import collect_explanation_scores  # noqa: E402
 from odamtrain.evaluation.functional import EVIDENCES  # noqa: E402
 from odamtrain.explain import TARGETS  # noqa: E402
-from odamtrain.utils import atomic_write_text  # noqa: E402
-
-SHORT = dict(pointing_game='PG', energy_pointing_game='energyPG', compactness='compact',
-             odi='ODI', deletion_auc='deletion', insertion_auc='insertion')
+from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
 
 
 def parse_args():
@@ -36,6 +31,7 @@ def parse_args():
     p = argparse.ArgumentParser(description='Explanation audit of a trained detector')
     p.add_argument('config')
     p.add_argument('checkpoint')
+    p.add_argument('--out-dir', required=True)
     p.add_argument('--methods', nargs='+', default=['odam'], choices=METHODS)
     p.add_argument('--target', default='score', choices=TARGETS)
     p.add_argument('--iou-thr', type=float, default=0.9,
@@ -50,7 +46,6 @@ def parse_args():
     p.add_argument('--vps-steps', type=int, default=None,
                    help='VPS greedy steps (default: all regions)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', help='write the table as JSON')
     p.add_argument('--device', default='cpu')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args()
@@ -68,24 +63,16 @@ def main():
         loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
         loader = Runner.build_dataloader(loader_cfg)
     n = min(len(loader.dataset), args.max_images or len(loader.dataset))
-    table = audit_explanations(model, loader, args.methods, args.target, args.iou_thr,
-                               args.max_images, args.deletion_steps, args.evidence,
-                               dict(num_masks=args.drise_masks, seed=args.seed),
-                               dict(regions=args.vps_regions, max_steps=args.vps_steps),
-                               args.seed, ProgressBar(n))
-    print()
-    names = [k for k in next(iter(table.values())) if k not in ('objects', 'images')]
-    heads = [SHORT[k] + ('(-)' if METRIC_DIRECTIONS[k] == 'lower' else '(+)') for k in names]
-    print(f'{"method":10s}' + ''.join(f'{h:>12s}' for h in heads) + f'{"objects":>9s}')
-    for method, row in table.items():
-        print(f'{method:10s}' + ''.join(f'{row[k]:12.4f}' for k in names)
-              + f'{row["objects"]:9d}')
-    if args.out:
-        atomic_write_text(json.dumps(dict(
-            config=args.config, checkpoint=args.checkpoint, target=args.target,
-            iou_thr=args.iou_thr, deletion_steps=args.deletion_steps, evidence=args.evidence,
-            drise_masks=args.drise_masks, vps_regions=args.vps_regions,
-            vps_steps=args.vps_steps, results=table), indent=1), args.out)
+    settings = dict(target=args.target, iou_thr=args.iou_thr, max_images=args.max_images,
+                    deletion_steps=args.deletion_steps, evidence=args.evidence,
+                    drise=dict(num_masks=args.drise_masks, seed=args.seed),
+                    vps=dict(regions=args.vps_regions, max_steps=args.vps_steps),
+                    seed=args.seed)
+    raw = collect_explanation_scores(model, loader, args.methods, progress=ProgressBar(n),
+                                     **settings)
+    table = write_audit_report(raw, args.out_dir, dict(config=args.config,
+                                                       checkpoint=args.checkpoint, **settings))
+    print('\n' + format_audit_table(table))
 
 
 if __name__ == '__main__':

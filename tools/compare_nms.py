@@ -36,6 +36,8 @@ def run(cfg, checkpoint, nms, work_dir, odam_head=False):
     elif odam_head:
         cfg.model.bbox_head.type = 'OdamFCOSHead'
     cfg.load_from, cfg.work_dir, cfg.log_level = checkpoint, work_dir, 'WARNING'
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])  # detection metrics only
+                        if h.get('type') != 'ExplanationAuditHook']
     runner = build_runner(cfg)
     start = time.perf_counter()
     metrics = runner.test()

@@ -1,6 +1,8 @@
 """Images -> the preprocessed batches a detector takes (inference and training)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from mmcv.transforms import Compose
@@ -60,15 +62,36 @@ def prepare_train_batch(model, imgs: list, gt_bboxes: list, gt_labels: list | No
 def predict_fn(model, metainfo: dict):
     """A callable: images (b, 3, H, W) preprocessed like the image of ``metainfo`` -> b
     detections (boxes (D, 4) x1y1x2y2 original pixels, labels (D,), scores (D,)) by
-    ``model.predict`` in one batch (black-box explainers and the deletion metrics)."""
+    ``model.predict`` in one batch (black-box explainers and the deletion metrics).
+
+    A model whose test-time NMS is Odam-NMS runs these forwards with plain NMS at the same
+    IoU threshold: the callers take the best match of a target over all detections, which
+    barely depends on the duplicates NMS removes, and Odam-NMS would explain every candidate
+    of every perturbed image (hundreds of times the cost)."""
     from mmdet.structures import DetDataSample
 
     def predict(images):
-        with torch.no_grad():
+        with torch.no_grad(), _plain_nms(model):
             out = model.predict(images, [DetDataSample(metainfo=metainfo) for _ in images])
         return [(o.pred_instances.bboxes, o.pred_instances.labels, o.pred_instances.scores)
                 for o in out]
     return predict
+
+
+@contextlib.contextmanager
+def _plain_nms(model):
+    """Inside, a test-time ``odam_nms`` of the model is mmdet's ``nms`` (same IoU)."""
+    head = model.roi_head if hasattr(model, 'roi_head') else getattr(model, 'bbox_head', None)
+    cfg = getattr(head, 'test_cfg', None)
+    nms = cfg.get('nms') if cfg else None
+    if not nms or nms.get('type') != 'odam_nms':
+        yield
+        return
+    cfg.nms = dict(type='nms', iou_threshold=nms.get('iou_threshold', 0.5))
+    try:
+        yield
+    finally:
+        cfg.nms = nms
 
 
 def pixel_to_input(model, pixels: torch.Tensor) -> torch.Tensor:

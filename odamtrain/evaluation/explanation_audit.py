@@ -28,6 +28,7 @@ from .functional import (
 )
 
 __all__ = ['LOCALISATION_METRICS', 'METRIC_DIRECTIONS', 'localisation_scores',
+           'collect_explanation_scores', 'merge_scores', 'summarize_scores',
            'audit_explanations']
 
 # name -> (function of (heatmap, box, other_boxes), better direction)
@@ -61,10 +62,11 @@ def localisation_scores(heatmaps: torch.Tensor, gt_boxes: torch.Tensor,
     return out
 
 
-def audit_explanations(model, dataloader, methods=('odam',), target: str = 'score',
-                       iou_thr: float = 0.9, max_images: int = 0, deletion_steps: int = 0,
-                       evidence: str = 'odam', drise: dict | None = None,
-                       vps: dict | None = None, seed: int = 0, progress=None) -> dict:
+def collect_explanation_scores(model, dataloader, methods=('odam',), target: str = 'score',
+                               iou_thr: float = 0.9, max_images: int = 0,
+                               deletion_steps: int = 0, evidence: str = 'odam',
+                               drise: dict | None = None, vps: dict | None = None,
+                               seed: int = 0, progress=None) -> dict:
     """Explanation metrics of each method on the well-detected objects of the dataloader's
     images (test pipeline with GT: ``gt_instances`` in original pixels), batch size 1.
 
@@ -78,11 +80,18 @@ def audit_explanations(model, dataloader, methods=('odam',), target: str = 'scor
         drise / vps: settings of those explainers (:func:`drise_target_maps`,
             :func:`vps_target_maps`).
     Returns:
-        {method: {metric: mean over objects (NaN-skipping), 'objects': K, 'images': n}}.
+        raw scores: {'images': n, 'methods': {method: {metric: [per object], 'curves':
+        {'deletion': [[...]], 'insertion': [[...]]}}}, 'examples': [(img_path, boxes (K, 4),
+        {method: maps (K, H, W)})] for the first image with objects (pictures)}.
+        Summarise with :func:`summarize_scores`; raw scores of several ranks merge with
+        :func:`merge_scores`.
     """
     metrics = list(LOCALISATION_METRICS) + (
         ['deletion_auc', 'insertion_auc'] if deletion_steps else [])
     scores = {m: {name: [] for name in metrics} for m in methods}
+    for m in methods:
+        scores[m]['curves'] = {'deletion': [], 'insertion': []}
+    examples = []
     images = 0
     g = torch.Generator().manual_seed(seed)
     for data in dataloader:
@@ -110,6 +119,10 @@ def audit_explanations(model, dataloader, methods=('odam',), target: str = 'scor
                                      normalize=None)[0].heatmaps[di]
             for name, values in localisation_scores(maps, gt, gi).items():
                 scores[method][name] += values
+            if len(di) and not examples:
+                examples.append((meta.get('img_path'), gt[gi].cpu(), {}))
+            if examples and examples[0][0] == meta.get('img_path'):
+                examples[0][2][method] = maps.cpu()
             if deletion_steps:
                 on_input = _maps_on_input(maps, meta, inputs.shape[-2:])
                 scale = inputs.new_tensor(meta['scale_factor'][:2])
@@ -119,20 +132,49 @@ def audit_explanations(model, dataloader, methods=('odam',), target: str = 'scor
                     out = deletion_insertion(predict_fn(model, meta), inputs[0], on_input[k],
                                              box, int(det.labels[d]), area, noise, black,
                                              deletion_steps, evidence)
-                    scores[method]['deletion_auc'].append(out['deletion_auc'])
-                    scores[method]['insertion_auc'].append(out['insertion_auc'])
+                    for mode in ('deletion', 'insertion'):
+                        scores[method][f'{mode}_auc'].append(out[f'{mode}_auc'])
+                        scores[method]['curves'][mode].append(out[mode])
         images += 1
         if progress is not None:
             progress.update(1)
         if max_images and images >= max_images:
             break
+    return dict(images=images, methods=scores, examples=examples)
+
+
+def merge_scores(parts: list) -> dict:
+    """Raw scores of several shards (e.g. ranks) -> one (examples of the first shard)."""
+    merged = dict(images=sum(p['images'] for p in parts), methods={},
+                  examples=next((p['examples'] for p in parts if p['examples']), []))
+    for part in parts:
+        for method, per_metric in part['methods'].items():
+            out = merged['methods'].setdefault(
+                method, {k: ({'deletion': [], 'insertion': []} if k == 'curves' else [])
+                         for k in per_metric})
+            for key, values in per_metric.items():
+                if key == 'curves':
+                    for mode in values:
+                        out['curves'][mode] += values[mode]
+                else:
+                    out[key] += values
+    return merged
+
+
+def summarize_scores(raw: dict) -> dict:
+    """{method: {metric: mean over objects (NaN-skipping), 'objects': K, 'images': n}}."""
     table = {}
-    for method, per_metric in scores.items():
+    for method, per_metric in raw['methods'].items():
         row = {name: (float(np.nanmean(v)) if np.isfinite(v).any() else math.nan)
-               for name, v in per_metric.items()}
-        row.update(objects=len(per_metric['odi']), images=images)
+               for name, v in per_metric.items() if name != 'curves'}
+        row.update(objects=len(per_metric['odi']), images=raw['images'])
         table[method] = row
     return table
+
+
+def audit_explanations(model, dataloader, methods=('odam',), **kwargs) -> dict:
+    """:func:`summarize_scores` of :func:`collect_explanation_scores` (same arguments)."""
+    return summarize_scores(collect_explanation_scores(model, dataloader, methods, **kwargs))
 
 
 def _maps_on_input(maps: torch.Tensor, meta: dict, pad_hw) -> torch.Tensor:

@@ -37,7 +37,7 @@ class OdamFCOSHead(FCOSHead):
     top-k) are explained with ODAM (class logit, maps at short edge 50) and suppressed with
     :func:`odamtrain.ops.odam_nms`, per class. Any other ``nms`` type (``'nms'``,
     ``'soft_nms'``) is mmdet's own path, unchanged. Extra ``nms`` keys: ``target`` ('logit',
-    the paper; or 'score'), ``mode`` ('fast' or 'exact'), ``map_size`` (50),
+    the paper; or 'score'), ``mode`` ('fast', 'windows': cheaper, or 'exact'), ``map_size`` (50),
     ``keep_heatmaps`` (False; True keeps each kept detection's map in ``heatmaps``).
     """
 

@@ -27,8 +27,6 @@ from mmdet.models.utils import filter_scores_and_topk
 from mmdet.structures.bbox import cat_boxes
 from mmengine.structures import InstanceData
 
-from odamtrain.ops import without_odam_keys
-
 __all__ = ['TARGETS', 'dense_detections', 'dense_attribute', 'fast_window_support',
            'dense_grads_exact', 'dense_grads_fast', 'record_tower_state',
            'frozen_group_norm_stats']
@@ -50,9 +48,6 @@ def dense_detections(head, cls_scores, bbox_preds, score_factors, img_meta: dict
             for this image (score_factors may be None).
     """
     cfg = head.test_cfg if cfg is None else cfg
-    if cfg.get('nms'):  # a config switched from odam_nms to nms keeps Odam-NMS's keys
-        cfg = cfg.copy()
-        cfg.nms = without_odam_keys(cfg.nms)
     sizes = [s.shape[-2:] for s in cls_scores]
     priors = head.prior_generator.grid_priors(sizes, dtype=cls_scores[0].dtype,
                                               device=cls_scores[0].device)

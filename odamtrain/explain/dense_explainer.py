@@ -109,7 +109,6 @@ def dense_heatmaps(head, feats, dets: list, metas: list, method: str, target: st
                     EXACT_BELOW_WINDOWS * (2 * window_radius(head) + 1) ** 2)
                 # a small level: the window would cover much of it
                 level_mode = 'exact' if small or mode == 'exact' else 'fast'
-
                 idx = (det.level == level).nonzero()[:, 0]
                 for part in idx.split(chunk) if len(idx) else ():
                     maps = level_heatmaps(head, feat, level, det_b[part], method, target, smooth,

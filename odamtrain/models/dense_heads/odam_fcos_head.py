@@ -127,16 +127,19 @@ class OdamFCOSHead(FCOSHead):
     # -------------------------------------------------------------------------- testing
     def predict(self, x, batch_data_samples, rescale: bool = False):
         nms_cfg = self.test_cfg.get('nms', {}) if self.test_cfg else {}
-        metas = [s.metainfo for s in batch_data_samples]
         if nms_cfg.get('type') != 'odam_nms':  # mmdet's own path
-            cfg = self.test_cfg
-            if nms_cfg:
-                cfg = cfg.copy()
-                cfg.nms = without_odam_keys(nms_cfg)
-            return self.predict_by_feat(*self(x), batch_img_metas=metas, cfg=cfg,
-                                        rescale=rescale)
+            return super().predict(x, batch_data_samples, rescale=rescale)
+        metas = [s.metainfo for s in batch_data_samples]
         cands = self.odam_candidates(x, metas, nms_cfg)
         return self.odam_suppress(cands, metas, nms_cfg, rescale)
+
+    def _bbox_post_process(self, results, cfg, rescale=False, with_nms=True, img_meta=None):
+        """mmdet's, with an NMS config switched from odam_nms to 'nms' / 'soft_nms' (e.g.
+        ``--cfg-options model.test_cfg.nms.type=nms``) stripped of Odam-NMS's keys."""
+        if with_nms and cfg.get('nms'):
+            cfg = cfg.copy()
+            cfg.nms = without_odam_keys(cfg.nms)
+        return super()._bbox_post_process(results, cfg, rescale, with_nms, img_meta)
 
     def odam_candidates(self, x, batch_img_metas: list, nms_cfg: dict) -> list:
         """Per image the detections that reach NMS (score threshold, ``nms_pre``, score

@@ -2,12 +2,7 @@
 import pytest
 import torch
 
-from odamtrain.explain.drise import (
-    detection_similarity,
-    drise_grids,
-    drise_masks,
-    drise_saliency,
-)
+from odamtrain.explain.drise import drise_grids, drise_masks, drise_saliency
 
 HW = (48, 64)
 REGION = (slice(8, 20), slice(30, 46))  # what the toy detector looks at (rows, cols)
@@ -33,17 +28,6 @@ def test_masks_shape_range_and_keep_probability():
     one[0, 3, 4] = 1
     m = drise_masks(one, torch.tensor([[0, 0]]), HW)[0]
     assert m.max() > 0.9 and 21 <= int(m.argmax()) // HW[1] <= 26
-
-
-def test_similarity_hand_computed():
-    t = torch.tensor([[0., 0., 10., 10.], [20., 20., 30., 30.]])
-    boxes = torch.tensor([[0., 0., 10., 5.], [20., 20., 30., 30.], [0., 0., 10., 10.]])
-    sim = detection_similarity(t, torch.tensor([0, 1]), boxes, torch.tensor([0, 1, 1]),
-                               torch.tensor([0.8, 0.5, 0.9]))
-    # target 0: box 0 (IoU .5, same class, .8) -> .4; box 2 is another class
-    torch.testing.assert_close(sim, torch.tensor([0.4, 0.5]))
-    assert detection_similarity(t, torch.tensor([0, 1]), boxes[:0], torch.tensor([]),
-                                torch.tensor([])).tolist() == [0, 0]
 
 
 def test_saliency_equals_direct_sum_over_masks_and_does_not_depend_on_batching():

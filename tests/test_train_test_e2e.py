@@ -75,22 +75,31 @@ def test_train_then_test(config, synthetic_root, tmp_path):
         audit = tmp_path / 'audit'
         _ok(run_tool('tools/audit.py', config, str(work / 'epoch_1.pth'), '--methods', 'odam',
                      'gradcam', 'drise', 'vps', '--iou-thr', '0.1', '--max-images', '2',
+                     '--sets', 'detected', 'missed', '--score-thr', '0.5',
                      '--deletion-steps', '4', '--drise-masks', '8', '--vps-regions', '4',
                      '--vps-steps', '1', '--out-dir', str(audit), '--cfg-options',
                      *data_options(synthetic_root)))
-        table = json.loads((audit / 'audit.json').read_text())['results']
-        assert set(table) == {'odam', 'gradcam', 'drise', 'vps'}
-        for row in table.values():
-            assert row['images'] == 2 and row['objects'] == table['odam']['objects']
-            if row['objects']:
-                assert 0 <= row['pointing_game'] <= 1 and 0 <= row['odi'] <= 1
-                assert 0 <= row['deletion_auc'] <= 1 and 0 <= row['insertion_auc'] <= 1
+        tables = json.loads((audit / 'audit.json').read_text())['results']
+        assert set(tables) == {'detected', 'missed'}
+        assert tables['missed']['odam']['objects'] > 0  # one epoch misses people at 0.5
+        for table in tables.values():
+            assert set(table) == {'odam', 'gradcam', 'drise', 'vps'}
+            for row in table.values():
+                assert row['images'] == 2 and row['objects'] == table['odam']['objects']
+                if row['objects']:  # NaN: undefined on every object (e.g. an all-zero
+                    # D-RISE map from 8 masks), never out of range
+                    for key in ('pointing_game', 'odi', 'deletion_auc', 'insertion_auc',
+                                'success'):
+                        assert not row[key] < 0 and not row[key] > 1, key
+            if table['odam']['objects']:
+                assert 0 <= table['odam']['pointing_game'] <= 1
+        table = tables['detected']
         if table['odam']['objects']:
             assert cv2.imread(str(audit / 'audit_curves.png')) is not None
             assert cv2.imread(str(audit / 'audit_methods.png')).shape[0] > 4 * 100  # 4 rows
         # tools/test.py ran the config's ExplanationAuditHook after testing
         hook = json.loads((tmp_path / 'test' / 'audit_test' / 'audit.json').read_text())
-        assert set(hook['results']) == {'odam', 'gradcam', 'drise', 'vps'}
+        assert set(hook['results']['detected']) == {'odam', 'gradcam', 'drise', 'vps'}
     # heat-map pictures and maps of the trained model's detections
     images = sorted((Path(synthetic_root) / 'Images').glob('*val*.jpg'))[:2]
     _ok(run_tool('tools/explain.py', config, str(work / 'epoch_1.pth'), *map(str, images),

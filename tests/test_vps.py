@@ -4,7 +4,13 @@ import itertools
 
 import torch
 
-from odamtrain.explain.vps import greedy_order, grid_regions, rank_attribution, vps_saliency
+from odamtrain.explain.vps import (
+    greedy_order,
+    grid_regions,
+    rank_attribution,
+    vps_forward_count,
+    vps_saliency,
+)
 
 HW = (24, 32)
 
@@ -65,3 +71,4 @@ def test_toy_detector_looking_at_one_region_ranks_it_first():
     assert order[0] == target and values[0] == 2.0  # g(only) = 1, 1 - g(removed) = 1
     assert sal[regions[target]].min() > sal[~regions[target]].max()
     assert forwards == 2 * (1 + 12 + 11 + 10)  # the empty set, then 3 greedy steps
+    assert vps_forward_count(12, 3) == forwards and vps_forward_count(12) == 2 + 12 * 13

@@ -1,12 +1,14 @@
 """Audit a trained detector's explanations on its test set: pointing game, energy pointing
-game, compactness, ODI and (with --deletion-steps) deletion / insertion AUC of each
-method's heat maps on the well-detected objects. Writes OUT_DIR/audit.json, the mean
-deletion / insertion curves (audit_curves.png) and the methods' maps of the same objects
-(audit_methods.png); prints the table.
+game, compactness, ODI and (with --deletion-steps) deletion / insertion AUC, highest score
+and success of each method's heat maps on the well-detected objects and (with --sets) the
+missed and misclassified ones. Writes OUT_DIR/audit.json, the mean deletion / insertion
+curves (audit_curves.png) and the methods' maps of the same objects (audit_methods.png);
+prints one table per object set.
 
     python tools/audit.py CONFIG CHECKPOINT --out-dir DIR
         [--methods odam gradcam gradcampp drise vps] [--target score] [--iou-thr 0.9]
-        [--max-images 0] [--deletion-steps 0] [--evidence odam|vps|class|iou]
+        [--sets detected missed misclassified] [--score-thr 0.3] [--max-images 0]
+        [--deletion-steps 0] [--evidence odam|vps|class|iou] [--extent box|image]
         [--drise-masks 1000] [--vps-regions 64] [--vps-steps N] [--cfg-options ...]
 
 Budgets: D-RISE runs --drise-masks masked images per image; VPS about 2 x regions x steps
@@ -20,7 +22,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import exit_on_data_error  # noqa: E402
 
 from odamtrain.apis import METHODS  # noqa: E402
-from odamtrain.evaluation.explanation_audit import collect_explanation_scores  # noqa: E402
+from odamtrain.evaluation.explanation_audit import SETS, collect_explanation_scores  # noqa: E402
 from odamtrain.evaluation.functional import EVIDENCES  # noqa: E402
 from odamtrain.explain import TARGETS  # noqa: E402
 from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
@@ -36,11 +38,18 @@ def parse_args():
     p.add_argument('--target', default='score', choices=TARGETS)
     p.add_argument('--iou-thr', type=float, default=0.9,
                    help='well-detected objects: detection-GT IoU above this')
+    p.add_argument('--sets', nargs='+', default=['detected'], choices=SETS,
+                   help='object sets: well detected, and the failure sets')
+    p.add_argument('--score-thr', type=float, default=0.3,
+                   help='a GT is missed if no detection scoring at least this finds it; '
+                   'an explanation succeeds if insertion brings the score back to it')
     p.add_argument('--max-images', type=int, default=0, help='only the first N images')
     p.add_argument('--deletion-steps', type=int, default=0,
                    help='> 0: deletion / insertion AUCs with this many steps (paper: 100)')
     p.add_argument('--evidence', default='odam', choices=EVIDENCES,
                    help='what deletion / insertion measure (see faithfulness.py)')
+    p.add_argument('--extent', default='box', choices=('box', 'image'),
+                   help='pixels changed in all: the GT box area (ODAM) or the image (VPS)')
     p.add_argument('--drise-masks', type=int, default=1000, help='D-RISE masks (paper 5000)')
     p.add_argument('--vps-regions', type=int, default=64, help='VPS sub-regions (grid)')
     p.add_argument('--vps-steps', type=int, default=None,
@@ -63,8 +72,10 @@ def main():
         loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
         loader = Runner.build_dataloader(loader_cfg)
     n = min(len(loader.dataset), args.max_images or len(loader.dataset))
-    settings = dict(target=args.target, iou_thr=args.iou_thr, max_images=args.max_images,
+    settings = dict(target=args.target, iou_thr=args.iou_thr, sets=args.sets,
+                    score_thr=args.score_thr, max_images=args.max_images,
                     deletion_steps=args.deletion_steps, evidence=args.evidence,
+                    extent=args.extent,
                     drise=dict(num_masks=args.drise_masks, seed=args.seed),
                     vps=dict(regions=args.vps_regions, max_steps=args.vps_steps),
                     seed=args.seed)

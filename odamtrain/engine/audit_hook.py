@@ -14,19 +14,21 @@ __all__ = ['ExplanationAuditHook']
 @HOOKS.register_module()
 class ExplanationAuditHook(Hook):
     """Audit the model's explanations on the val (after training) or test (after testing)
-    set: every method explains the same well-detected objects and every metric scores them
+    set: every method explains the same objects (well detected, and with ``sets`` the
+    missed / misclassified ones) and every metric scores them
     (:func:`odamtrain.evaluation.explanation_audit.collect_explanation_scores`).
 
     Each rank audits its share of the images (every ``world_size``-th, from its rank), the
     raw scores are gathered, and rank 0 logs the method x metric table and writes
-    ``<work_dir>/audit_<stage>/audit.json``, ``audit_curves.png`` and ``audit_methods.png``.
+    ``<work_dir>/audit_<stage>/audit.json``, ``audit_curves.png`` and ``audit_methods.png``
+    (one table per object set).
 
     Args:
         methods: e.g. ('odam', 'gradcam', 'drise', 'vps').
         after_train / after_test: when to run.
         max_images: at most this many images in all (0: all).
         **settings: the other arguments of ``collect_explanation_scores`` (target, iou_thr,
-            deletion_steps, evidence, drise, vps, seed).
+            sets, score_thr, deletion_steps, evidence, extent, drise, vps, seed).
     """
     priority = 'LOW'
 

@@ -2,7 +2,7 @@
 and VPS (black box)."""
 from .dense import TARGETS
 from .dense_explainer import explain_dense_detector
-from .drise import drise_saliency, explain_drise_detector
+from .drise import drise_saliency, drise_target_maps
 from .heatmap import (
     box_sigma,
     channel_weighted_map,
@@ -16,10 +16,10 @@ from .heatmap import (
     resize_maps,
 )
 from .roi_explainer import explain_roi_detector, paste_roi_maps
-from .vps import explain_vps_detector, vps_saliency
+from .vps import vps_forward_count, vps_saliency, vps_target_maps
 
 __all__ = ['TARGETS', 'explain_dense_detector', 'explain_roi_detector', 'box_sigma',
            'gaussian_smooth', 'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights',
            'channel_weighted_map', 'explanation_maps', 'normalize_maps', 'resize_maps',
-           'paste_roi_maps', 'resample_maps', 'drise_saliency', 'explain_drise_detector',
-           'vps_saliency', 'explain_vps_detector']
+           'paste_roi_maps', 'resample_maps', 'drise_saliency', 'drise_target_maps',
+           'vps_forward_count', 'vps_saliency', 'vps_target_maps']

@@ -27,8 +27,8 @@ from mmdet.models.utils import filter_scores_and_topk
 from mmdet.structures.bbox import cat_boxes
 from mmengine.structures import InstanceData
 
-__all__ = ['TARGETS', 'dense_detections', 'dense_attribute', 'fast_window_support',
-           'dense_grads_exact', 'dense_grads_fast', 'record_tower_state',
+__all__ = ['TARGETS', 'dense_detections', 'dense_target_candidates', 'dense_attribute',
+           'fast_window_support', 'dense_grads_exact', 'dense_grads_fast', 'record_tower_state',
            'frozen_group_norm_stats']
 
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
@@ -79,6 +79,25 @@ def dense_detections(head, cls_scores, bbox_preds, score_factors, img_meta: dict
         results.score_factors = torch.cat(factors)
     return head._bbox_post_process(results=results, cfg=cfg, rescale=rescale,
                                    with_nms=with_nms, img_meta=img_meta)
+
+
+def dense_target_candidates(head, cls_scores, bbox_preds, score_factors, img_meta: dict,
+                            targets: InstanceData) -> InstanceData:
+    """For each target (``bboxes`` (T, 4) x1y1x2y2 original pixels, ``labels`` (T,)), the
+    prediction of the head that finds it best among every location and class (no score
+    threshold, no top-k, no NMS): :func:`best_candidates` on mmdet's decoded boxes and
+    scores. Returns T predictions with :func:`dense_detections`' fields (``labels`` the
+    targets'), e.g. to explain an object the detector missed."""
+    from odamtrain.evaluation.functional import best_candidates
+    every = dense_detections(head, cls_scores, bbox_preds, score_factors, img_meta,
+                             cfg=dict(score_thr=-1, nms_pre=sum(c.numel() for c in cls_scores)),
+                             with_nms=False)
+    labels = targets.labels.to(every.labels)
+    index, _ = best_candidates(every.bboxes, every.labels, every.scores,
+                               targets.bboxes.to(every.bboxes), labels)
+    best = every[index]
+    best.labels = labels
+    return best
 
 
 def dense_attribute(head, target: str, cls: torch.Tensor, reg: torch.Tensor,

@@ -11,6 +11,7 @@ from .dense import (
     dense_detections,
     dense_grads_exact,
     dense_grads_fast,
+    dense_target_candidates,
     fast_window_support,
     gather_windows,
     paste_windows,
@@ -36,7 +37,7 @@ RESIZE_CHUNK = 32
 
 def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, method: str,
                            target: str, smooth: str | None, mode: str, map_size='image',
-                           chunk: int = 256) -> list[InstanceData]:
+                           chunk: int = 256, targets: list | None = None) -> list[InstanceData]:
     """Detections of a dense detector and a heat map for each, all computed in batch.
 
     Args:
@@ -46,6 +47,8 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
             :func:`dense_heatmaps`).
         map_size: 'image' (original image size) or an int: the maps' short edge.
         chunk: detections per vectorised step (bounds memory).
+        targets: per image (``bboxes`` original pixels, ``labels``) to explain instead of
+            the detections: each by its best prediction (:func:`dense_target_candidates`).
     Returns:
         Per image mmdet's detections (``bboxes`` in original pixels x1y1x2y2, ``scores``,
         ``labels``) plus ``level``, ``loc`` and ``heatmaps`` (N, H, W), >= 0, unnormalised.
@@ -57,17 +60,20 @@ def explain_dense_detector(model, inputs: torch.Tensor, data_samples: list, meth
         with record_tower_state(head) as tower_state:
             cls_scores, bbox_preds, factors = head(feats)
     nms_cfg = (head.test_cfg or {}).get('nms', {})
-    if nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks the detections
+    per_image = [([c[i] for c in cls_scores], [r[i] for r in bbox_preds],
+                  [f[i] for f in factors] if factors is not None else None, meta)
+                 for i, meta in enumerate(metas)]
+    if targets is not None:
+        dets = [dense_target_candidates(head, *outs, tgt)
+                for outs, tgt in zip(per_image, targets)]
+    elif nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks the detections
         dets = []
         for cand in head.odam_candidates(feats, metas, nms_cfg):
             det = cand[odam_nms_keep(cand, nms_cfg, head.test_cfg.get('max_per_img', -1))]
             del det.heatmaps
             dets.append(det)
     else:
-        dets = [dense_detections(head, [c[i] for c in cls_scores], [r[i] for r in bbox_preds],
-                                 [f[i] for f in factors] if factors is not None else None,
-                                 meta)
-                for i, meta in enumerate(metas)]
+        dets = [dense_detections(head, *outs) for outs in per_image]
     dense_heatmaps(head, feats, dets, metas, method, target, smooth, mode, tower_state,
                    map_size, chunk)
     return dets

@@ -12,8 +12,9 @@ between t and a detection d of the masked image,
 
 (D-RISE's IoU x cosine(class probabilities) x objectness with mmdet's outputs: a detection
 carries one label and one score, so the class vector is one-hot and the score plays the
-objectness), and the saliency of t is sum_m w_t(m) * m / M. Masks go through the detector
-in batches and are accumulated online; every target of an image shares the same masks.
+objectness; :func:`odamtrain.evaluation.functional.best_candidates`), and the saliency of
+t is sum_m w_t(m) * m / M. Masks go through the detector in batches and are accumulated
+online; every target of an image shares the same masks.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from mmdet.structures.bbox import bbox_overlaps
 
-__all__ = ['drise_grids', 'drise_masks', 'detection_similarity', 'drise_saliency',
-           'drise_target_maps', 'explain_drise_detector']
+from odamtrain.evaluation.functional.matching import best_candidates
+
+__all__ = ['drise_grids', 'drise_masks', 'drise_saliency', 'drise_target_maps']
 
 
 def drise_grids(num: int, grid: int, keep_prob: float, hw: tuple[int, int],
@@ -51,18 +52,6 @@ def drise_masks(cells: torch.Tensor, shifts: torch.Tensor, hw: tuple[int, int]) 
                        mode='bilinear', align_corners=False)[:, 0]
     return torch.stack([up[i, y:y + h, x:x + w]
                         for i, (y, x) in enumerate(shifts.tolist())])
-
-
-def detection_similarity(target_boxes: torch.Tensor, target_labels: torch.Tensor,
-                         boxes: torch.Tensor, labels: torch.Tensor,
-                         scores: torch.Tensor) -> torch.Tensor:
-    """(T,) max over the D detections of IoU(target, d) * [same label] * score(d) (0 when
-    D = 0). Boxes x1y1x2y2 in the same pixels."""
-    if len(boxes) == 0 or len(target_boxes) == 0:
-        return target_boxes.new_zeros(len(target_boxes))
-    sim = bbox_overlaps(target_boxes, boxes.to(target_boxes))  # [T, D]
-    sim = sim * (target_labels[:, None] == labels[None].to(target_labels)) * scores[None]
-    return sim.max(1).values
 
 
 def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
@@ -92,7 +81,7 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
         sl = slice(start, start + batch_size)
         masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
         masked = inputs * masks[:, None] + fill * (1 - masks[:, None])
-        weights = torch.stack([detection_similarity(target_boxes, target_labels, *det)
+        weights = torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
                                for det in predict(masked)])  # [b, T]
         saliency += torch.einsum('bt,bhw->thw', weights.to(masks), masks)
         if progress is not None:
@@ -106,7 +95,8 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
                       seed: int = 0, progress: Callable | None = None) -> torch.Tensor:
     """D-RISE maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels
     + labels: detections, or GT boxes to explain missed objects) of one preprocessed image
-    (1, 3, H, W) of an mmdet detector; masked pixels become black."""
+    (1, 3, H, W) of an mmdet detector; masked pixels become black. Cost: ``num_masks /
+    batch_size`` batched forwards, shared by the targets."""
     from odamtrain.apis.batch import pixel_to_input, predict_fn
 
     from .dense_explainer import output_size
@@ -117,20 +107,3 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
                              keep_prob, batch_size, fill, seed, progress)
     return resize_maps(sal, 1, meta['img_shape'][:2],
                        output_size(meta['ori_shape'][:2], map_size))
-
-
-def explain_drise_detector(model, inputs: torch.Tensor, data_samples: list, map_size='image',
-                           **settings) -> list:
-    """mmdet's detections of each image and a D-RISE saliency map for each (any mmdet
-    detector: only ``model.predict`` is used), ``heatmaps`` (N, H, W) at ``map_size``, >= 0.
-    Settings: those of :func:`drise_target_maps`. Cost: ``num_masks / batch_size`` batched
-    forwards per image, shared by its detections."""
-    dets = []
-    with torch.no_grad():
-        results = model.predict(inputs, data_samples)
-    for i, (res, sample) in enumerate(zip(results, data_samples)):
-        det = res.pred_instances
-        det.heatmaps = drise_target_maps(model, inputs[i:i + 1], sample.metainfo, det.bboxes,
-                                         det.labels, map_size, **settings)
-        dets.append(det)
-    return dets

@@ -19,8 +19,9 @@ from odamtrain.ops import odam_nms_keep, without_odam_keys
 
 from .heatmap import SIGMA_PER_BOX_SIZE, explanation_maps
 
-__all__ = ['roi_detections', 'roi_attribute', 'roi_boxes', 'paste_roi_maps', 'explain_roi_detector',
-           'roi_heatmaps', 'roi_footprints', 'fpn_rounds', 'roi_fpn_grads']
+__all__ = ['roi_detections', 'roi_target_candidates', 'roi_attribute', 'roi_boxes',
+           'paste_roi_maps', 'explain_roi_detector', 'roi_heatmaps', 'roi_footprints',
+           'fpn_rounds', 'roi_fpn_grads']
 
 
 def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
@@ -39,6 +40,26 @@ def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
     num_classes = per_roi.bboxes.shape[1] // 4
     return InstanceData(bboxes=det[:, :-1], scores=det[:, -1], labels=labels,
                         roi=inds // num_classes)
+
+
+def roi_target_candidates(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
+                          bbox_pred: torch.Tensor, img_meta: dict,
+                          targets: InstanceData) -> InstanceData:
+    """For each target (``bboxes`` (T, 4) x1y1x2y2 original pixels, ``labels`` (T,)), the
+    RoI and class whose prediction finds it best (no score threshold, no NMS):
+    :func:`best_candidates` on mmdet's decoded boxes and scores. Returns T predictions with
+    :func:`roi_detections`' fields (``roi`` into ``rois``; ``labels`` the targets')."""
+    from odamtrain.evaluation.functional import best_candidates
+    per_roi = bbox_head._predict_by_feat_single(rois, cls_score, bbox_pred, img_meta,
+                                                rescale=True, rcnn_test_cfg=None)
+    r, k = per_roi.scores.shape[0], per_roi.scores.shape[1] - 1  # softmax: last = background
+    boxes = per_roi.bboxes.reshape(r, -1, 4).expand(r, k, 4).reshape(-1, 4)  # [R K, 4]
+    scores = per_roi.scores[:, :k].reshape(-1)
+    labels = torch.arange(k, device=scores.device).repeat(r)
+    target_labels = targets.labels.to(labels)
+    index, _ = best_candidates(boxes, labels, scores, targets.bboxes.to(boxes), target_labels)
+    return InstanceData(bboxes=boxes[index], scores=scores[index], labels=target_labels,
+                        roi=index // k)
 
 
 def roi_attribute(bbox_head, target: str, cls_score: torch.Tensor, bbox_pred: torch.Tensor,
@@ -105,7 +126,7 @@ def paste_roi_maps(maps: torch.Tensor, boxes: torch.Tensor, out_hw) -> torch.Ten
 
 def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method: str,
                          target: str, smooth: str | None, map_size='image',
-                         features: str = 'roi') -> list:
+                         features: str = 'roi', targets: list | None = None) -> list:
     """Detections of a two-stage detector and their heat maps (see
     :func:`odamtrain.apis.explain_detector`). ``mode`` does not apply: one backward per
     round is exact.
@@ -114,6 +135,8 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
         features: 'roi' (A = the RoI's s x s features, pasted into its box; Phi's sigma is
             0.125 * s cells since the box spans the map) or 'fpn' (A = the FPN level the RoI
             was pooled from, through RoIAlign's backward; sigma by the box as for FCOS).
+        targets: per image (``bboxes`` original pixels, ``labels``) to explain instead of
+            the detections: each by its best prediction (:func:`roi_target_candidates`).
     """
     if features not in ('roi', 'fpn'):
         raise ValueError(f"features must be 'roi' or 'fpn', got {features!r}")
@@ -139,7 +162,12 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
         odam_nms_cfg = rcnn_cfg.get('nms', {})
         for i, meta in enumerate(metas):
             sl = slice(start, start + counts[i])
-            if odam_nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks them
+            if targets is not None:
+                with torch.no_grad():
+                    det = roi_target_candidates(bbox_head, rois[sl], cls_score[sl],
+                                                bbox_pred[sl], meta, targets[i])
+                det.roi = det.roi + start
+            elif odam_nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks them
                 det = roi_head._candidates(rois[sl], cls_score[sl], bbox_pred[sl], meta,
                                            rcnn_cfg.score_thr, start)
                 roi_heatmaps(bbox_head, feat, cls_score, bbox_pred, rois, [det], [meta],

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ['grid_regions', 'greedy_order', 'rank_attribution', 'vps_saliency',
-           'vps_target_maps', 'explain_vps_detector']
+__all__ = ['grid_regions', 'greedy_order', 'rank_attribution', 'vps_forward_count',
+           'vps_saliency', 'vps_target_maps']
 
 
 def grid_regions(hw: tuple[int, int], n: int = 64) -> torch.Tensor:
@@ -71,6 +71,13 @@ def rank_attribution(order: list[int], values: list[float], n: int,
     return out
 
 
+def vps_forward_count(regions: int, max_steps: int | None = None) -> int:
+    """Images one VPS search runs through the detector: 2 for the empty set, then 2 per
+    remaining region at each greedy step (regions (regions + 1) for the full order)."""
+    steps = regions if max_steps is None else min(regions, max_steps)
+    return 2 + 2 * sum(regions - k for k in range(steps))
+
+
 def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tensor,
                  target_label: int, regions: torch.Tensor, baseline: torch.Tensor,
                  max_steps: int | None = None, batch_size: int = 32):
@@ -115,11 +122,12 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
 
 def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
                     labels: torch.Tensor, map_size='image', regions: int = 64,
-                    max_steps: int | None = None, batch_size: int = 32):
-    """VPS maps of T targets (boxes x1y1x2y2 in original pixels + labels: detections, or GT
-    boxes to explain missed objects) of one preprocessed image (1, 3, H, W) of an mmdet
-    detector. Sub-regions: a grid of about ``regions`` cells over the unpadded input; removed
-    pixels black. Returns ((T, H, W) maps at ``map_size``, (T,) forwards per target)."""
+                    max_steps: int | None = None, batch_size: int = 32) -> torch.Tensor:
+    """VPS maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels +
+    labels: detections, or GT boxes to explain missed objects) of one preprocessed image
+    (1, 3, H, W) of an mmdet detector. Sub-regions: a grid of about ``regions`` cells over
+    the unpadded input; removed pixels black. Cost per target:
+    :func:`vps_forward_count` images in batches of ``batch_size``."""
     from odamtrain.apis.batch import pixel_to_input, predict_fn
 
     from .dense_explainer import output_size
@@ -132,31 +140,10 @@ def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor
         cells = torch.zeros(len(grid), *inputs.shape[-2:], dtype=torch.bool)
         cells[:, :h, :w] = grid
     black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))
-    maps, forwards = [], []
+    maps = []
     with torch.no_grad():
         for box, label in zip(boxes, labels.tolist()):
-            sal, _, _, n = vps_saliency(predict_fn(model, meta), inputs, box, label, cells,
-                                        black, max_steps, batch_size)
-            maps.append(sal)
-            forwards.append(n)
-    maps = (resize_maps(torch.stack(maps), 1, (h, w), out_hw) if maps
+            maps.append(vps_saliency(predict_fn(model, meta), inputs, box, label, cells, black,
+                                     max_steps, batch_size)[0])
+    return (resize_maps(torch.stack(maps), 1, (h, w), out_hw) if maps
             else inputs.new_zeros(0, *out_hw))
-    return maps, torch.tensor(forwards, dtype=torch.long)
-
-
-def explain_vps_detector(model, inputs: torch.Tensor, data_samples: list, map_size='image',
-                         **settings) -> list:
-    """mmdet's detections of each image and a VPS map for each (``heatmaps`` (N, H, W) at
-    ``map_size``, >= 0; ``vps_forwards`` (N,) images run for each). Settings: those of
-    :func:`vps_target_maps`. Cost per detection: about regions * (regions + 1) forwards,
-    2 * regions * max_steps with ``max_steps``."""
-    dets = []
-    with torch.no_grad():
-        results = model.predict(inputs, data_samples)
-    for i, (res, sample) in enumerate(zip(results, data_samples)):
-        det = res.pred_instances
-        det.heatmaps, det.vps_forwards = vps_target_maps(
-            model, inputs[i:i + 1], sample.metainfo, det.bboxes, det.labels, map_size,
-            **settings)
-        dets.append(det)
-    return dets

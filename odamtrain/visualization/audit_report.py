@@ -19,39 +19,43 @@ __all__ = ['format_audit_table', 'plot_deletion_insertion', 'render_method_compa
            'write_audit_report']
 
 SHORT = dict(pointing_game='PG', energy_pointing_game='energyPG', compactness='compact',
-             odi='ODI', deletion_auc='deletion', insertion_auc='insertion')
+             odi='ODI', deletion_auc='deletion', insertion_auc='insertion',
+             highest_score='highest', success='success')
 
 
 def format_audit_table(table: dict) -> str:
-    """A method x metric text table; (+) higher is better, (-) lower."""
-    names = [k for k in next(iter(table.values())) if k in METRIC_DIRECTIONS]
-    heads = [SHORT[k] + ('(-)' if METRIC_DIRECTIONS[k] == 'lower' else '(+)') for k in names]
-    lines = [f'{"method":10s}' + ''.join(f'{h:>13s}' for h in heads) + f'{"objects":>9s}']
-    for method, row in table.items():
-        lines.append(f'{method:10s}' + ''.join(f'{row[k]:13.4f}' for k in names)
-                     + f'{row["objects"]:9d}')
-    return '\n'.join(lines)
+    """One method x metric text table per object set; (+) higher is better, (-) lower."""
+    blocks = []
+    for name, rows in table.items():
+        if not rows:
+            blocks.append(f'{name}: no objects')
+            continue
+        names = [k for k in next(iter(rows.values())) if k in METRIC_DIRECTIONS]
+        heads = [SHORT[k] + ('(-)' if METRIC_DIRECTIONS[k] == 'lower' else '(+)')
+                 for k in names]
+        lines = [f'{name + ":":14s}' + ''.join(f'{h:>12s}' for h in heads)
+                 + f'{"objects":>9s}']
+        for method, row in rows.items():
+            lines.append(f'{method:14s}' + ''.join(f'{row[k]:12.4f}' for k in names)
+                         + f'{row["objects"]:9d}')
+        blocks.append('\n'.join(lines))
+    return '\n'.join(blocks)
 
 
 def plot_deletion_insertion(raw: dict, path: str) -> bool:
-    """PNG of each method's mean deletion and insertion curves; False if there are none."""
-    curves = {m: s['curves'] for m, s in raw['methods'].items() if s['curves']['deletion']}
-    if not curves:
+    """PNG of each method's mean deletion and insertion curves, one row per object set;
+    False if there are none."""
+    sets = {name: {m: s['curves'] for m, s in per_method.items() if s['curves']['deletion']}
+            for name, per_method in raw['sets'].items()}
+    sets = {name: curves for name, curves in sets.items() if curves}
+    if not sets:
         return False
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, mode in zip(axes, ('deletion', 'insertion')):
-        for method, c in curves.items():
-            mean = np.mean(np.array(c[mode], dtype=float), 0)
-            x = np.linspace(0, 1, len(mean))
-            auc = float(((mean[1:] + mean[:-1]) / 2).mean())
-            ax.plot(x, mean, label=f'{method} ({auc:.3f})')
-        ax.set_title(f'{mode} ({"lower" if mode == "deletion" else "higher"} is better)')
-        ax.set_xlabel('fraction of the object area changed')
-        ax.set_ylabel('evidence')
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(len(sets), 2, figsize=(9, 3.4 * len(sets)), squeeze=False)
+    for row, (name, curves) in zip(axes, sets.items()):
+        _plot_curves(row, name, curves)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=100)
@@ -60,10 +64,25 @@ def plot_deletion_insertion(raw: dict, path: str) -> bool:
     return True
 
 
+def _plot_curves(axes, name: str, curves: dict) -> None:
+    for ax, mode in zip(axes, ('deletion', 'insertion')):
+        for method, c in curves.items():
+            mean = np.mean(np.array(c[mode], dtype=float), 0)
+            x = np.linspace(0, 1, len(mean))
+            auc = float(((mean[1:] + mean[:-1]) / 2).mean())
+            ax.plot(x, mean, label=f'{method} ({auc:.3f})')
+        ax.set_title(f'{name}: {mode} ({"lower" if mode == "deletion" else "higher"} '
+                     'is better)')
+        ax.set_xlabel('fraction of the pixels changed')
+        ax.set_ylabel('evidence')
+        ax.legend(fontsize=8)
+
+
 def render_method_comparison(raw: dict, max_objects: int = 4,
                              panel_width: int = 240) -> np.ndarray | None:
     """BGR picture: one row per method, one column per object (the first image with
-    objects), each map over the image with its GT box. None without objects or image."""
+    detected objects), each map over the image with its GT box. None without objects or
+    image."""
     if not raw['examples']:
         return None
     path, boxes, maps = raw['examples'][0]

@@ -1,10 +1,10 @@
-"""Which detections explain which GT objects."""
+"""Which detections explain which GT objects, and which GT objects the detector gets wrong."""
 from __future__ import annotations
 
 import torch
 from mmdet.structures.bbox import bbox_overlaps
 
-__all__ = ['match_detections']
+__all__ = ['match_detections', 'best_candidates', 'failure_sets']
 
 
 def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor,
@@ -30,3 +30,49 @@ def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor,
                 dets.append(d)
                 gts.append(g)
     return torch.tensor(dets, dtype=torch.long), torch.tensor(gts, dtype=torch.long)
+
+
+def best_candidates(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                    target_boxes: torch.Tensor, target_labels: torch.Tensor):
+    """For each target, the prediction that finds it best:
+    argmax_d IoU(d, t) * [label(d) = label(t)] * score(d) (VPS's g, Chen et al. CVPR'25;
+    D-RISE's similarity with one-hot class vectors, Petsiuk et al. CVPR'21).
+
+    Args:
+        boxes: (D, 4), labels: (D,), scores: (D,) the predictions; target_boxes: (T, 4),
+            target_labels: (T,); x1y1x2y2 in the same pixels.
+    Returns:
+        (index (T,) int64, value (T,)); index 0 and value 0 where no prediction of the
+        target's class overlaps it (or D = 0).
+    """
+    t = len(target_boxes)
+    if len(boxes) == 0 or t == 0:
+        return (torch.zeros(t, dtype=torch.long, device=target_boxes.device),
+                target_boxes.new_zeros(t))
+    sim = bbox_overlaps(target_boxes, boxes.to(target_boxes))  # [T, D]
+    sim = sim * (target_labels[:, None] == labels[None].to(target_labels)) * scores[None]
+    value, index = sim.max(1)
+    return index, value
+
+
+def failure_sets(det_boxes: torch.Tensor, det_labels: torch.Tensor, det_scores: torch.Tensor,
+                 gt_boxes: torch.Tensor, gt_labels: torch.Tensor, score_thr: float,
+                 iou_thr: float = 0.5):
+    """The GT objects a detector gets wrong at ``score_thr`` (VPS's failure cases): missed
+    (no detection with score >= ``score_thr`` overlaps it with IoU > ``iou_thr``) and
+    misclassified (some do, none of its class).
+
+    Args:
+        det_*: (N, 4) x1y1x2y2 / (N,) / (N,); gt_boxes: (M, 4) same pixels, gt_labels: (M,).
+    Returns:
+        (missed, misclassified): int64 GT indices, ascending.
+    """
+    found = torch.zeros(len(gt_boxes), dtype=torch.bool)
+    right = torch.zeros(len(gt_boxes), dtype=torch.bool)
+    keep = det_scores >= score_thr
+    if keep.any() and len(gt_boxes):
+        hit = bbox_overlaps(gt_boxes.float(), det_boxes[keep].float()).cpu() > iou_thr  # [M, N']
+        same = gt_labels.cpu()[:, None] == det_labels[keep].cpu()[None]
+        found = hit.any(1)
+        right = (hit & same).any(1)
+    return (~found).nonzero()[:, 0], (found & ~right).nonzero()[:, 0]

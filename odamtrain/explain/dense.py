@@ -85,19 +85,15 @@ def dense_target_candidates(head, cls_scores, bbox_preds, score_factors, img_met
                             targets: InstanceData) -> InstanceData:
     """For each target (``bboxes`` (T, 4) x1y1x2y2 original pixels, ``labels`` (T,)), the
     prediction of the head that finds it best among every location and class (no score
-    threshold, no top-k, no NMS): :func:`best_candidates` on mmdet's decoded boxes and
-    scores. Returns T predictions with :func:`dense_detections`' fields (``labels`` the
-    targets'), e.g. to explain an object the detector missed."""
-    from odamtrain.evaluation.functional import best_candidates
+    threshold, no top-k, no NMS): :func:`odamtrain.evaluation.functional.best_candidates`
+    on mmdet's decoded boxes and scores. Returns T predictions with
+    :func:`dense_detections`' fields (``labels`` the targets'), e.g. to explain an object
+    the detector missed."""
+    from odamtrain.evaluation.functional import target_predictions
     every = dense_detections(head, cls_scores, bbox_preds, score_factors, img_meta,
                              cfg=dict(score_thr=-1, nms_pre=sum(c.numel() for c in cls_scores)),
                              with_nms=False)
-    labels = targets.labels.to(every.labels)
-    index, _ = best_candidates(every.bboxes, every.labels, every.scores,
-                               targets.bboxes.to(every.bboxes), labels)
-    best = every[index]
-    best.labels = labels
-    return best
+    return target_predictions(every, targets)
 
 
 def dense_attribute(head, target: str, cls: torch.Tensor, reg: torch.Tensor,

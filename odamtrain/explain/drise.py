@@ -76,11 +76,12 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
     cells, shifts = drise_grids(num_masks, grid, keep_prob, (h, w),
                                 torch.Generator().manual_seed(seed))
     fill = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).reshape(-1, 1, 1)
+    diff = inputs - fill  # masked = fill + (image - fill) * mask: one fused op per batch
     saliency = inputs.new_zeros(len(target_boxes), h, w)
     for start in range(0, num_masks, batch_size):
         sl = slice(start, start + batch_size)
         masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
-        masked = inputs * masks[:, None] + fill * (1 - masks[:, None])
+        masked = torch.addcmul(fill, diff, masks[:, None])
         weights = torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
                                for det in predict(masked)])  # [b, T]
         saliency += torch.einsum('bt,bhw->thw', weights.to(masks), masks)

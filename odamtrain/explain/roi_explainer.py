@@ -19,8 +19,8 @@ from odamtrain.ops import odam_nms_keep, without_odam_keys
 
 from .heatmap import SIGMA_PER_BOX_SIZE, explanation_maps
 
-__all__ = ['roi_detections', 'roi_target_candidates', 'roi_attribute', 'roi_boxes',
-           'paste_roi_maps', 'explain_roi_detector', 'roi_heatmaps', 'roi_footprints',
+__all__ = ['roi_detections', 'roi_candidates', 'roi_target_candidates', 'roi_attribute',
+           'roi_boxes', 'paste_roi_maps', 'explain_roi_detector', 'roi_heatmaps', 'roi_footprints',
            'fpn_rounds', 'roi_fpn_grads']
 
 
@@ -42,24 +42,32 @@ def roi_detections(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
                         roi=inds // num_classes)
 
 
+def roi_candidates(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
+                   bbox_pred: torch.Tensor, img_meta: dict,
+                   score_thr: float = -1.0) -> InstanceData:
+    """(RoI, class) pairs scoring above ``score_thr``, RoI-major as in mmdet's
+    ``multiclass_nms``: ``bboxes`` in original pixels (mmdet's decoding), ``scores``,
+    ``labels``, ``roi`` indexing ``rois``."""
+    with torch.no_grad():
+        per_roi = bbox_head._predict_by_feat_single(rois, cls_score, bbox_pred, img_meta,
+                                                    rescale=True, rcnn_test_cfg=None)
+    n, k = per_roi.scores.shape[0], per_roi.scores.shape[1] - 1  # softmax: last = background
+    boxes = per_roi.bboxes.view(n, -1, 4).expand(n, k, 4)
+    scores = per_roi.scores[:, :-1]
+    roi, labels = (scores > score_thr).nonzero(as_tuple=True)
+    return InstanceData(bboxes=boxes[roi, labels], scores=scores[roi, labels], labels=labels,
+                        roi=roi)
+
+
 def roi_target_candidates(bbox_head, rois: torch.Tensor, cls_score: torch.Tensor,
                           bbox_pred: torch.Tensor, img_meta: dict,
                           targets: InstanceData) -> InstanceData:
     """For each target (``bboxes`` (T, 4) x1y1x2y2 original pixels, ``labels`` (T,)), the
-    RoI and class whose prediction finds it best (no score threshold, no NMS):
-    :func:`best_candidates` on mmdet's decoded boxes and scores. Returns T predictions with
-    :func:`roi_detections`' fields (``roi`` into ``rois``; ``labels`` the targets')."""
-    from odamtrain.evaluation.functional import best_candidates
-    per_roi = bbox_head._predict_by_feat_single(rois, cls_score, bbox_pred, img_meta,
-                                                rescale=True, rcnn_test_cfg=None)
-    r, k = per_roi.scores.shape[0], per_roi.scores.shape[1] - 1  # softmax: last = background
-    boxes = per_roi.bboxes.reshape(r, -1, 4).expand(r, k, 4).reshape(-1, 4)  # [R K, 4]
-    scores = per_roi.scores[:, :k].reshape(-1)
-    labels = torch.arange(k, device=scores.device).repeat(r)
-    target_labels = targets.labels.to(labels)
-    index, _ = best_candidates(boxes, labels, scores, targets.bboxes.to(boxes), target_labels)
-    return InstanceData(bboxes=boxes[index], scores=scores[index], labels=target_labels,
-                        roi=index // k)
+    RoI and class whose prediction finds it best among all (no score threshold, no NMS):
+    :func:`odamtrain.evaluation.functional.target_predictions` of :func:`roi_candidates`."""
+    from odamtrain.evaluation.functional import target_predictions
+    return target_predictions(roi_candidates(bbox_head, rois, cls_score, bbox_pred, img_meta),
+                              targets)
 
 
 def roi_attribute(bbox_head, target: str, cls_score: torch.Tensor, bbox_pred: torch.Tensor,

@@ -13,10 +13,10 @@ from .localisation import (
     object_discrimination_index,
     pointing_game,
 )
-from .matching import best_candidates, failure_sets, match_detections
+from .matching import best_candidates, failure_sets, match_detections, target_predictions
 
 __all__ = ['crowd_mask', 'set_recalls', 'box_mask', 'pointing_game', 'energy_pointing_game',
            'compactness', 'object_discrimination_index', 'match_detections',
-           'best_candidates', 'failure_sets',
+           'best_candidates', 'target_predictions', 'failure_sets',
            'EVIDENCES', 'detection_evidence', 'perturbed_images', 'curve_auc',
            'deletion_insertion']

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from mmdet.structures.bbox import bbox_overlaps
 
-__all__ = ['match_detections', 'best_candidates', 'failure_sets']
+__all__ = ['match_detections', 'best_candidates', 'target_predictions', 'failure_sets']
 
 
 def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor,
@@ -53,6 +53,18 @@ def best_candidates(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Ten
     sim = sim * (target_labels[:, None] == labels[None].to(target_labels)) * scores[None]
     value, index = sim.max(1)
     return index, value
+
+
+def target_predictions(candidates, targets):
+    """The candidate predictions (an InstanceData with ``bboxes``, ``labels``, ``scores`` and
+    any other fields) that best find each target (``bboxes`` (T, 4), ``labels`` (T,)), by
+    :func:`best_candidates`: T rows of ``candidates``, ``labels`` set to the targets'."""
+    labels = targets.labels.to(candidates.labels)
+    index, _ = best_candidates(candidates.bboxes, candidates.labels, candidates.scores,
+                               targets.bboxes.to(candidates.bboxes), labels)
+    best = candidates[index]
+    best.labels = labels
+    return best
 
 
 def failure_sets(det_boxes: torch.Tensor, det_labels: torch.Tensor, det_scores: torch.Tensor,

@@ -10,7 +10,12 @@ from mmdet.structures.bbox import bbox2roi, bbox_overlaps
 from mmengine.structures import InstanceData
 
 from odamtrain.explain.heatmap import SIGMA_PER_BOX_SIZE, odam_heatmap
-from odamtrain.explain.roi_explainer import paste_roi_maps, roi_boxes, roi_heatmaps
+from odamtrain.explain.roi_explainer import (
+    paste_roi_maps,
+    roi_boxes,
+    roi_candidates,
+    roi_heatmaps,
+)
 from odamtrain.ops import without_odam_keys
 
 from ..losses import cap_positives, odam_loss_config, odam_loss_dict
@@ -119,14 +124,8 @@ class OdamRoIHead(StandardRoIHead):
                                 rescale)
 
     def _candidates(self, rois, cls_score, bbox_pred, meta, score_thr, offset) -> InstanceData:
-        """(RoI, class) pairs scoring above ``score_thr``, RoI-major as in mmdet's
-        ``multiclass_nms``; boxes in original pixels; ``roi`` indexes the batch's RoIs."""
-        with torch.no_grad():
-            per_roi = self.bbox_head._predict_by_feat_single(rois, cls_score, bbox_pred, meta,
-                                                             rescale=True, rcnn_test_cfg=None)
-        n, k = per_roi.scores.shape[0], per_roi.scores.shape[1] - 1
-        boxes = per_roi.bboxes.view(n, -1, 4).expand(n, k, 4)
-        scores = per_roi.scores[:, :-1]
-        roi, labels = (scores > score_thr).nonzero(as_tuple=True)
-        return InstanceData(bboxes=boxes[roi, labels], scores=scores[roi, labels],
-                            labels=labels, roi=roi + offset)
+        """:func:`roi_candidates` of one image, ``roi`` indexing the batch's RoIs (this
+        image's start at ``offset``)."""
+        cands = roi_candidates(self.bbox_head, rois, cls_score, bbox_pred, meta, score_thr)
+        cands.roi = cands.roi + offset
+        return cands

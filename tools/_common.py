@@ -1,4 +1,4 @@
-"""What tools/train.py and tools/test.py share."""
+"""What the tools share."""
 import contextlib
 import os
 import os.path as osp
@@ -20,6 +20,25 @@ def build_runner(cfg):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return OdamRunner.from_cfg(cfg)
+
+
+def test_loader(model):
+    """The model's test dataloader with one image per batch and no worker processes (the
+    audit and the benchmarks)."""
+    from mmengine.runner import Runner
+    cfg = model.cfg.test_dataloader.copy()
+    cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
+    return Runner.build_dataloader(cfg)
+
+
+def preprocessed_test_images(model, num: int) -> list:
+    """The first ``num`` test images through the model's data preprocessor (inference)."""
+    batches = []
+    for data in test_loader(model):
+        batches.append(model.data_preprocessor(data, False))
+        if len(batches) == num:
+            break
+    return batches
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import exit_on_data_error  # noqa: E402
+from _common import exit_on_data_error, test_loader  # noqa: E402
 
 from odamtrain.apis import METHODS  # noqa: E402
 from odamtrain.evaluation.explanation_audit import SETS, collect_explanation_scores  # noqa: E402
@@ -63,14 +63,11 @@ def parse_args():
 def main():
     args = parse_args()
     from mmdet.apis import init_detector
-    from mmengine.runner import Runner
     from mmengine.utils import ProgressBar
     with exit_on_data_error():
         model = init_detector(args.config, args.checkpoint, device=args.device,
                               cfg_options=args.cfg_options)
-        loader_cfg = model.cfg.test_dataloader.copy()
-        loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
-        loader = Runner.build_dataloader(loader_cfg)
+        loader = test_loader(model)
     n = min(len(loader.dataset), args.max_images or len(loader.dataset))
     settings = dict(target=args.target, iou_thr=args.iou_thr, sets=args.sets,
                     score_thr=args.score_thr, max_images=args.max_images,

@@ -20,22 +20,7 @@ import statistics
 import time
 
 import torch
-
-
-def load(config: str, checkpoint: str, num_images: int):
-    from mmdet.apis import init_detector
-    from mmengine.runner import Runner
-
-    import odamtrain  # noqa: F401  (registers our modules)
-    model = init_detector(config, checkpoint, device='cpu')
-    loader_cfg = model.cfg.test_dataloader.copy()
-    loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
-    batches = []
-    for data in Runner.build_dataloader(loader_cfg):
-        batches.append(model.data_preprocessor(data, False))
-        if len(batches) == num_images:
-            break
-    return model, batches
+from _common import preprocessed_test_images
 
 
 def seconds(fn, *args, **kwargs):
@@ -86,9 +71,12 @@ def main():
     p.add_argument('--out', help='write the figures as JSON')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    from mmdet.apis import init_detector
+
     from odamtrain.apis import explain_batch
     from odamtrain.explain import vps_forward_count
-    model, batches = load(args.config, args.checkpoint, args.images)
+    model = init_detector(args.config, args.checkpoint, device='cpu')
+    batches = preprocessed_test_images(model, args.images)
     settings = dict(drise=dict(num_masks=args.masks, batch_size=args.batch),
                     vps=dict(regions=args.vps_regions, max_steps=args.vps_steps,
                              batch_size=args.batch))

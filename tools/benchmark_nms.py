@@ -33,11 +33,9 @@ def timed(fn, args, repeats):
 
 def pipeline(config: str, checkpoint: str, num_images: int) -> None:
     """s/img of model.predict with NMS vs Odam-NMS on the same preprocessed images."""
+    from _common import preprocessed_test_images
     from mmdet.apis import init_detector
     from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    import odamtrain  # noqa: F401  (registers the Odam heads)
     cfg = Config.fromfile(config)
     two_stage = 'roi_head' in cfg.model
     if two_stage:  # the same weights in the Odam head (its NMS is chosen per call below)
@@ -46,13 +44,7 @@ def pipeline(config: str, checkpoint: str, num_images: int) -> None:
         cfg.model.bbox_head.type = 'OdamFCOSHead'
     model = init_detector(cfg, checkpoint, device='cpu')
     test_cfg = model.roi_head.test_cfg if two_stage else model.bbox_head.test_cfg
-    loader_cfg = model.cfg.test_dataloader.copy()
-    loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
-    batches = []
-    for data in Runner.build_dataloader(loader_cfg):
-        batches.append(model.data_preprocessor(data, False))
-        if len(batches) == num_images:
-            break
+    batches = preprocessed_test_images(model, num_images)
     iou = 0.5
     variants = {'NMS': dict(type='nms', iou_threshold=iou)}
     for mode in ('fast', 'windows')[:1 if two_stage else 2]:

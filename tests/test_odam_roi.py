@@ -87,6 +87,23 @@ def test_detections_equal_mmdet_predict(roi_setup):
             assert ys.min() >= y1.floor() - 1 and ys.max() <= y2.ceil() + 1
 
 
+def test_maps_at_a_smaller_size_are_the_image_maps_scaled(roi_setup):
+    """map_size=50 (what Odam-NMS correlates): each RoI map lands in its box scaled to the
+    small grid, i.e. it matches the image-size map shrunk to that grid."""
+    rcnn, inputs, samples, *_ = roi_setup
+    full, = explain_roi_detector(rcnn, inputs, samples, 'odam', 'logit', 'gaussian')
+    small, = explain_roi_detector(rcnn, inputs, samples, 'odam', 'logit', 'gaussian',
+                                  map_size=50)
+    h, w = samples[0].ori_shape
+    assert small.heatmaps.shape == (len(full), 50, round(w * 50 / h))
+    shrunk = torch.nn.functional.interpolate(full.heatmaps[:, None],
+                                             size=small.heatmaps.shape[-2:], mode='area')[:, 0]
+    lit = full.heatmaps.flatten(1).amax(1) > 0
+    assert lit.all() and (small.heatmaps.flatten(1).amax(1) > 0).all()
+    cos = torch.nn.functional.cosine_similarity(shrunk.flatten(1), small.heatmaps.flatten(1))
+    assert cos.min() > 0.9, cos
+
+
 def rois_in_original(roi_setup):
     *_, rois, _, _, _, _, scale = roi_setup
     return rois[:, 1:] / scale.repeat(1, 2)

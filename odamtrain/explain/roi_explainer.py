@@ -228,9 +228,12 @@ def roi_heatmaps(bbox_head, feat: torch.Tensor, cls_score: torch.Tensor,
         maps = explanation_maps(method, grads, feat.detach()[allb.roi], sigma)
         start = 0
         for i, (det, meta) in enumerate(zip(dets, metas)):
-            boxes = rois[det.roi, 1:] / scale[i].repeat(2)  # RoI in original pixels
-            det.heatmaps = paste_roi_maps(maps[start:start + len(det)], boxes,
-                                          output_size(meta['ori_shape'][:2], map_size))
+            out_hw = output_size(meta['ori_shape'][:2], map_size)
+            ori_h, ori_w = meta['ori_shape'][:2]
+            # the RoI in input pixels -> original pixels -> the output map's pixels
+            to_out = scale[i].new_tensor([out_hw[1] / ori_w, out_hw[0] / ori_h]) / scale[i]
+            det.heatmaps = paste_roi_maps(maps[start:start + len(det)],
+                                          rois[det.roi, 1:] * to_out.repeat(2), out_hw)
             start += len(det)
 
 

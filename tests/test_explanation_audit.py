@@ -71,7 +71,8 @@ def test_untrained_detector_misses_everything_and_scores_are_the_maps(fcos):
 def test_shards_merge_to_the_whole(fcos):
     """What the hook does across ranks: every other image on each, then merge_scores."""
     data = loader(fcos, [0, 1])
-    settings = dict(SETTINGS, score_thr=0.0101)  # some predictions pass, some do not
+    # some predictions pass, some do not; IoU evidence: deletion depends on the noise
+    settings = dict(SETTINGS, score_thr=0.0101, evidence='iou')
     whole = collect_explanation_scores(fcos, data, **settings)
     parts = [collect_explanation_scores(fcos, data[i:i + 1], **settings) for i in (0, 1)]
     merged = merge_scores(parts)

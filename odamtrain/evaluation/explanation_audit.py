@@ -20,6 +20,7 @@ success rate is VPS's explanation success rate on the failure sets).
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import torch
@@ -93,7 +94,8 @@ def collect_explanation_scores(model, dataloader, methods=('odam',), target: str
         sets: of :data:`SETS`; ``score_thr`` defines the failures and the success.
         deletion_steps: > 0 adds deletion / insertion AUCs, highest score and success
             (:func:`deletion_insertion`, ``steps`` forwards per curve and object, batched)
-            with ``evidence``; deleted pixels become uniform noise (seeded), insertion starts
+            with ``evidence``; deleted pixels become uniform noise (seeded by ``seed`` and
+            the image, so a shard of the images scores them as the whole), insertion starts
             from black; ``extent`` 'box' changes area(GT box) pixels in all (ODAM paper),
             'image' the whole image (VPS paper).
         drise / vps: settings of those explainers (:func:`odamtrain.apis.explain_batch`).
@@ -116,7 +118,6 @@ def collect_explanation_scores(model, dataloader, methods=('odam',), target: str
               for s in sets}
     examples = []
     images = 0
-    g = torch.Generator().manual_seed(seed)
     for data in dataloader:
         batch = model.data_preprocessor(data, False)
         inputs, samples = batch['inputs'], batch['data_samples']
@@ -136,7 +137,8 @@ def collect_explanation_scores(model, dataloader, methods=('odam',), target: str
                                      score_thr)
         objects.update({name: (None, idx) for name, idx in
                         (('missed', missed), ('misclassified', wrong)) if name in sets})
-        noise = pixel_to_input(model, torch.rand(3, *inputs.shape[-2:], generator=g) * 255)
+        noise = pixel_to_input(model, torch.rand(
+            3, *inputs.shape[-2:], generator=_image_generator(seed, meta)) * 255)
         black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))
         for method in methods:
             detections = None
@@ -174,6 +176,12 @@ def collect_explanation_scores(model, dataloader, methods=('odam',), target: str
         if max_images and images >= max_images:
             break
     return dict(images=images, sets=scores, examples=examples)
+
+
+def _image_generator(seed: int, meta: dict) -> torch.Generator:
+    """A generator seeded by ``seed`` and the image (its path, else its id)."""
+    key = str(meta.get('img_path', meta.get('img_id', ''))).encode()
+    return torch.Generator().manual_seed(seed * 2 ** 32 + zlib.crc32(key))
 
 
 def _explain(model, inputs, samples, method, target, drise, vps, targets=None):

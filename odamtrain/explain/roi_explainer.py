@@ -170,10 +170,9 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
         odam_nms_cfg = rcnn_cfg.get('nms', {})
         for i, meta in enumerate(metas):
             sl = slice(start, start + counts[i])
-            if targets is not None:
-                with torch.no_grad():
-                    det = roi_target_candidates(bbox_head, rois[sl], cls_score[sl],
-                                                bbox_pred[sl], meta, targets[i])
+            if targets is not None:  # (roi_candidates decodes without a graph)
+                det = roi_target_candidates(bbox_head, rois[sl], cls_score[sl], bbox_pred[sl],
+                                            meta, targets[i])
                 det.roi = det.roi + start
             elif odam_nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks them
                 det = roi_head._candidates(rois[sl], cls_score[sl], bbox_pred[sl], meta,

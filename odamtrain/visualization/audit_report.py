@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from odamtrain.evaluation.explanation_audit import METRIC_DIRECTIONS, summarize_scores
+from odamtrain.evaluation.functional import curve_auc
 from odamtrain.utils import atomic_write_bytes, atomic_write_text
 
 from .explanation_grid import _label, overlay_heatmap
@@ -69,8 +70,7 @@ def _plot_curves(axes, name: str, curves: dict) -> None:
         for method, c in curves.items():
             mean = np.mean(np.array(c[mode], dtype=float), 0)
             x = np.linspace(0, 1, len(mean))
-            auc = float(((mean[1:] + mean[:-1]) / 2).mean())
-            ax.plot(x, mean, label=f'{method} ({auc:.3f})')
+            ax.plot(x, mean, label=f'{method} ({curve_auc(mean.tolist()):.3f})')
         ax.set_title(f'{name}: {mode} ({"lower" if mode == "deletion" else "higher"} '
                      'is better)')
         ax.set_xlabel('fraction of the pixels changed')

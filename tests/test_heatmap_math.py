@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from odamtrain.explain.heatmap import (
     box_sigma,
@@ -40,6 +41,19 @@ def test_smoothing_a_delta_gives_the_separable_gaussian_per_sample():
         for c in range(3):
             torch.testing.assert_close(out[i, c], expected)
     assert out[1].max() < out[0].max()  # wider for the larger box
+
+
+def test_smoothing_equals_a_depthwise_convolution_with_zero_padding():
+    torch.manual_seed(0)
+    maps = torch.randn(5, 3, 13, 17, dtype=torch.float64)
+    sigma = torch.tensor([0.3, 0.8, 1.5, 2.0, 0.0], dtype=torch.float64)
+    out = gaussian_smooth(maps, sigma)
+    r = math.ceil(3 * 2.0)  # one radius for all: the widest
+    for i in range(5):
+        k = gaussian_kernels(sigma[i:i + 1], r)[0]
+        w = k[:, None] * k[None, :]  # [K, K] the 2-D kernel
+        ref = F.conv2d(maps[i][:, None], w[None, None], padding=r)[:, 0]
+        torch.testing.assert_close(out[i], ref)
 
 
 def test_sigma_follows_the_box():
@@ -83,6 +97,19 @@ def test_resize_crops_padding_and_scales():
     assert out.shape == (1, 40, 60)
     assert out.max() <= 1.0 + 1e-6  # the padding row never reaches the image
     assert out[0, :30, :30].min() > 0.99 and out[0, :, -2:].max() < 0.01
+
+
+@pytest.mark.parametrize('stride,input_hw,out_hw', [
+    (8, (20, 30), (40, 60)), (16, (37, 53), (50, 71)), (32, (100, 70), (100, 70)),
+    (1, (9, 11), (5, 23))])
+def test_resize_equals_upsampling_by_the_stride_then_resizing(stride, input_hw, out_hw):
+    torch.manual_seed(0)
+    hc, wc = math.ceil(input_hw[0] / stride), math.ceil(input_hw[1] / stride)
+    maps = torch.randn(3, hc + 2, wc + 1, dtype=torch.float64)  # padded batch map
+    x = F.interpolate(maps[:, None, :hc, :wc], scale_factor=stride, mode='bilinear',
+                      align_corners=False)[..., :input_hw[0], :input_hw[1]]
+    ref = F.interpolate(x, size=out_hw, mode='bilinear', align_corners=False)[:, 0]
+    torch.testing.assert_close(resize_maps(maps, stride, input_hw, out_hw), ref.clamp(min=0))
 
 
 def test_normalisation():

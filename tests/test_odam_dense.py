@@ -106,9 +106,14 @@ def test_exact_and_fast_equal_per_prediction_autograd(setup, target):
                                          scale, False) for y, x, c in zip(ys, xs, det.labels)])
         frozen = torch.stack([oracle_grad(head, feat, level, int(y), int(x), int(c), target,
                                           scale, True) for y, x, c in zip(ys, xs, det.labels)])
-        exact = torch.cat([g for _, g in dense_grads_exact(head, feat, level, det, target,
-                                                           scale, det.img, chunk=4)])
-        torch.testing.assert_close(exact, truth, rtol=1e-4, atol=1e-6 * truth.abs().max())
+        # explicit tower backward (with the recorded state) and autograd (without)
+        for state in (stats, None):
+            exact = torch.zeros_like(truth)
+            for idx, g in dense_grads_exact(head, feat, level, det, target, scale, det.img,
+                                            state, chunk=4):
+                exact[idx] = g
+            torch.testing.assert_close(exact, truth, rtol=1e-4,
+                                       atol=1e-6 * truth.abs().max())
         windows, _ = dense_grads_fast(head, feat, level, det, target, scale, det.img, stats)
         fast = paste(windows, ys, xs, (h, w))
         # with GN statistics held constant the gradient lives in the window: fast is exact
@@ -124,6 +129,35 @@ def test_exact_and_fast_equal_per_prediction_autograd(setup, target):
         # energy, so the diffuse GN term weighs more there (docs/benchmarks.md has figures)
         assert cosine(maps_fast, maps_true).median() >= 0.99, (level, cosine(maps_fast,
                                                                               maps_true))
+
+
+def test_exact_tower_backward_indexes_each_detections_own_image(fcos):
+    """A batch of two images: the explicit exact backward (recorded per-image GN statistics
+    and ReLU masks) equals batched autograd of the head for detections of both images."""
+    head = fcos.bbox_head
+    inputs = torch.randn(2, 3, 256, 320, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        feats = fcos.extract_feat(inputs)
+        with record_tower_state(head) as stats:
+            head(feats)
+    g = torch.Generator().manual_seed(4)
+    level, feat = 1, feats[1]
+    h, w = feat.shape[-2:]
+    n = 10
+    det = InstanceData(loc=torch.randint(h * w, (n,), generator=g),
+                       labels=torch.randint(3, (n,), generator=g),
+                       img=torch.arange(n) % 2)
+    scale = torch.tensor([[1.0, 1.0], [0.5, 0.5]])
+    for target in ('score', 'x2'):
+        explicit, autograd = (torch.zeros(n, *feat.shape[1:]) for _ in range(2))
+        for state, out in ((stats, explicit), (None, autograd)):
+            for idx, grads in dense_grads_exact(head, feat, level, det, target, scale, det.img,
+                                                state, chunk=3):
+                out[idx] = grads
+        # (a box side clamped at 0 by FCOS's ReLU has no gradient)
+        assert (autograd.abs().amax((1, 2, 3)) > 0).sum() >= n // 2
+        torch.testing.assert_close(explicit, autograd, rtol=1e-4,
+                                   atol=1e-6 * autograd.abs().max())
 
 
 def test_level_heatmaps_fast_matches_full_map_computation(setup):

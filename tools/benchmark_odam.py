@@ -162,9 +162,7 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
             exact = torch.cat([g for _, g in dense_grads_exact(head, feat, level, d, 'score',
                                                                 scale, d.img)])
             win, _ = dense_grads_fast(head, feat, level, d, 'score', scale, d.img, state)
-            n, c, k, _ = win.shape
-            fast = paste_windows(win.reshape(n * c, k, k), (d.loc // w).repeat_interleave(c),
-                                 (d.loc % w).repeat_interleave(c), (h, w)).reshape(n, c, h, w)
+            fast = paste_windows(win, d.loc // w, d.loc % w, (h, w))
             sigma = box_sigma(d.bboxes * scale.repeat(1, 2), head.strides[level])
             m_fast, m_exact = odam_heatmap(fast, feat, sigma), odam_heatmap(exact, feat, sigma)
             both_zero = (m_fast.flatten(1).sum(1) == 0) & (m_exact.flatten(1).sum(1) == 0)

@@ -3,7 +3,7 @@ with AP50, MR^-2, JI, recall (all / crowd / sparse) and seconds per image; optio
 T_l x T_h sweep of the paper's Fig. 9.
 
     python tools/compare_nms.py CONFIG CHECKPOINT [--iou 0.5] [--corr-low 0.2] [--corr-high 0.8]
-        [--sweep] [--out table.json] [--cfg-options ...]
+        [--map-mode windows] [--sweep] [--out table.json] [--cfg-options ...]
 
 For Odam-NMS the FCOS head becomes OdamFCOSHead, the R-CNN RoI head OdamRoIHead (same
 weights).
@@ -46,10 +46,11 @@ def run(cfg, checkpoint, nms, work_dir, odam_head=False):
     return metrics, seconds / len(runner.test_dataloader.dataset)
 
 
-def sweep(cfg, checkpoint, settings: list, iou: float) -> list:
+def sweep(cfg, checkpoint, settings: list, odam: dict) -> list:
     """Odam-NMS for every (T_l, T_h) in ``settings`` on the test set, with the candidates
     and their maps computed once per batch (they do not depend on the thresholds).
-    FCOS only. Returns [(setting, metrics)]."""
+    ``odam``: the Odam-NMS config (``iou_threshold``, map keys). FCOS only.
+    Returns [(setting, metrics)]."""
     import torch
     cfg = copy.deepcopy(cfg)
     cfg.model.bbox_head.type = 'OdamFCOSHead'
@@ -69,9 +70,9 @@ def sweep(cfg, checkpoint, settings: list, iou: float) -> list:
         metas = [s.metainfo for s in data['data_samples']]
         with torch.no_grad():
             x = model.extract_feat(data['inputs'])
-        cands = head.odam_candidates(x, metas, dict(type='odam_nms'))
+        cands = head.odam_candidates(x, metas, odam)
         for (low, high), evaluator in zip(settings, evaluators):
-            results = head.odam_suppress(cands, metas, dict(iou_threshold=iou, corr_low=low,
+            results = head.odam_suppress(cands, metas, dict(odam, corr_low=low,
                                                             corr_high=high))
             samples = model.add_pred_to_datasample(
                 [s.clone() for s in data['data_samples']], results)
@@ -88,6 +89,8 @@ def main():
     p.add_argument('--iou', type=float, default=0.5, help='T_iou, also NMS / Soft-NMS IoU')
     p.add_argument('--corr-low', type=float, default=0.2, help='T_l')
     p.add_argument('--corr-high', type=float, default=0.8, help='T_h')
+    p.add_argument('--map-mode', choices=['fast', 'windows', 'exact'],
+                   help="Odam-NMS's map mode (default: the head's)")
     p.add_argument('--sweep', action='store_true', help='also sweep T_l x T_h (Fig. 9)')
     p.add_argument('--work-dir', default='work_dirs/compare_nms')
     p.add_argument('--out', help='write the rows as JSON')
@@ -97,6 +100,8 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     odam = dict(type='odam_nms', iou_threshold=args.iou)
+    if args.map_mode:
+        odam['mode'] = args.map_mode
     variants = [('NMS', dict(type='nms', iou_threshold=args.iou), False),
                 ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05), False),
                 (f'Odam-NMS ({args.corr_low}, {args.corr_high})',
@@ -119,7 +124,7 @@ def main():
                     for high in (0.6, 0.7, 0.8, 0.9, 1.01)]
         print(f'\nT_l x T_h sweep (T_iou {args.iou}; maps computed once per image)')
         with exit_on_data_error():
-            for (low, high), metrics in sweep(cfg, args.checkpoint, settings, args.iou):
+            for (low, high), metrics in sweep(cfg, args.checkpoint, settings, odam):
                 name = f'Odam-NMS ({low}, {high})'
                 rows.append(dict(method=name, nms=dict(odam, corr_low=low, corr_high=high),
                                  **metrics))

@@ -4,8 +4,12 @@ Shapes: B images, L levels, N predictions, C channels, K classes, (h, w) a level
 
 Two ways to get dY_p/dA for all predictions at once (never one backward per prediction):
 
-* ``exact``: vectorised autograd (``is_grads_batched``) of the head on the whole level map,
-  in chunks of predictions so that memory stays bounded.
+* ``exact``: the full gradient on the whole level map, GroupNorm statistics differentiated.
+  For the plain FCOS towers below it is propagated explicitly (transposed convs on the whole
+  map, the exact GroupNorm backward with the statistics recorded during the forward), for
+  all predictions of a chunk at once; for any other head by vectorised autograd
+  (``is_grads_batched``) of the head, which loops over predictions inside. Chunks of
+  predictions keep memory bounded.
 * ``fast``: the FCOS towers are ``n x (conv3x3 + GN + ReLU)`` plus a final conv3x3, so with
   GroupNorm statistics held constant dY_p/dA is zero outside a (2n+3) x (2n+3) window around
   p's location. For all predictions at once, the gradient at the towers' 3x3 output windows
@@ -147,16 +151,25 @@ EXACT_BUDGET = 2 ** 22
 
 def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, target: str,
                       scale_factors: torch.Tensor, batch_index: torch.Tensor,
-                      chunk: int | None = None):
+                      state: dict | None = None, chunk: int | None = None):
     """Yield (indices, grads) with grads (n, C, h, w) = dY/dA_level for chunks of the
-    detections of this level, by vectorised autograd of the whole head on the level map.
-    ``chunk`` predictions per backward (default: as many as :data:`EXACT_BUDGET` allows).
+    detections of this level, exactly (GroupNorm statistics differentiated). ``chunk``
+    predictions at a time (default: as many as :data:`EXACT_BUDGET` allows).
 
     Args:
         feat: (B, C, h, w) the level's FPN features (no grad needed; a leaf copy is made).
         det: the detections of this level (``labels``, ``loc``); batch_index: (N,) image.
         scale_factors: (B, 2) input / original per image.
+        state: what :func:`record_tower_state` recorded in the forward that made ``feat``'s
+            outputs: with it, plain FCOS towers (:func:`fast_window_support`) are
+            back-propagated explicitly; without it (or for other heads), autograd.
     """
+    if chunk is None:
+        chunk = max(1, EXACT_BUDGET // feat[:1].numel())
+    if state is not None and fast_window_support(head) is None:
+        yield from _tower_grads_exact(head, feat, level, det, target, scale_factors,
+                                      batch_index, state, chunk)
+        return
     h, w = feat.shape[-2:]
     ys, xs = det.loc // w, det.loc % w
     b = batch_index
@@ -167,14 +180,58 @@ def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, t
         points = _points(head, level, ys, xs, feat)
         y = dense_attribute(head, target, cls[b, :, ys, xs], reg[b, :, ys, xs], factor_at,
                             det.labels, points, scale_factors[b].T)  # [N]
-    if chunk is None:
-        chunk = max(1, EXACT_BUDGET // feat.numel())
+    chunk = max(1, chunk // feat.shape[0])  # the backward covers the whole batch
     eye = torch.eye(len(y), dtype=y.dtype, device=y.device)
     for start in range(0, len(y), chunk):
         idx = torch.arange(start, min(start + chunk, len(y)), device=y.device)
         g, = torch.autograd.grad(y, x, grad_outputs=eye[idx], is_grads_batched=True,
                                  retain_graph=True)  # [n, B, C, h, w]
         yield idx, g[torch.arange(len(idx)), b[idx]]
+
+
+def _tower_grads_exact(head, feat, level, det, target, scale_factors, b, state, chunk):
+    """:func:`dense_grads_exact` for plain FCOS towers: the final convs by autograd on 3x3
+    windows (:func:`_final_conv_grads`), then the towers on the whole map, image by image
+    (:func:`_tower_backward_exact`)."""
+    h, w = feat.shape[-2:]
+    ys, xs = det.loc // w, det.loc % w
+    deltas = _final_conv_grads(head, level, det, target, scale_factors, b, state)
+    for img in b.unique().tolist():
+        for idx in (b == img).nonzero()[:, 0].split(chunk):
+            grads = feat.new_zeros(len(idx), *feat.shape[1:])
+            for tower, delta in zip((head.cls_convs, head.reg_convs), deltas):
+                if delta is not None:
+                    full = paste_windows(delta[idx], ys[idx], xs[idx], (h, w))
+                    grads += _tower_backward_exact(tower, full, state, level, img)
+            yield idx, grads
+
+
+def _tower_backward_exact(tower, delta, state, level: int, img: int):
+    """Back-propagate ``delta`` = dY/d(tower output), (n, C, h, w) on the whole map of image
+    ``img``, down to the tower input with the forward's ReLU masks and the exact GroupNorm
+    backward (``dx = rstd * (t - mean(t) - x_hat * mean(t * x_hat))`` per group,
+    t = gamma * dy)."""
+    n, c, h, w = delta.shape
+    for m in reversed(list(tower)):
+        scale = None  # what multiplies dy per position and channel: ReLU mask x gamma
+        if getattr(m, 'with_activation', False):
+            scale = (state['out'][m][level][img:img + 1] > 0).to(delta.dtype)
+        norm = m.norm if getattr(m, 'with_norm', False) else None
+        if norm is not None and norm.affine:
+            gamma = norm.weight.to(delta.dtype)[:, None, None]
+            scale = gamma if scale is None else scale * gamma
+        if scale is not None:
+            delta = delta * scale
+        if norm is not None:
+            mean, rstd, x = (t[img:img + 1] for t in state['gn'][norm][level])
+            g = norm.num_groups
+            x_hat = ((x.reshape(g, -1) - mean[0, :, None]) * rstd[0, :, None]).to(delta.dtype)
+            t = delta.view(n, g, -1)  # [n, G, C / G * h * w]
+            t_mean = t.mean(-1, keepdim=True)
+            tx_mean = torch.einsum('ngm,gm->ng', t, x_hat)[..., None] / x_hat.shape[1]
+            t.sub_(t_mean).sub_(x_hat * tx_mean).mul_(rstd[0, :, None].to(t.dtype))
+        delta = F.conv_transpose2d(delta, m.conv.weight, padding=1)
+    return delta
 
 
 def _points(head, level: int, ys: torch.Tensor, xs: torch.Tensor, feat) -> torch.Tensor:
@@ -221,7 +278,8 @@ def _is_same_3x3(conv: nn.Conv2d) -> bool:
 @contextlib.contextmanager
 def record_tower_state(head):
     """Record, per call (i.e. per level), what the fast backward needs from the full forward:
-    ``state['gn'][gn_module]``: (mean, rstd), each (B, G), of the GroupNorm's input;
+    ``state['gn'][gn_module]``: (mean, rstd), each (B, G), of the GroupNorm's input, and
+    that input (B, C, h, w) (detached: the storage autograd keeps anyway in training);
     ``state['out'][tower_layer]``: the layer's output (B, C, h, w) (its ReLU mask)."""
     state, handles = {'gn': {}, 'out': {}}, []
 
@@ -229,7 +287,7 @@ def record_tower_state(head):
         x = args[0].detach()
         xg = x.reshape(x.shape[0], module.num_groups, -1).float()
         var, mean = torch.var_mean(xg, -1, unbiased=False)
-        state['gn'].setdefault(module, []).append((mean, torch.rsqrt(var + module.eps)))
+        state['gn'].setdefault(module, []).append((mean, torch.rsqrt(var + module.eps), x))
 
     def out_hook(module, args, output):
         state['out'].setdefault(module, []).append(output.detach())
@@ -281,7 +339,7 @@ def _tower_backward(tower, delta, state, level: int, b, ys, xs, hw):
             delta = delta * (out > 0)
         if getattr(m, 'with_norm', False):
             gn = m.norm
-            _, rstd = state['gn'][gn][level]
+            rstd = state['gn'][gn][level][1]
             group = torch.arange(delta.shape[1], device=delta.device) // (
                 delta.shape[1] // gn.num_groups)
             scale = rstd[b][:, group]  # [n, C]
@@ -338,6 +396,28 @@ def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, ta
     """
     h, w = feat.shape[-2:]
     ys, xs, b = det.loc // w, det.loc % w, batch_index
+    d_cls, d_reg = _final_conv_grads(head, level, det, target, scale_factors, b, state,
+                                     create_graph)
+    # the explicit backward multiplies by parameters: a graph only when asked for
+    with torch.set_grad_enabled(create_graph):
+        grads = 0
+        for tower, delta in ((head.cls_convs, d_cls), (head.reg_convs, d_reg)):
+            if delta is not None:
+                grads = grads + _tower_backward(tower, delta, state, level, b, ys, xs, (h, w))
+    win, _ = gather_windows(feat, b, ys, xs, window_radius(head))
+    if not torch.is_tensor(grads):
+        grads = torch.zeros_like(win)
+    return grads, win
+
+
+def _final_conv_grads(head, level: int, det: InstanceData, target: str,
+                      scale_factors: torch.Tensor, b: torch.Tensor, state: dict,
+                      create_graph: bool = False):
+    """dY/d(cls tower output) and dY/d(reg tower output) on the (n, C, 3, 3) windows around
+    each detection's location (None for a tower Y does not depend on), by autograd through
+    the final convs and the attribute."""
+    w = state['out'][head.cls_convs[-1]][level].shape[-1]
+    ys, xs = det.loc // w, det.loc % w
     last = {name: state['out'][getattr(head, name)[-1]][level]
             for name in ('cls_convs', 'reg_convs')}
     with torch.enable_grad():
@@ -351,34 +431,28 @@ def dense_grads_fast(head, feat: torch.Tensor, level: int, det: InstanceData, ta
         if conv is not None:
             src = reg_feat if getattr(head, 'centerness_on_reg', False) else cls_feat
             factor = F.conv2d(src, conv.weight, conv.bias)[:, 0, 0, 0]
-        points = _points(head, level, ys, xs, feat)
+        points = _points(head, level, ys, xs, last['cls_convs'])
         y = dense_attribute(head, target, cls, reg, factor, det.labels, points,
                             scale_factors[b].T)
-        d_cls, d_reg = torch.autograd.grad(y.sum(), [cls_feat, reg_feat], allow_unused=True,
-                                           create_graph=create_graph)
-    # the explicit backward multiplies by parameters: a graph only when asked for
-    with torch.set_grad_enabled(create_graph):
-        grads = 0
-        for tower, delta in ((head.cls_convs, d_cls), (head.reg_convs, d_reg)):
-            if delta is not None:
-                grads = grads + _tower_backward(tower, delta, state, level, b, ys, xs, (h, w))
-    win, _ = gather_windows(feat, b, ys, xs, window_radius(head))
-    if not torch.is_tensor(grads):
-        grads = torch.zeros_like(win)
-    return grads, win
+        return torch.autograd.grad(y.sum(), [cls_feat, reg_feat], allow_unused=True,
+                                   create_graph=create_graph)
 
 
 def paste_windows(maps: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
                   hw: tuple[int, int]) -> torch.Tensor:
-    """Place (N, k, k) window maps centred at (ys, xs) into (N, h, w) zero maps (clipped)."""
+    """Place (N, ..., k, k) windows centred at (ys, xs) into (N, ..., h, w) zero maps
+    (clipped at the borders)."""
     n, k = maps.shape[0], maps.shape[-1]
     r = k // 2
     h, w = hw
-    canvas = maps.new_zeros(n, h + 2 * r, w + 2 * r)
+    flat = maps.reshape(-1, k, k)  # [N * M, k, k], M windows per detection
+    rep = flat.shape[0] // n if n else 1
+    ys, xs = ys.repeat_interleave(rep), xs.repeat_interleave(rep)
+    canvas = maps.new_zeros(flat.shape[0], h + 2 * r, w + 2 * r)
     ar = torch.arange(k, device=maps.device)
-    canvas[torch.arange(n, device=maps.device)[:, None, None], (ys[:, None] + ar)[:, :, None],
-           (xs[:, None] + ar)[:, None, :]] = maps
-    return canvas[:, r:r + h, r:r + w]
+    canvas[torch.arange(len(flat), device=maps.device)[:, None, None],
+           (ys[:, None] + ar)[:, :, None], (xs[:, None] + ar)[:, None, :]] = flat
+    return canvas[:, r:r + h, r:r + w].reshape(*maps.shape[:-2], h, w)
 
 
 def smoothing_radius(sigma: torch.Tensor | None) -> int:

@@ -148,7 +148,7 @@ def level_heatmaps(head, feat, level, det, method, target, smooth, mode, scale, 
         sigma = box_sigma(det.bboxes * scale[b].repeat(1, 2), stride)
     if mode == 'exact':
         maps = []
-        for idx, g in dense_grads_exact(head, feat, level, det, target, scale, b):
+        for idx, g in dense_grads_exact(head, feat, level, det, target, scale, b, tower_state):
             maps.append(explanation_maps(method, g, feat[b[idx]],
                                          None if sigma is None else sigma[idx]))
         return torch.cat(maps) if maps else feat.new_zeros(0, h, w)

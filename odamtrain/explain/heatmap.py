@@ -58,6 +58,9 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
 def gaussian_smooth(maps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Smooth each (C, h, w) map with its own separable Gaussian (zero padding).
 
+    Each 1-D pass is a product with a banded (Toeplitz) matrix per sample: batched matrix
+    products, several times faster on a CPU than a depthwise convolution of N * C channels.
+
     Args:
         maps: (N, C, h, w).
         sigma: (N,) widths in cells; the kernel is truncated at 3 sigma.
@@ -69,11 +72,21 @@ def gaussian_smooth(maps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     if radius == 0:
         return maps
     k = gaussian_kernels(sigma.to(maps.dtype), radius)  # [N, K]
-    k = k.repeat_interleave(c, 0)  # [N*C, K]
-    x = maps.reshape(1, n * c, h, w)
-    x = F.conv2d(x, k[:, None, None, :], padding=(0, radius), groups=n * c)
-    x = F.conv2d(x, k[:, None, :, None], padding=(radius, 0), groups=n * c)
-    return x.reshape(n, c, h, w)
+    rows = _band_matrices(k, h)  # [N, h, h]
+    cols = rows if w == h else _band_matrices(k, w)
+    x = torch.bmm(maps.reshape(n, c * h, w), cols.transpose(1, 2))  # along x
+    x = torch.bmm(rows, x.view(n, c, h, w).transpose(1, 2).reshape(n, h, c * w))  # along y
+    return x.view(n, h, c, w).transpose(1, 2)
+
+
+def _band_matrices(kernels: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, size, size) matrices T with (T @ x)[i] = sum_j k[j - i + r] x[j]: the 'same'
+    zero-padded 1-D convolution of a length-``size`` signal with each (N, 2r + 1) kernel."""
+    radius = kernels.shape[1] // 2
+    i = torch.arange(size, device=kernels.device)
+    offset = i[None, :] - i[:, None] + radius  # [size, size] kernel tap of (out i, in j)
+    inside = (offset >= 0) & (offset <= 2 * radius)
+    return kernels[:, offset.clamp(0, 2 * radius)] * inside
 
 
 def odam_heatmap(grads: torch.Tensor, feats: torch.Tensor,
@@ -179,14 +192,25 @@ def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
     """
     n = maps.shape[0]
     hc, wc = math.ceil(input_hw[0] / stride), math.ceil(input_hw[1] / stride)
-    x = maps[:, None, :hc, :wc]
     if n == 0:
         return maps.new_zeros(0, *out_hw)
-    x = F.interpolate(x, size=(hc * int(round(stride)), wc * int(round(stride))),
-                      mode='bilinear', align_corners=False)[..., :input_hw[0], :input_hw[1]]
-    if tuple(x.shape[-2:]) != tuple(out_hw):
-        x = F.interpolate(x, size=tuple(out_hw), mode='bilinear', align_corners=False)
-    return x[:, 0].clamp(min=0)
+    rows = _resize_matrix(hc, stride, input_hw[0], out_hw[0], maps)  # [H, hc]
+    cols = _resize_matrix(wc, stride, input_hw[1], out_hw[1], maps)  # [W, wc]
+    return (rows @ maps[:, :hc, :wc] @ cols.T).clamp(min=0)
+
+
+def _resize_matrix(cells: int, stride: float, size_in: int, size_out: int,
+                   like: torch.Tensor) -> torch.Tensor:
+    """(size_out, cells): :func:`resize_maps` along one axis as a matrix: linear upsampling
+    of ``cells`` by the integer stride, crop to ``size_in``, linear resampling to
+    ``size_out`` (both like ``F.interpolate(..., align_corners=False)``; bilinear resizing
+    is separable, so one matrix per axis gives the two-step resize in two products)."""
+    eye = torch.eye(cells, dtype=like.dtype, device=like.device)[None]  # [1, cells, cells]
+    up = F.interpolate(eye, size=cells * int(round(stride)), mode='linear',
+                       align_corners=False)[0, :, :size_in]  # [cells, size_in]
+    if size_in != size_out:
+        up = F.interpolate(up[None], size=size_out, mode='linear', align_corners=False)[0]
+    return up.T
 
 
 def resample_maps(maps: torch.Tensor, stride: float, out_stride: float,

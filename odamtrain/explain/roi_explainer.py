@@ -165,30 +165,30 @@ def explain_roi_detector(model, inputs: torch.Tensor, data_samples: list, method
         feat = roi_feats if features == 'fpn' else roi_feats.detach().requires_grad_(True)
         cls_score, bbox_pred = bbox_head(feat)
         counts = [len(p) for p in proposals]
-        dets, start = [], 0
         rcnn_cfg = model.test_cfg.rcnn
         odam_nms_cfg = rcnn_cfg.get('nms', {})
-        for i, meta in enumerate(metas):
-            sl = slice(start, start + counts[i])
-            if targets is not None:  # (roi_candidates decodes without a graph)
-                det = roi_target_candidates(bbox_head, rois[sl], cls_score[sl], bbox_pred[sl],
-                                            meta, targets[i])
-                det.roi = det.roi + start
-            elif odam_nms_cfg.get('type') == 'odam_nms':  # the head's own Odam-NMS picks them
-                det = roi_head._candidates(rois[sl], cls_score[sl], bbox_pred[sl], meta,
-                                           rcnn_cfg.score_thr, start)
-                roi_heatmaps(bbox_head, feat, cls_score, bbox_pred, rois, [det], [meta],
-                             'odam', odam_nms_cfg.get('target', 'logit'), 'gaussian',
-                             odam_nms_cfg.get('map_size', 50))
-                det = det[odam_nms_keep(det, odam_nms_cfg, rcnn_cfg.max_per_img)]
+        if targets is None and odam_nms_cfg.get('type') == 'odam_nms':
+            # the head's own Odam-NMS picks the detections
+            dets = roi_head.odam_candidates(feat, cls_score, bbox_pred, rois, counts, metas,
+                                            rcnn_cfg)
+            dets = [det[odam_nms_keep(det, odam_nms_cfg, rcnn_cfg.max_per_img)]
+                    for det in dets]
+            for det in dets:
                 del det.heatmaps
-            else:
-                with torch.no_grad():
-                    det = roi_detections(bbox_head, rois[sl], cls_score[sl], bbox_pred[sl],
-                                         meta, rcnn_cfg)
+        else:
+            dets, start = [], 0
+            for i, meta in enumerate(metas):
+                sl = slice(start, start + counts[i])
+                if targets is not None:  # (roi_candidates decodes without a graph)
+                    det = roi_target_candidates(bbox_head, rois[sl], cls_score[sl],
+                                                bbox_pred[sl], meta, targets[i])
+                else:
+                    with torch.no_grad():
+                        det = roi_detections(bbox_head, rois[sl], cls_score[sl],
+                                             bbox_pred[sl], meta, rcnn_cfg)
                 det.roi = det.roi + start
-            dets.append(det)
-            start += counts[i]
+                dets.append(det)
+                start += counts[i]
         if features == 'fpn':
             scale = torch.tensor([m['scale_factor'][:2] for m in metas], dtype=inputs.dtype,
                                  device=inputs.device)

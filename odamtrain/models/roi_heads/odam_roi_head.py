@@ -111,21 +111,32 @@ class OdamRoIHead(StandardRoIHead):
                 feat = self.shared_head(feat)
             feat = feat.detach().requires_grad_(True)
             cls_score, bbox_pred = self.bbox_head(feat)
-        cands, start = [], 0
-        for i, meta in enumerate(batch_img_metas):
-            sl = slice(start, start + len(proposals[i]))
-            cands.append(self._candidates(rois[sl], cls_score[sl], bbox_pred[sl], meta,
-                                          rcnn_test_cfg.score_thr, start))
-            start += len(proposals[i])
-        roi_heatmaps(self.bbox_head, feat, cls_score, bbox_pred, rois, cands, batch_img_metas,
-                     'odam', nms_cfg.get('target', 'logit'), 'gaussian',
-                     nms_cfg.get('map_size', 50))
+        cands = self.odam_candidates(feat, cls_score, bbox_pred, rois,
+                                     [len(p) for p in proposals], batch_img_metas,
+                                     rcnn_test_cfg)
         return odam_nms_results(cands, batch_img_metas, nms_cfg, rcnn_test_cfg.max_per_img,
                                 rescale)
 
-    def _candidates(self, rois, cls_score, bbox_pred, meta, score_thr, offset) -> InstanceData:
-        """:func:`roi_candidates` of one image, ``roi`` indexing the batch's RoIs (this
-        image's start at ``offset``)."""
-        cands = roi_candidates(self.bbox_head, rois, cls_score, bbox_pred, meta, score_thr)
-        cands.roi = cands.roi + offset
+    def odam_candidates(self, feat, cls_score, bbox_pred, rois, counts: list,
+                        batch_img_metas: list, rcnn_test_cfg) -> list:
+        """Per image the (RoI, class) candidates above ``score_thr`` (:func:`roi_candidates`;
+        ``roi`` indexes the batch's ``rois``, of which ``counts`` per image) with the ODAM
+        ``heatmaps`` Odam-NMS compares (``rcnn_test_cfg.nms``'s ``target``, ``map_size``).
+
+        Args:
+            feat: (R, C, s, s) RoI features requiring grad, from which ``cls_score`` and
+                ``bbox_pred`` were computed (graph kept).
+        """
+        nms_cfg = rcnn_test_cfg.nms
+        cands, start = [], 0
+        for meta, count in zip(batch_img_metas, counts):
+            sl = slice(start, start + count)
+            cand = roi_candidates(self.bbox_head, rois[sl], cls_score[sl], bbox_pred[sl], meta,
+                                  rcnn_test_cfg.score_thr)
+            cand.roi = cand.roi + start
+            cands.append(cand)
+            start += count
+        roi_heatmaps(self.bbox_head, feat, cls_score, bbox_pred, rois, cands, batch_img_metas,
+                     'odam', nms_cfg.get('target', 'logit'), 'gaussian',
+                     nms_cfg.get('map_size', 50))
         return cands

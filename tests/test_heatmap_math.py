@@ -43,12 +43,15 @@ def test_smoothing_a_delta_gives_the_separable_gaussian_per_sample():
     assert out[1].max() < out[0].max()  # wider for the larger box
 
 
-def test_smoothing_equals_a_depthwise_convolution_with_zero_padding():
+@pytest.mark.parametrize('hw,widest', [((13, 17), 2.0), ((40, 50), 0.5)])
+def test_smoothing_equals_a_2d_convolution_with_zero_padding(hw, widest):
+    """(Small windows go through banded matrices, large maps with a narrow kernel through a
+    depthwise convolution: both against a plain 2-D convolution per map.)"""
     torch.manual_seed(0)
-    maps = torch.randn(5, 3, 13, 17, dtype=torch.float64)
-    sigma = torch.tensor([0.3, 0.8, 1.5, 2.0, 0.0], dtype=torch.float64)
+    maps = torch.randn(5, 3, *hw, dtype=torch.float64)
+    sigma = torch.tensor([0.3, 0.6 * widest, 0.2, widest, 0.0], dtype=torch.float64)
     out = gaussian_smooth(maps, sigma)
-    r = math.ceil(3 * 2.0)  # one radius for all: the widest
+    r = math.ceil(3 * widest)  # one radius for all: the widest
     for i in range(5):
         k = gaussian_kernels(sigma[i:i + 1], r)[0]
         w = k[:, None] * k[None, :]  # [K, K] the 2-D kernel
@@ -101,7 +104,7 @@ def test_resize_crops_padding_and_scales():
 
 @pytest.mark.parametrize('stride,input_hw,out_hw', [
     (8, (20, 30), (40, 60)), (16, (37, 53), (50, 71)), (32, (100, 70), (100, 70)),
-    (1, (9, 11), (5, 23))])
+    (1, (9, 11), (5, 23)), (8, (200, 300), (400, 600))])
 def test_resize_equals_upsampling_by_the_stride_then_resizing(stride, input_hw, out_hw):
     torch.manual_seed(0)
     hc, wc = math.ceil(input_hw[0] / stride), math.ceil(input_hw[1] / stride)

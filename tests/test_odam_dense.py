@@ -33,17 +33,23 @@ def fcos():
     return build_detector('configs/fcos_tiny_fpn_synthetic.py', num_classes=3)
 
 
+def forward_random_batch(model, shape, seed):
+    """FPN features of a random input batch and the head's recorded tower state."""
+    inputs = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        with record_tower_state(model.bbox_head) as stats:
+            model.bbox_head(feats)
+    return feats, stats
+
+
 @pytest.fixture(scope='module')
 def setup(fcos):
     """FPN features of one 512x640 input (levels 64x80, 32x40, 16x20), GN statistics, and
     detections placed at every level: the four corners (borders), the centre and a random
     location, random classes."""
     head = fcos.bbox_head
-    inputs = torch.randn(1, 3, 512, 640, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        feats = fcos.extract_feat(inputs)
-        with record_tower_state(head) as stats:
-            head(feats)
+    feats, stats = forward_random_batch(fcos, (1, 3, 512, 640), seed=1)
     g = torch.Generator().manual_seed(2)
     dets = []
     for level, f in enumerate(feats):
@@ -135,11 +141,7 @@ def test_exact_tower_backward_indexes_each_detections_own_image(fcos):
     """A batch of two images: the explicit exact backward (recorded per-image GN statistics
     and ReLU masks) equals batched autograd of the head for detections of both images."""
     head = fcos.bbox_head
-    inputs = torch.randn(2, 3, 256, 320, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        feats = fcos.extract_feat(inputs)
-        with record_tower_state(head) as stats:
-            head(feats)
+    feats, stats = forward_random_batch(fcos, (2, 3, 256, 320), seed=3)
     g = torch.Generator().manual_seed(4)
     level, feat = 1, feats[1]
     h, w = feat.shape[-2:]

@@ -58,8 +58,9 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
 def gaussian_smooth(maps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Smooth each (C, h, w) map with its own separable Gaussian (zero padding).
 
-    Each 1-D pass is a product with a banded (Toeplitz) matrix per sample: batched matrix
-    products, several times faster on a CPU than a depthwise convolution of N * C channels.
+    Windows that the kernel spans a good part of are smoothed by two products with banded
+    (Toeplitz) matrices per sample (several times faster on a CPU than a depthwise
+    convolution of N * C channels); large maps with a narrow kernel by that convolution.
 
     Args:
         maps: (N, C, h, w).
@@ -72,6 +73,12 @@ def gaussian_smooth(maps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     if radius == 0:
         return maps
     k = gaussian_kernels(sigma.to(maps.dtype), radius)  # [N, K]
+    if h + w > 6 * k.shape[1]:  # the matrices would be mostly zeros
+        k = k.repeat_interleave(c, 0)  # [N*C, K]
+        x = maps.reshape(1, n * c, h, w)
+        x = F.conv2d(x, k[:, None, None, :], padding=(0, radius), groups=n * c)
+        x = F.conv2d(x, k[:, None, :, None], padding=(radius, 0), groups=n * c)
+        return x.reshape(n, c, h, w)
     rows = _band_matrices(k, h)  # [N, h, h]
     cols = rows if w == h else _band_matrices(k, w)
     x = torch.bmm(maps.reshape(n, c * h, w), cols.transpose(1, 2))  # along x
@@ -194,6 +201,16 @@ def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
     hc, wc = math.ceil(input_hw[0] / stride), math.ceil(input_hw[1] / stride)
     if n == 0:
         return maps.new_zeros(0, *out_hw)
+    out_cells = out_hw[0] * out_hw[1]
+    if out_cells * wc > 8 * (input_hw[0] * input_hw[1] + out_cells):
+        # a large output: two bilinear passes cost less than the dense matrices
+        x = F.interpolate(maps[:, None, :hc, :wc], size=(hc * int(round(stride)),
+                                                          wc * int(round(stride))),
+                          mode='bilinear', align_corners=False)[..., :input_hw[0], :input_hw[1]]
+        if tuple(x.shape[-2:]) != tuple(out_hw):
+            x = F.interpolate(x, size=tuple(out_hw), mode='bilinear', align_corners=False)
+        return x[:, 0].clamp(min=0)
+    # a small output (e.g. Odam-NMS's short edge 50): one matrix per axis
     rows = _resize_matrix(hc, stride, input_hw[0], out_hw[0], maps)  # [H, hc]
     cols = _resize_matrix(wc, stride, input_hw[1], out_hw[1], maps)  # [W, wc]
     return (rows @ maps[:, :hc, :wc] @ cols.T).clamp(min=0)

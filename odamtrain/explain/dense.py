@@ -164,9 +164,10 @@ def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, t
             outputs: with it, plain FCOS towers (:func:`fast_window_support`) are
             back-propagated explicitly; without it (or for other heads), autograd.
     """
-    if chunk is None:
-        chunk = max(1, EXACT_BUDGET // feat[:1].numel())
-    if state is not None and fast_window_support(head) is None:
+    explicit = state is not None and fast_window_support(head) is None
+    if chunk is None:  # the explicit backward covers one image's map, autograd the batch's
+        chunk = max(1, EXACT_BUDGET // (feat[:1] if explicit else feat).numel())
+    if explicit:
         yield from _tower_grads_exact(head, feat, level, det, target, scale_factors,
                                       batch_index, state, chunk)
         return
@@ -180,7 +181,6 @@ def dense_grads_exact(head, feat: torch.Tensor, level: int, det: InstanceData, t
         points = _points(head, level, ys, xs, feat)
         y = dense_attribute(head, target, cls[b, :, ys, xs], reg[b, :, ys, xs], factor_at,
                             det.labels, points, scale_factors[b].T)  # [N]
-    chunk = max(1, chunk // feat.shape[0])  # the backward covers the whole batch
     eye = torch.eye(len(y), dtype=y.dtype, device=y.device)
     for start in range(0, len(y), chunk):
         idx = torch.arange(start, min(start + chunk, len(y)), device=y.device)

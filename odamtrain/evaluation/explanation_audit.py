@@ -133,10 +133,11 @@ def collect_explanation_scores(model, dataloader, methods=('odam',), target: str
         if 'detected' in sets:
             di, gi = match_detections(det.bboxes, det.scores, gt_boxes, iou_thr)
             objects['detected'] = (di, gi)
-        missed, wrong = failure_sets(det.bboxes, det.labels, det.scores, gt_boxes, gt_labels,
-                                     score_thr)
-        objects.update({name: (None, idx) for name, idx in
-                        (('missed', missed), ('misclassified', wrong)) if name in sets})
+        if 'missed' in sets or 'misclassified' in sets:
+            missed, wrong = failure_sets(det.bboxes, det.labels, det.scores, gt_boxes,
+                                         gt_labels, score_thr)
+            objects.update({name: (None, idx) for name, idx in
+                            (('missed', missed), ('misclassified', wrong)) if name in sets})
         noise = pixel_to_input(model, torch.rand(
             3, *inputs.shape[-2:], generator=_image_generator(seed, meta)) * 255)
         black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))

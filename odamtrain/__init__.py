@@ -6,10 +6,10 @@ file writes atomic and its local checkpoint loading weights-only with a narrow a
 """
 from . import apis, datasets, engine, evaluation, explain, models, ops  # noqa: F401  (registers modules)
 from .engine.checkpoint import register_safe_local_loader
-from .utils.fileio import register_atomic_local_backend
+from .utils.fileio import register_atomic_local_writes
 from .version import __version__
 
-register_atomic_local_backend()
+register_atomic_local_writes()
 register_safe_local_loader()
 
 __all__ = ['__version__']

@@ -3,7 +3,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -13,14 +12,14 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint, save_checkpoint
 
 from odamtrain.engine import (
+    CheckpointError,
     CheckpointSecurityError,
     from_plain,
-    latest_complete_checkpoint,
+    resumable_checkpoint,
     safe_load_checkpoint,
     to_plain,
 )
-from odamtrain.engine.checkpoint import _history_buffer_method
-from odamtrain.utils import atomic_write_bytes
+from odamtrain.utils import atomic_write_bytes, remove_stale_temp_files
 
 from .conftest import REPO
 
@@ -92,9 +91,6 @@ def test_getattr_is_never_general(tmp_path):
     torch.save({'x': _GetattrGadget()}, path)
     with pytest.raises(CheckpointSecurityError, match='update'):
         safe_load_checkpoint(str(path))
-    with pytest.raises(CheckpointSecurityError):
-        _history_buffer_method(os, 'system')
-    assert _history_buffer_method(HistoryBuffer, 'mean') is HistoryBuffer.mean
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
@@ -111,38 +107,148 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ['result.json']  # no temp file left behind
 
 
-def test_kill_during_checkpoint_write_leaves_last_complete_one(tmp_path):
-    """A process killed (SIGKILL) while mmengine writes a checkpoint: the previous file is
-    intact, the new one does not exist, and resuming picks the last complete checkpoint."""
-    script = textwrap.dedent(f'''
-        import os, time, torch
-        import odamtrain
-        from mmengine.runner.checkpoint import save_checkpoint
-        save_checkpoint({{'state_dict': {{'w': torch.ones(3)}}}}, r'{tmp_path}/epoch_1.pth')
-        open(r'{tmp_path}/last_checkpoint', 'w').write(r'{tmp_path}/epoch_1.pth')
-        os.fsync = lambda fd: time.sleep(120)  # hang in the middle of the next write
-        save_checkpoint({{'state_dict': {{'w': torch.zeros(10**6)}}}}, r'{tmp_path}/epoch_2.pth')
-    ''')
-    proc = subprocess.Popen([sys.executable, '-c', script], cwd=REPO)
-    deadline = time.time() + 120
-    while not any(f.endswith('.tmp') for f in os.listdir(tmp_path)):
-        assert proc.poll() is None and time.time() < deadline, 'writer did not start'
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / 'epoch_2.pth').exists()
-    assert latest_complete_checkpoint(str(tmp_path)) == f'{tmp_path}/epoch_1.pth'
-    assert torch.equal(torch.load(tmp_path / 'epoch_1.pth', weights_only=True)['state_dict']['w'],
-                       torch.ones(3))
+def test_checkpoint_written_by_mmengine_runner_loads(tmp_path):
+    """A checkpoint of mmengine 0.10.7's own Runner (numpy in meta, HistoryBuffers in the
+    message hub) loads through the allow-list with its values."""
+    from mmengine.runner import Runner
+
+    from .helpers.toy_training import ToyModel
+    runner = Runner(model=ToyModel(), work_dir=str(tmp_path),
+                    train_dataloader=dict(dataset=[dict(x=torch.randn(4)) for _ in range(4)],
+                                          sampler=dict(type='DefaultSampler', shuffle=False),
+                                          batch_size=2, collate_fn=dict(type='default_collate')),
+                    train_cfg=dict(by_epoch=True, max_epochs=1),
+                    optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+                    default_hooks=dict(logger=dict(type='LoggerHook', interval=1)),
+                    default_scope='mmengine')
+    runner.train()
+    path = tmp_path / 'epoch_1.pth'
+    raw = torch.load(path, weights_only=False)  # our own file: the reference
+    assert isinstance(raw['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
+    loaded = safe_load_checkpoint(str(path))
+    ref_hb, hb = (c['message_hub']['log_scalars']['train/loss'] for c in (raw, loaded))
+    np.testing.assert_array_equal(hb.data[0], ref_hb.data[0])
+    assert hb.max_length == ref_hb.max_length and hb.mean() == ref_hb.mean()
+    assert loaded['meta']['seed'] == raw['meta']['seed']
+    assert torch.equal(loaded['state_dict']['fc.weight'], raw['state_dict']['fc.weight'])
 
 
-def test_latest_complete_checkpoint_fallbacks(tmp_path):
-    assert latest_complete_checkpoint(str(tmp_path)) is None
+def test_users_safe_globals_are_left_as_they_were(tmp_path):
+    path = tmp_path / 'foreign.pth'
+    torch.save(_mmengine_style_checkpoint(), path)
+    torch.save({'x': _GetattrGadget()}, tmp_path / 'gadget.pth')
+    original = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([np.ndarray, np.dtype])  # a user's own choice
+    try:
+        users = set(torch.serialization.get_safe_globals())
+        safe_load_checkpoint(str(path))
+        with pytest.raises(CheckpointSecurityError):
+            safe_load_checkpoint(str(tmp_path / 'gadget.pth'))
+        assert set(torch.serialization.get_safe_globals()) == users
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(original)
+
+
+def test_plain_history_buffer_must_be_a_contiguous_log(tmp_path):
+    log = torch.zeros(1).expand(10 ** 12)  # stride 0: 10^12 values from one number
+    count = torch.zeros(1, dtype=torch.int64).expand(10 ** 12)
+    plain = {'__mmengine_history_buffer__': dict(log=log, count=count, max_length=5)}
+    with pytest.raises(CheckpointError, match='contiguous'):
+        from_plain({'hub': plain})
+    good = {'__mmengine_history_buffer__': dict(log=torch.ones(3, dtype=torch.float64),
+                                                count=torch.ones(3, dtype=torch.int64),
+                                                max_length=True)}
+    with pytest.raises(CheckpointError, match='max_length'):
+        from_plain(good)
+
+
+def test_stale_temp_files_are_recognised(tmp_path):
+    atomic_write_bytes(b'x', str(tmp_path / 'a.json'))
+    stale = tmp_path / 'sub' / '.epoch_3.pth.abc_1234.tmp'
+    stale.parent.mkdir()
+    stale.write_bytes(b'partial')
+    (tmp_path / 'notes.tmp').write_bytes(b'a user file')
+    assert remove_stale_temp_files(str(tmp_path)) == [str(stale)]
+    assert sorted(p.name for p in tmp_path.rglob('*') if p.is_file()) == ['a.json', 'notes.tmp']
+
+
+def test_resumable_checkpoint_skips_what_does_not_load(tmp_path):
+    assert resumable_checkpoint(str(tmp_path)) == (None, [])
     for name in ('epoch_2.pth', 'epoch_10.pth', 'best_AP50.pth'):
         save_checkpoint({'state_dict': {}}, str(tmp_path / name))
     (tmp_path / 'last_checkpoint').write_text('')  # truncated by a crash
-    assert latest_complete_checkpoint(str(tmp_path)).endswith('epoch_10.pth')
+    assert resumable_checkpoint(str(tmp_path))[0].endswith('epoch_10.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_99.pth'))  # missing file
-    assert latest_complete_checkpoint(str(tmp_path)).endswith('epoch_10.pth')
+    path, skipped = resumable_checkpoint(str(tmp_path))
+    assert path.endswith('epoch_10.pth') and skipped[0][0].endswith('epoch_99.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))
-    assert latest_complete_checkpoint(str(tmp_path)).endswith('epoch_2.pth')
+    assert resumable_checkpoint(str(tmp_path))[0].endswith('epoch_2.pth')
+    # the newest is truncated: the next one that loads, and why the newest was skipped
+    (tmp_path / 'last_checkpoint').unlink()
+    data = (tmp_path / 'epoch_10.pth').read_bytes()
+    (tmp_path / 'epoch_10.pth').write_bytes(data[:len(data) // 2])
+    path, skipped = resumable_checkpoint(str(tmp_path))
+    assert path.endswith('epoch_2.pth')
+    assert skipped[0][0].endswith('epoch_10.pth') and 'cannot load' in skipped[0][1]
+
+
+def test_resume_refuses_when_an_earlier_run_has_no_loadable_checkpoint(tmp_path):
+    (tmp_path / 'epoch_1.pth').write_bytes(b'')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_1.pth'))
+    proc = subprocess.run([sys.executable, 'tests/helpers/toy_training.py', str(tmp_path), '1',
+                           '2'], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and 'TRAINING' not in proc.stdout
+    assert 'none of its checkpoints loads' in proc.stderr
+    assert 'skipped' in proc.stdout + proc.stderr and 'the file is empty' in proc.stdout + \
+        proc.stderr
+
+
+def _train_until_killed(work, max_keep: int, max_iters: int, delay: float):
+    """Start the toy training (resuming); SIGKILL it ``delay`` s after training starts.
+    Returns the iteration it resumed at (None if it finished first)."""
+    proc = subprocess.Popen([sys.executable, 'tests/helpers/toy_training.py', str(work),
+                             str(max_keep), str(max_iters)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith('TRAINING'):
+            start = int(line.split()[1])
+            break
+    else:
+        raise AssertionError(f'training did not start (exit {proc.wait()})')
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return start
+
+
+def _iteration(path) -> int:
+    return torch.load(path, weights_only=True)['meta']['iter']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('max_keep', [1, 3])
+def test_sigkill_at_random_moments_always_leaves_a_checkpoint(tmp_path, max_keep):
+    """Kills during training that mostly falls in a checkpoint save (20 MB each
+    iteration): after every kill a checkpoint loads, progress never goes back, and
+    ``--resume`` continues from exactly that checkpoint to the end."""
+    rng = np.random.default_rng(max_keep)
+    work, max_iters, last = tmp_path / 'work', 60, 0
+    for delay in rng.uniform(0.05, 0.6, size=5):
+        start = _train_until_killed(work, max_keep, max_iters, float(delay))
+        assert start == last  # resumed from the checkpoint found after the previous kill
+        path, _ = resumable_checkpoint(str(work))
+        if path is None:  # killed before the first save completed
+            assert last == 0 and not (work / 'last_checkpoint').exists()
+            continue
+        last = _iteration(path)
+        assert last >= start
+        assert len(list(work.glob('iter_*.pth'))) <= max_keep + 1  # +1: killed before the
+        # old one's deletion, never before the new one is complete
+    proc = subprocess.run([sys.executable, 'tests/helpers/toy_training.py', str(work),
+                           str(max_keep), str(max_iters)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'TRAINING {last}' in proc.stdout and f'DONE {max_iters}' in proc.stdout
+    assert _iteration(work / f'iter_{max_iters}.pth') == max_iters
+    assert not list(work.rglob('*.tmp'))  # killed writes' temp files removed at start

@@ -161,5 +161,83 @@ def test_unreadable_image_at_load_time_names_it(root):
         data_prefix=dict(img='Images/'), pipeline=[dict(type='LoadImageFromFile')],
         test_mode=True)
     (root / 'Images' / f'{ids[0]}.jpg').write_bytes(b'corrupted after indexing')
-    with pytest.raises(OdgtError, match=f"ID '{ids[0]}'.*loading image"):
+    with pytest.raises(OdgtError, match=f"ID '{ids[0]}'.*cannot be read"):
         ds[0]
+
+
+@pytest.mark.parametrize('change, expect', [
+    (dict(tag='Person'), "field 'tag' is 'Person'; expected 'person' or 'mask'"),
+    (dict(tag='persons'), "field 'tag' is 'persons'"),
+    (dict(extra=dict(ignore='0')), "field 'extra.ignore' is '0'; expected 0 or 1"),
+    (dict(extra=dict(ignore=2)), "field 'extra.ignore' is 2"),
+    (dict(extra=dict(ignore=0.0)), "field 'extra.ignore' is 0.0"),
+    (dict(fbox=[10 ** 400, 1, 2, 3]), "field 'fbox' is [1000000000"),
+])
+def test_values_outside_the_toolkit_are_named(root, change, expect):
+    root, ids = root
+    msg = _error(root, [dict(ID=ids[0], gtboxes=[dict(_person(), **change)])])
+    assert 'line 1' in msg and f"ID '{ids[0]}'" in msg and 'gtboxes[0]' in msg
+    assert expect in msg
+
+
+def test_toolkit_values_are_accepted(root):
+    root, ids = root
+    boxes = [_person(), dict(_person(), extra=dict(ignore=1)), dict(_person(), tag='mask'),
+             dict(_person(), extra=dict(ignore=True))]
+    ds = _build(root, _write(root, [dict(ID=ids[0], gtboxes=boxes)]))
+    assert [i['ignore_flag'] for i in ds.get_data_info(0)['instances']] == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize('image_id', ['../../etc/passwd', '/abs/path', 'a\\b', '..', 'x\x00'])
+def test_ids_that_are_paths_are_refused(root, image_id):
+    root, ids = root
+    msg = _error(root, [dict(ID=image_id, gtboxes=[])])
+    assert 'line 1' in msg and "field 'ID'" in msg and 'without path separators' in msg
+
+
+def test_non_utf8_and_huge_integer_lines_are_named(root):
+    root, ids = root
+    good = json.dumps(dict(ID=ids[0], gtboxes=[])) + '\n'
+    (root / 'annotation_val.odgt').write_bytes(good.encode() + b'{"ID": "\xff"}\n')
+    with pytest.raises(OdgtError, match='line 2: byte 0xff at column 9 is not UTF-8'):
+        _build(root, 'annotation_val.odgt')
+    _write(root, [good, '{"ID": "x", "gtboxes": [], "n": ' + '9' * 5000 + '}\n'])
+    with pytest.raises(OdgtError, match='line 2: invalid JSON'):
+        _build(root, 'annotation_val.odgt')
+
+
+@pytest.mark.parametrize('cache, expect', [
+    ('{not json', 'is not valid JSON'),
+    ('[1, 2]', 'expected an object'),
+    ('{"%s": [10]}', 'expected two positive integers'),
+    ('{"%s": ["a", 3]}', 'expected two positive integers'),
+])
+def test_corrupt_size_cache_is_named(root, cache, expect):
+    root, ids = root
+    (root / 'id_hw_val.json').write_text(cache.replace('%s', ids[0]))
+    msg = _error(root, [dict(ID=ids[0], gtboxes=[])])
+    assert 'id_hw_val.json' in msg and expect in msg
+
+
+def test_image_size_is_checked_against_the_cache_before_decoding(root):
+    import cv2
+    import numpy as np
+    root, ids = root
+    ann = _write(root, [dict(ID=ids[0], gtboxes=[_person()])])
+    ds = StrictCrowdHumanDataset(data_root=str(root), ann_file=ann,
+                                 data_prefix=dict(img='Images/'),
+                                 pipeline=[dict(type='LoadImageFromFile')], test_mode=True)
+    h, w = ds.get_data_info(0)['height'], ds.get_data_info(0)['width']
+    assert ds[0]['img'].shape[:2] == (h, w)
+    # the image is replaced after the cache was written: a different size is an error
+    cv2.imwrite(str(root / 'Images' / f'{ids[0]}.jpg'), np.zeros((h + 7, w, 3), np.uint8))
+    with pytest.raises(OdgtError, match=f'is {w}x{h + 7}, but the dataset has {w}x{h}'):
+        ds[0]
+
+
+def test_decompression_bomb_is_refused_before_decoding(root):
+    from PIL import Image
+    root, ids = root
+    Image.new('L', (6000, 5000)).save(root / 'Images' / f'{ids[0]}.jpg')  # 30 MP, small file
+    msg = _error(root, [dict(ID=ids[0], gtboxes=[])], max_image_pixels=10 ** 7)
+    assert 'is 6000x5000 = 30000000 pixels' in msg and 'max_image_pixels=10000000' in msg

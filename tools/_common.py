@@ -1,4 +1,5 @@
 """What the tools share."""
+import argparse
 import contextlib
 import os
 import os.path as osp
@@ -8,7 +9,7 @@ from mmengine.config import Config, DictAction
 
 import odamtrain  # noqa: F401  (registers odamtrain's modules, safe checkpoint I/O)
 from odamtrain.datasets import OdgtError
-from odamtrain.engine import CheckpointSecurityError
+from odamtrain.engine import CheckpointError
 
 
 def build_runner(cfg):
@@ -46,9 +47,35 @@ def exit_on_data_error():
     """Turn a bad data folder, annotation or checkpoint into a one-line error, exit code 2."""
     try:
         yield
-    except (OdgtError, CheckpointSecurityError, FileNotFoundError) as e:
+    except (OdgtError, CheckpointError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
+
+
+def int_at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f'{value} is less than {low}')
+        return value
+    return parse
+
+
+def float_between(low: float, high: float):
+    """argparse type: a number in [low, high]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f'{value} is not in [{low}, {high}]')
+        return value
+    return parse
 
 
 def add_common_args(parser) -> None:

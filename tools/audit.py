@@ -19,7 +19,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import exit_on_data_error, test_loader  # noqa: E402
+from _common import exit_on_data_error, float_between, int_at_least, test_loader  # noqa: E402
 
 from odamtrain.apis import METHODS  # noqa: E402
 from odamtrain.evaluation.explanation_audit import SETS, collect_explanation_scores  # noqa: E402
@@ -36,23 +36,26 @@ def parse_args():
     p.add_argument('--out-dir', required=True)
     p.add_argument('--methods', nargs='+', default=['odam'], choices=METHODS)
     p.add_argument('--target', default='score', choices=TARGETS)
-    p.add_argument('--iou-thr', type=float, default=0.9,
+    p.add_argument('--iou-thr', type=float_between(0, 1), default=0.9,
                    help='well-detected objects: detection-GT IoU above this')
     p.add_argument('--sets', nargs='+', default=['detected'], choices=SETS,
                    help='object sets: well detected, and the failure sets')
-    p.add_argument('--score-thr', type=float, default=0.3,
+    p.add_argument('--score-thr', type=float_between(0, 1), default=0.3,
                    help='a GT is missed if no detection scoring at least this finds it; '
                    'an explanation succeeds if insertion brings the score back to it')
-    p.add_argument('--max-images', type=int, default=0, help='only the first N images')
-    p.add_argument('--deletion-steps', type=int, default=0,
+    p.add_argument('--max-images', type=int_at_least(0), default=0,
+                   help='only the first N images (0: all)')
+    p.add_argument('--deletion-steps', type=int_at_least(0), default=0,
                    help='> 0: deletion / insertion AUCs with this many steps (paper: 100)')
     p.add_argument('--evidence', default='odam', choices=EVIDENCES,
                    help='what deletion / insertion measure (see faithfulness.py)')
     p.add_argument('--extent', default='box', choices=('box', 'image'),
                    help='pixels changed in all: the GT box area (ODAM) or the image (VPS)')
-    p.add_argument('--drise-masks', type=int, default=1000, help='D-RISE masks (paper 5000)')
-    p.add_argument('--vps-regions', type=int, default=64, help='VPS sub-regions (grid)')
-    p.add_argument('--vps-steps', type=int, default=None,
+    p.add_argument('--drise-masks', type=int_at_least(1), default=1000,
+                   help='D-RISE masks (paper 5000)')
+    p.add_argument('--vps-regions', type=int_at_least(2), default=64,
+                   help='VPS sub-regions (grid)')
+    p.add_argument('--vps-steps', type=int_at_least(1), default=None,
                    help='VPS greedy steps (default: all regions)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cpu')
@@ -76,6 +79,8 @@ def main():
                     drise=dict(num_masks=args.drise_masks, seed=args.seed),
                     vps=dict(regions=args.vps_regions, max_steps=args.vps_steps),
                     seed=args.seed)
+    if osp.exists(osp.join(args.out_dir, 'audit.json')):
+        print(f'replacing the audit of an earlier run in {args.out_dir}')
     raw = collect_explanation_scores(model, loader, args.methods, progress=ProgressBar(n),
                                      **settings)
     table = write_audit_report(raw, args.out_dir, dict(config=args.config,

@@ -18,7 +18,7 @@ import time
 from mmengine.config import Config, DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import build_runner, exit_on_data_error  # noqa: E402
+from _common import build_runner, exit_on_data_error, float_between  # noqa: E402
 
 from odamtrain.utils import atomic_write_text  # noqa: E402
 
@@ -82,11 +82,12 @@ def sweep(cfg, checkpoint, settings: list, odam: dict) -> list:
             for setting, evaluator in zip(settings, evaluators)]
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config')
     p.add_argument('checkpoint')
-    p.add_argument('--iou', type=float, default=0.5, help='T_iou, also NMS / Soft-NMS IoU')
+    p.add_argument('--iou', type=float_between(0, 1), default=0.5,
+                   help='T_iou, also NMS / Soft-NMS IoU')
     p.add_argument('--corr-low', type=float, default=0.2, help='T_l')
     p.add_argument('--corr-high', type=float, default=0.8, help='T_h')
     p.add_argument('--map-mode', choices=['fast', 'windows', 'exact'],
@@ -95,7 +96,11 @@ def main():
     p.add_argument('--work-dir', default='work_dirs/compare_nms')
     p.add_argument('--out', help='write the rows as JSON')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

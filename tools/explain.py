@@ -19,7 +19,7 @@ import numpy as np
 from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import exit_on_data_error  # noqa: E402
+from _common import exit_on_data_error, float_between, int_at_least  # noqa: E402
 
 from odamtrain.apis import METHODS, explain_detector  # noqa: E402
 from odamtrain.explain import TARGETS  # noqa: E402
@@ -37,11 +37,14 @@ def parse_args():
     p.add_argument('--out-dir', required=True)
     p.add_argument('--method', default='odam', choices=METHODS)
     p.add_argument('--target', default='score', choices=TARGETS)
-    p.add_argument('--score-thr', type=float, default=0.3, help='explain detections above')
-    p.add_argument('--topk', type=int, default=8, help='explain at most this many per image')
+    p.add_argument('--score-thr', type=float_between(0, 1), default=0.3,
+                   help='explain detections scoring at least this')
+    p.add_argument('--topk', type=int_at_least(1), default=8,
+                   help='explain at most this many per image')
     p.add_argument('--mode', default='fast', choices=['fast', 'exact'])
     p.add_argument('--no-smooth', action='store_true', help="no Gaussian Phi (authors' code)")
-    p.add_argument('--max-images', type=int, default=0, help='only the first N images')
+    p.add_argument('--max-images', type=int_at_least(0), default=0,
+                   help='only the first N images (0: all)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, e.g. model.test_cfg.score_thr=0.01')
@@ -49,6 +52,7 @@ def parse_args():
 
 
 def list_images(paths: list) -> list:
+    """The image files of ``paths`` (files, and the images of folders), each once."""
     files = []
     for path in paths:
         if osp.isfile(path):
@@ -61,7 +65,20 @@ def list_images(paths: list) -> list:
             files += found
         else:
             sys.exit(f'error: {path} is neither an image nor a folder')
-    return files
+    return list(dict.fromkeys(osp.abspath(f) for f in files))
+
+
+def output_stems(files: list) -> list:
+    """One distinct output name per image: its file name without extension, or where two
+    images share it (``a/x.jpg``, ``b/x.jpg``), its path below their common folder
+    (``a__x_jpg``, ``b__x_jpg``)."""
+    names = [osp.splitext(osp.basename(f))[0] for f in files]
+    if len(set(names)) == len(names):
+        return names
+    common = osp.commonpath(files) if len(files) > 1 else osp.dirname(files[0])
+    shared = {n for n in names if names.count(n) > 1}
+    return [osp.relpath(f, common).replace(os.sep, '__').replace('.', '_') if n in shared
+            else n for f, n in zip(files, names)]
 
 
 def main():
@@ -69,12 +86,18 @@ def main():
     from mmdet.apis import init_detector
     from mmengine.utils import ProgressBar
     images = list_images(args.images)[:args.max_images or None]
+    suffix = f'_{args.method}_{args.target}'
+    stems = [osp.join(args.out_dir, stem + suffix) for stem in output_stems(images)]
+    existing = [s + ext for s in stems for ext in ('.png', '.npz') if osp.exists(s + ext)]
     with exit_on_data_error():
         model = init_detector(args.config, args.checkpoint, device=args.device,
                               cfg_options=args.cfg_options)
     os.makedirs(args.out_dir, exist_ok=True)
+    if existing:
+        print(f'replacing {len(existing)} files of an earlier run in {args.out_dir} '
+              f'(e.g. {osp.basename(existing[0])})')
     bar = ProgressBar(len(images))
-    for path in images:
+    for path, stem in zip(images, stems):
         img = cv2.imread(path)
         if img is None:
             sys.exit(f'error: cannot read image {path}')
@@ -83,8 +106,6 @@ def main():
                                 mode=args.mode).pred_instances
         keep = (pred.scores >= args.score_thr).nonzero()[:, 0][:args.topk]  # sorted by score
         pred = pred[keep]
-        stem = osp.join(args.out_dir, f'{osp.splitext(osp.basename(path))[0]}_{args.method}_'
-                                      f'{args.target}')
         boxes, scores = pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy()
         maps = pred.heatmaps.cpu().numpy()
         picture = render_explanations(img, boxes, scores, maps)
@@ -94,7 +115,7 @@ def main():
                             heatmaps=maps.astype(np.float32))
         atomic_write_bytes(buf.getvalue(), stem + '.npz')
         bar.update()
-    print(f'\nwrote {len(images)} pictures and .npz files to {args.out_dir}')
+    print(f'\nwrote {len(images)} pictures and {len(images)} .npz files to {args.out_dir}')
 
 
 if __name__ == '__main__':

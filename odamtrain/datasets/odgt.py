@@ -2,8 +2,10 @@
 
 An ``.odgt`` file holds one JSON object per line: ``{"ID": str, "gtboxes": [{"tag":
 "person" | "mask", "fbox": [x, y, w, h], "vbox": [...], "hbox": [...], "extra": {"ignore":
-0 | 1}, "head_attr": {...}}, ...]}``. Every error names the file, the line, the image ID and
-the field, and says what was expected.
+0 | 1}, "head_attr": {...}}, ...]}``, the values of the CrowdHuman toolkit; anything else
+(a tag ``'Person'``, ``"ignore": "0"``, an ID that is a path) is an error, never a silently
+ignored person. Every error names the file, the line, the image ID and the field, and says
+what was expected.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import json
 import math
 import os.path as osp
 
-__all__ = ['OdgtError', 'read_odgt', 'check_record', 'check_box_in_image']
+__all__ = ['OdgtError', 'read_odgt', 'check_record', 'check_box_in_image', 'check_image_id']
+
+TAGS = ('person', 'mask')  # CrowdHuman's: a person box, or a region to ignore
 
 
 class OdgtError(ValueError):
@@ -23,11 +27,25 @@ def _where(path: str, lineno: int, image_id=None) -> str:
     return where + (f' (ID {image_id!r})' if image_id is not None else '')
 
 
+def _is_coordinate(v) -> bool:
+    """A finite JSON number that fits a float (a 400-digit integer does not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
 def _check_xywh(value, field: str, where: str, positive: bool) -> list:
     if (not isinstance(value, (list, tuple)) or len(value) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and math.isfinite(v) for v in value)):
-        raise OdgtError(f'{where}: field {field!r} is {value!r}; expected [x, y, w, h], '
+            or not all(_is_coordinate(v) for v in value)):
+        raise OdgtError(f'{where}: field {field!r} is {_short(value)}; expected [x, y, w, h], '
                         'four finite numbers')
     w, h = value[2], value[3]
     if positive and (w <= 0 or h <= 0):
@@ -45,10 +63,7 @@ def check_record(record, path: str, lineno: int) -> dict:
     if not isinstance(record, dict):
         raise OdgtError(f'{_where(path, lineno)}: expected a JSON object, got '
                         f'{type(record).__name__}')
-    image_id = record.get('ID')
-    if not isinstance(image_id, str) or not image_id:
-        raise OdgtError(f'{_where(path, lineno)}: field \'ID\' is {image_id!r}; expected a '
-                        'non-empty string (the image is Images/<ID>.jpg)')
+    image_id = check_image_id(record.get('ID'), _where(path, lineno))
     boxes = record.get('gtboxes')
     if not isinstance(boxes, list):
         raise OdgtError(f'{_where(path, lineno, image_id)}: field \'gtboxes\' is '
@@ -57,9 +72,9 @@ def check_record(record, path: str, lineno: int) -> dict:
         where = f'{_where(path, lineno, image_id)} gtboxes[{i}]'
         if not isinstance(box, dict):
             raise OdgtError(f'{where}: expected a JSON object, got {type(box).__name__}')
-        if not isinstance(box.get('tag'), str):
-            raise OdgtError(f'{where}: field \'tag\' is {box.get("tag")!r}; expected a string '
-                            "such as 'person' or 'mask'")
+        if box.get('tag') not in TAGS:
+            raise OdgtError(f"{where}: field 'tag' is {_short(box.get('tag'))}; expected "
+                            "'person' or 'mask' (lower case, as the CrowdHuman toolkit)")
         if 'fbox' not in box:
             raise OdgtError(f"{where}: field 'fbox' is missing; expected [x, y, w, h]")
         box['fbox'] = _check_xywh(box['fbox'], 'fbox', where, positive=True)
@@ -68,9 +83,26 @@ def check_record(record, path: str, lineno: int) -> dict:
                         if key in box else list(box['fbox']))
         for key in ('extra', 'head_attr'):
             if key in box and not isinstance(box[key], dict):
-                raise OdgtError(f'{where}: field {key!r} is {box[key]!r}; expected an object '
-                                'such as {"ignore": 0}')
+                raise OdgtError(f'{where}: field {key!r} is {_short(box[key])}; expected an '
+                                'object such as {"ignore": 0}')
+        ignore = box.get('extra', {}).get('ignore', 0)
+        if type(ignore) not in (int, bool) or ignore not in (0, 1):
+            raise OdgtError(f"{where}: field 'extra.ignore' is {_short(ignore)}; expected 0 or "
+                            '1 (a JSON number or boolean)')
     return record
+
+
+def check_image_id(image_id, where: str) -> str:
+    """An ``ID`` names ``Images/<ID>.jpg``: a non-empty string that is not a path (no
+    separators, not '.' or '..', no NUL), so it can never read outside the images folder."""
+    if not isinstance(image_id, str) or not image_id:
+        raise OdgtError(f"{where}: field 'ID' is {_short(image_id)}; expected a non-empty "
+                        'string (the image is Images/<ID>.jpg)')
+    if ('/' in image_id or '\\' in image_id or '\x00' in image_id
+            or image_id in ('.', '..') or osp.isabs(image_id)):
+        raise OdgtError(f"{where}: field 'ID' is {_short(image_id)}; expected a file name "
+                        'without path separators (the image is Images/<ID>.jpg)')
+    return image_id
 
 
 def check_box_in_image(box: dict, height: int, width: int, where: str) -> None:
@@ -95,8 +127,13 @@ def read_odgt(path: str) -> list[dict]:
         raise OdgtError(f'annotation file {path} not found; expected a CrowdHuman .odgt file '
                         '(one JSON object per line)')
     records, seen = [], {}
-    with open(path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, 'rb') as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError as e:
+                raise OdgtError(f'{_where(path, lineno)}: byte {raw[e.start]:#04x} at column '
+                                f'{e.start + 1} is not UTF-8; expected UTF-8 JSON') from None
             if not line.strip():
                 continue
             try:
@@ -104,6 +141,9 @@ def read_odgt(path: str) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise OdgtError(f'{_where(path, lineno)}: invalid JSON ({e.msg} at column '
                                 f'{e.colno}); expected one JSON object per line') from None
+            except ValueError as e:  # e.g. an integer longer than Python converts
+                raise OdgtError(f'{_where(path, lineno)}: invalid JSON ({e}); expected one '
+                                'JSON object per line') from None
             record = check_record(record, path, lineno)
             if record['ID'] in seen:
                 raise OdgtError(f'{_where(path, lineno, record["ID"])}: duplicate ID, first '

@@ -1,4 +1,4 @@
-"""mmengine's Runner with CPU distributed training and crash-safe resuming."""
+"""mmengine's Runner with CPU distributed training and crash-safe checkpoints and resuming."""
 from __future__ import annotations
 
 import glob
@@ -7,31 +7,53 @@ import re
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.dist import is_distributed
+from mmengine.dist import get_rank, is_distributed
+from mmengine.hooks import CheckpointHook
+from mmengine.logging import print_log
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
 
-from .hooks import PlainCheckpointHook
+from odamtrain.utils import remove_stale_temp_files
 
-__all__ = ['OdamRunner', 'latest_complete_checkpoint']
+from .checkpoint import CheckpointError, safe_load_checkpoint
+from .hooks import PlainCheckpointHook, SafeCheckpointHook
+
+__all__ = ['OdamRunner', 'resumable_checkpoint']
 
 
-def latest_complete_checkpoint(work_dir: str) -> str | None:
-    """The checkpoint to resume from: the one ``work_dir/last_checkpoint`` names if it exists,
-    else the newest ``epoch_N.pth`` / ``iter_N.pth`` (every ``.pth`` is complete because
-    odamtrain writes checkpoints to a temporary file and renames it)."""
+def resumable_checkpoint(work_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """The checkpoint ``--resume`` continues from: the first of these that loads (weights
+    only): the one ``work_dir/last_checkpoint`` names, then ``epoch_N.pth`` / ``iter_N.pth``
+    newest (largest N) first.
+
+    Returns:
+        (path or None, [(path, why it was skipped), ...]).
+    """
+    candidates = []
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
         with open(pointer) as f:
             named = f.read().strip()
-        if named and osp.isfile(named):
-            return named
-    found = []
+        if named:
+            candidates.append(named)
+    numbered = []
     for path in glob.glob(osp.join(work_dir, '*.pth')):
         m = re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path))
         if m:
-            found.append((int(m.group(2)), osp.getmtime(path), path))
-    return max(found)[2] if found else None
+            numbered.append((int(m.group(2)), osp.getmtime(path), path))
+    candidates += [p for *_, p in sorted(numbered, reverse=True) if p not in candidates]
+    skipped = []
+    for path in candidates:
+        if not osp.isfile(path):
+            skipped.append((path, 'last_checkpoint names it, but it does not exist'))
+            continue
+        try:
+            safe_load_checkpoint(path, map_location='cpu')
+        except CheckpointError as e:
+            skipped.append((path, str(e)))
+            continue
+        return path, skipped
+    return None, skipped
 
 
 @RUNNERS.register_module()
@@ -41,15 +63,24 @@ class OdamRunner(Runner):
     * ``launcher='pytorch'`` on a machine without CUDA: the process group is initialised
       with gloo (mmengine's ``init_dist`` calls ``torch.cuda.set_device``) and the model is
       wrapped in DDP with ``device_ids=None`` (mmengine passes the local rank as a GPU id);
-    * :class:`PlainCheckpointHook` is always registered (weights_only-loadable checkpoints);
-    * ``resume=True`` without ``load_from`` resumes from the last *complete* checkpoint
-      (:func:`latest_complete_checkpoint`), and starts fresh if there is none.
+    * :class:`PlainCheckpointHook` is always registered (weights_only-loadable checkpoints),
+      and a configured ``CheckpointHook`` is a :class:`SafeCheckpointHook` (old checkpoints
+      are deleted only after the new one is complete);
+    * the temporary files of atomic writes that a killed run left in the work dir are
+      removed at start (rank 0);
+    * ``resume=True`` without ``load_from`` resumes from the newest checkpoint that loads
+      (:func:`resumable_checkpoint`; each skipped one is logged with the reason), starts
+      fresh if the work dir has none, and refuses to start when ``last_checkpoint`` shows an
+      earlier run but none of its checkpoints loads.
     """
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
             torch_dist.init_process_group(backend='gloo')
         super().setup_env(env_cfg)
+        if get_rank() == 0:  # only rank 0 writes; this runs before its first write
+            for path in remove_stale_temp_files(self._work_dir):
+                print_log(f'removed {path}, left by a killed write', logger='current')
 
     def wrap_model(self, model_wrapper_cfg, model):
         if not (self.distributed and not torch.cuda.is_available()):
@@ -60,6 +91,14 @@ class OdamRunner(Runner):
         cfg.setdefault('type', 'MMDistributedDataParallel')
         return MODEL_WRAPPERS.build(cfg, default_args=dict(module=model, device_ids=None))
 
+    def register_default_hooks(self, hooks=None) -> None:
+        hooks = dict(hooks or {})
+        checkpoint = hooks.get('checkpoint', dict(type='CheckpointHook', interval=1))
+        if isinstance(checkpoint, dict) and checkpoint.get('type') in ('CheckpointHook',
+                                                                        CheckpointHook):
+            hooks['checkpoint'] = dict(checkpoint, type=SafeCheckpointHook)
+        super().register_default_hooks(hooks)
+
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
         if not any(isinstance(h, PlainCheckpointHook) for h in self._hooks):
@@ -67,10 +106,17 @@ class OdamRunner(Runner):
 
     def load_or_resume(self) -> None:
         if self._resume and self._load_from is None and not self._has_loaded:
-            self._load_from = latest_complete_checkpoint(self.work_dir)
+            self._load_from, skipped = resumable_checkpoint(self.work_dir)
+            for path, reason in skipped:
+                self.logger.warning(f'resume: skipped {path}: {reason}')
             if self._load_from is None:
-                self.logger.info(f'no complete checkpoint in {self.work_dir}: starting fresh')
+                if osp.isfile(osp.join(self.work_dir, 'last_checkpoint')):
+                    raise CheckpointError(
+                        f'--resume: {self.work_dir}/last_checkpoint shows an earlier run, but '
+                        f'none of its checkpoints loads ({len(skipped)} tried, see the '
+                        'warnings above); delete last_checkpoint to start from scratch')
+                self.logger.info(f'no checkpoint in {self.work_dir}: starting fresh')
                 self._resume = False
+            else:
+                self.logger.info(f'resuming from {self._load_from}')
         super().load_or_resume()
-
-

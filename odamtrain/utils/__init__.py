@@ -1,3 +1,10 @@
-from .fileio import AtomicLocalBackend, atomic_write_bytes, atomic_write_text
+from .fileio import (
+    AtomicLocalBackend,
+    AtomicTextFile,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temp_files,
+)
 
-__all__ = ['AtomicLocalBackend', 'atomic_write_bytes', 'atomic_write_text']
+__all__ = ['AtomicLocalBackend', 'AtomicTextFile', 'atomic_write_bytes', 'atomic_write_text',
+           'remove_stale_temp_files']

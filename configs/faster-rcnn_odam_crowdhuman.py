@@ -3,7 +3,6 @@
 # Plain NMS at test time: --cfg-options model.test_cfg.rcnn.nms.type=nms
 _base_ = './faster-rcnn_r50_fpn_crowdhuman.py'
 model = dict(
-    roi_head=dict(type='OdamRoIHead', odam_loss=dict(loss_weight=0.2, second_order=False,
-                                                     max_positives=300)),
+    train_cfg=dict(odam_loss=dict(loss_weight=0.2, second_order=False, max_positives=300)),
     test_cfg=dict(rcnn=dict(nms=dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
                                      corr_high=0.8))))

@@ -1,7 +1,6 @@
 # Tiny Faster R-CNN with Odam-Train on the synthetic crowds, tested with Odam-NMS.
 _base_ = './faster-rcnn_tiny_fpn_synthetic.py'
 model = dict(
-    roi_head=dict(type='OdamRoIHead', odam_loss=dict(loss_weight=0.2, second_order=False,
-                                                     max_positives=300)),
+    train_cfg=dict(odam_loss=dict(loss_weight=0.2, second_order=False, max_positives=300)),
     test_cfg=dict(rcnn=dict(nms=dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
                                      corr_high=0.8))))

@@ -5,8 +5,7 @@
 # Plain NMS at test time: --cfg-options model.test_cfg.nms.type=nms
 _base_ = './fcos_r50_fpn_crowdhuman.py'
 model = dict(
-    bbox_head=dict(type='OdamFCOSHead', odam_loss=dict(loss_weight=0.5, second_order=False,
-                                                       max_positives=300)),
+    train_cfg=dict(odam_loss=dict(loss_weight=0.5, second_order=False, max_positives=300)),
     test_cfg=dict(nms=dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
                            corr_high=0.8)))
 # The explanation audit after training and testing (papers' settings, 500 val images):

@@ -2,8 +2,7 @@
 # Odam-NMS (bash tools/demo.sh trains and tests it).
 _base_ = './fcos_tiny_fpn_synthetic.py'
 model = dict(
-    bbox_head=dict(type='OdamFCOSHead', odam_loss=dict(loss_weight=0.5, second_order=False,
-                                                       max_positives=300)),
+    train_cfg=dict(odam_loss=dict(loss_weight=0.5, second_order=False, max_positives=300)),
     test_cfg=dict(nms=dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
                            corr_high=0.8)))
 # The explanation audit after testing (tools/test.py): ODAM vs Grad-CAM, D-RISE and VPS on

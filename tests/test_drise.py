@@ -75,9 +75,9 @@ def test_explain_batch_drise_on_mmdet_detectors(config):
     inputs, samples = image_batch(model)
     want = model.predict(inputs, samples)[0].pred_instances
     kw = dict(num_masks=12, grid=8, seed=0)
-    a = explain_batch(model, inputs, samples, 'drise', normalize=None,
+    a = explain_batch(model, inputs, samples, method='drise', normalize=None,
                       drise=dict(batch_size=12, **kw))[0]
-    b = explain_batch(model, inputs, samples, 'drise', normalize=None,
+    b = explain_batch(model, inputs, samples, method='drise', normalize=None,
                       drise=dict(batch_size=5, **kw))[0]
     torch.testing.assert_close(a.bboxes, want.bboxes)
     assert a.heatmaps.shape == (len(want), *samples[0].ori_shape)

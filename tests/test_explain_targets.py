@@ -40,9 +40,9 @@ def rcnn():
 def test_fcos_targets_pick_the_brute_force_best_prediction(fcos):
     inputs, samples = image_batch(fcos)
     head = fcos.bbox_head
-    plain, = explain_batch(fcos, inputs, samples, 'odam', normalize=None)
+    plain, = explain_batch(fcos, inputs, samples, method='odam', normalize=None)
     tgt = targets_of(plain)
-    got, = explain_batch(fcos, inputs, samples, 'odam', normalize=None, targets=[tgt])
+    got, = explain_batch(fcos, inputs, samples, method='odam', normalize=None, targets=[tgt])
     # brute force: every level, location and class, FCOS's box and score written out
     meta = samples[0].metainfo
     scale = torch.tensor(meta['scale_factor'] * 2)
@@ -66,14 +66,14 @@ def test_fcos_targets_pick_the_brute_force_best_prediction(fcos):
         value, level, loc = max((float(v.max()), level, int(v.argmax()))
                                 for level, v in enumerate(values))
         assert value > 0
-        assert (int(got.level[k]), int(got.loc[k])) == (level, loc), k
+        assert (int(got.level[k]), int(got.prior[k])) == (level, loc), k
         assert int(got.labels[k]) == int(tgt.labels[k])
         torch.testing.assert_close(got.bboxes[k], cands[level][1][loc], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(got.scores[k], cands[level][2][tgt.labels[k], loc])
     # a target that is a detection's own box is explained by that detection, same map
     same = [(k, d) for k in range(len(tgt)) for d in range(len(plain))
-            if (plain.level[d], plain.loc[d], plain.labels[d]) ==
-            (got.level[k], got.loc[k], got.labels[k])]
+            if (plain.level[d], plain.prior[d], plain.labels[d]) ==
+            (got.level[k], got.prior[k], got.labels[k])]
     assert same
     for k, d in same:
         torch.testing.assert_close(got.heatmaps[k], plain.heatmaps[d])
@@ -81,9 +81,9 @@ def test_fcos_targets_pick_the_brute_force_best_prediction(fcos):
 
 def test_rcnn_targets_pick_the_brute_force_best_prediction(rcnn):
     inputs, samples = image_batch(rcnn)
-    plain, = explain_batch(rcnn, inputs, samples, 'odam', normalize=None)
+    plain, = explain_batch(rcnn, inputs, samples, method='odam', normalize=None)
     tgt = targets_of(plain)
-    got, = explain_batch(rcnn, inputs, samples, 'odam', normalize=None, targets=[tgt])
+    got, = explain_batch(rcnn, inputs, samples, method='odam', normalize=None, targets=[tgt])
     # brute force over the RoIs and classes, from mmdet's own per-RoI boxes and scores
     roi_head = rcnn.roi_head
     meta = samples[0].metainfo
@@ -113,9 +113,9 @@ def test_rcnn_targets_pick_the_brute_force_best_prediction(rcnn):
 def test_black_box_methods_explain_the_targets_themselves(fcos, method):
     inputs, samples = image_batch(fcos)
     tgt = InstanceData(bboxes=torch.tensor([[10., 20., 60., 120.]]), labels=torch.tensor([1]))
-    out, = explain_batch(fcos, inputs, samples, method, normalize=None, targets=[tgt],
+    out, = explain_batch(fcos, inputs, samples, method=method, normalize=None, targets=[tgt],
                          drise=dict(num_masks=8), vps=dict(regions=4, max_steps=1))
     assert torch.equal(out.bboxes, tgt.bboxes) and out.labels.tolist() == [1]
     assert out.scores.tolist() == [0] and out.heatmaps.shape == (1, *samples[0].ori_shape)
     with pytest.raises(ValueError, match='one InstanceData per image'):
-        explain_batch(fcos, inputs, samples, method, targets=[tgt, tgt])
+        explain_batch(fcos, inputs, samples, method=method, targets=[tgt, tgt])

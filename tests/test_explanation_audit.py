@@ -9,7 +9,6 @@ from mmengine.dataset import pseudo_collate
 from mmengine.structures import InstanceData
 
 from odamtrain.apis import explain_batch
-from odamtrain.apis.batch import _source, _test_pipeline
 from odamtrain.datasets import render_scene
 from odamtrain.evaluation.explanation_audit import (
     collect_explanation_scores,
@@ -17,6 +16,7 @@ from odamtrain.evaluation.explanation_audit import (
     merge_scores,
     summarize_scores,
 )
+from odamtrain.inference.batch import _source, _test_pipeline
 from odamtrain.visualization import format_audit_table
 
 from .odam_fixtures import build_detector
@@ -51,7 +51,7 @@ def test_untrained_detector_misses_everything_and_scores_are_the_maps(fcos):
     assert len(raw['sets']['missed']['odam']['odi']) == len(gt) > 3
     assert raw['sets']['detected']['odam']['odi'] == []
     # each missed object is scored on the map of its best prediction (explain_batch)
-    maps = explain_batch(fcos, batch['inputs'], batch['data_samples'], 'odam',
+    maps = explain_batch(fcos, batch['inputs'], batch['data_samples'], method='odam',
                          normalize=None, targets=[InstanceData(bboxes=gt.bboxes,
                                                                labels=gt.labels)])[0].heatmaps
     want = localisation_scores(maps, gt.bboxes, torch.arange(len(gt)))

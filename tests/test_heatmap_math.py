@@ -14,9 +14,9 @@ from odamtrain.explain.heatmap import (
     gradcam_weights,
     normalize_maps,
     odam_heatmap,
+    paste_roi_maps,
     resize_maps,
 )
-from odamtrain.explain.roi_explainer import paste_roi_maps
 
 
 def test_gaussian_kernel_is_normalised_and_matches_formula():

@@ -1,9 +1,11 @@
-"""ODAM for two-stage detectors (Faster R-CNN) against a per-detection autograd loop."""
+"""ODAM for two-stage detectors (the synthetic Faster R-CNN) against a per-detection
+autograd loop with Y written out by hand, the FPN-level variant, the map geometry."""
 import pytest
 import torch
-from mmdet.structures.bbox import bbox2roi
 
-from odamtrain.explain.roi_explainer import _roi_grads, explain_roi_detector, roi_detections
+from odamtrain.apis import explain_batch
+from odamtrain.explain import build_adapter
+from odamtrain.explain.roi_gradients import fpn_rounds, roi_footprints, roi_fpn_grads, roi_grads
 
 from .odam_fixtures import build_detector, image_batch
 
@@ -13,21 +15,23 @@ def rcnn():
     return build_detector('configs/faster-rcnn_tiny_fpn_synthetic.py', num_classes=3)
 
 
-@pytest.fixture(scope='module')
-def roi_setup(rcnn):
-    inputs, samples = image_batch(rcnn)
-    roi_head = rcnn.roi_head
+def roi_forward(rcnn, inputs, samples, features='roi'):
+    adapter = build_adapter(rcnn)
     with torch.no_grad():
         feats = rcnn.extract_feat(inputs)
         proposals = rcnn.rpn_head.predict(feats, samples, rescale=False)
-        rois = bbox2roi([p.bboxes for p in proposals])
-        roi_feats = roi_head.bbox_roi_extractor(feats[:4], rois)
-    feat = roi_feats.requires_grad_(True)
-    cls_score, bbox_pred = roi_head.bbox_head(feat)
-    det = roi_detections(roi_head.bbox_head, rois, cls_score.detach(), bbox_pred.detach(),
-                         samples[0].metainfo, rcnn.test_cfg.rcnn)
+    metas = [s.metainfo for s in samples]
+    fwd = adapter.forward(feats, proposals, metas, features)
+    det, = adapter.predictions(fwd)
+    return adapter, fwd, det
+
+
+@pytest.fixture(scope='module')
+def roi_setup(rcnn):
+    inputs, samples = image_batch(rcnn)
+    adapter, fwd, det = roi_forward(rcnn, inputs, samples)
     scale = torch.tensor([samples[0].metainfo['scale_factor']])
-    return rcnn, inputs, samples, rois, feat, cls_score, bbox_pred, det, scale
+    return rcnn, inputs, samples, adapter, fwd, det, scale
 
 
 def oracle(bbox_head, feat, rois, r, c, target, scale):
@@ -53,12 +57,11 @@ def oracle(bbox_head, feat, rois, r, c, target, scale):
 
 @pytest.mark.parametrize('target', ['score', 'logit', 'x1', 'y1', 'x2', 'y2'])
 def test_one_backward_per_round_equals_per_detection_autograd(roi_setup, target):
-    rcnn, inputs, samples, rois, feat, cls_score, bbox_pred, det, scale = roi_setup
+    rcnn, inputs, samples, adapter, fwd, det, scale = roi_setup
     assert len(det) > 5
     assert len(det.roi.unique()) < len(det)  # several classes of one RoI: rounds are used
-    img = torch.zeros(len(det), dtype=torch.long)
-    got = _roi_grads(rcnn.roi_head.bbox_head, target, feat, cls_score, bbox_pred, rois, det,
-                     img, scale)
+    got, = roi_grads(adapter, fwd, det, target, scale)
+    feat, rois = fwd.feats[0], fwd.rois[0]
     for i in range(len(det)):
         full = oracle(rcnn.roi_head.bbox_head, feat, rois, int(det.roi[i]), int(det.labels[i]),
                       target, scale)
@@ -73,7 +76,7 @@ def test_one_backward_per_round_equals_per_detection_autograd(roi_setup, target)
 def test_detections_equal_mmdet_predict(roi_setup):
     rcnn, inputs, samples, *_ = roi_setup
     ref = rcnn.predict(inputs, samples)[0].pred_instances
-    det, = explain_roi_detector(rcnn, inputs, samples, 'odam', 'score', 'gaussian')
+    det, = explain_batch(rcnn, inputs, samples, normalize=None)
     assert torch.equal(det.bboxes, ref.bboxes) and torch.equal(det.labels, ref.labels)
     torch.testing.assert_close(det.scores, ref.scores)
     h, w = samples[0].ori_shape
@@ -91,9 +94,8 @@ def test_maps_at_a_smaller_size_are_the_image_maps_scaled(roi_setup):
     """map_size=50 (what Odam-NMS correlates): each RoI map lands in its box scaled to the
     small grid, i.e. it matches the image-size map shrunk to that grid."""
     rcnn, inputs, samples, *_ = roi_setup
-    full, = explain_roi_detector(rcnn, inputs, samples, 'odam', 'logit', 'gaussian')
-    small, = explain_roi_detector(rcnn, inputs, samples, 'odam', 'logit', 'gaussian',
-                                  map_size=50)
+    full, = explain_batch(rcnn, inputs, samples, target='logit', normalize=None)
+    small, = explain_batch(rcnn, inputs, samples, target='logit', normalize=None, map_size=50)
     h, w = samples[0].ori_shape
     assert small.heatmaps.shape == (len(full), 50, round(w * 50 / h))
     shrunk = torch.nn.functional.interpolate(full.heatmaps[:, None],
@@ -105,32 +107,23 @@ def test_maps_at_a_smaller_size_are_the_image_maps_scaled(roi_setup):
 
 
 def rois_in_original(roi_setup):
-    *_, rois, _, _, _, _, scale = roi_setup
-    return rois[:, 1:] / scale.repeat(1, 2)
+    *_, fwd, _, scale = roi_setup
+    return fwd.rois[0][:, 1:] / scale.repeat(1, 2)
 
 
 def test_fpn_level_gradients_equal_per_detection_autograd(rcnn):
     """A = the RoI's FPN level through RoIAlign's backward: rounds of non-overlapping
     footprints give each detection exactly its own gradient."""
-    from odamtrain.explain.roi_explainer import fpn_rounds, roi_footprints, roi_fpn_grads
     inputs, samples = image_batch(rcnn, seed=1)
-    roi_head = rcnn.roi_head
-    with torch.no_grad():
-        feats = rcnn.extract_feat(inputs)
-        proposals = rcnn.rpn_head.predict(feats, samples, rescale=False)
-        rois = bbox2roi([p.bboxes for p in proposals])
-    levels = [f.detach().requires_grad_(True) for f in feats[:4]]
-    cls, reg = roi_head.bbox_head(roi_head.bbox_roi_extractor(levels, rois))
-    det = roi_detections(roi_head.bbox_head, rois, cls.detach(), reg.detach(),
-                         samples[0].metainfo, rcnn.test_cfg.rcnn)
+    adapter, fwd, det = roi_forward(rcnn, inputs, samples, 'fpn')
+    levels, rois, cls = fwd.levels[:4], fwd.rois[0], fwd.cls_score
     scale = torch.tensor([samples[0].metainfo['scale_factor']])
-    img = torch.zeros(len(det), dtype=torch.long)
     got = {}
-    for part, lvl, g in roi_fpn_grads(rcnn, levels, det, img, rois, cls, reg, 'score', scale):
+    for part, lvl, g in roi_fpn_grads(adapter, fwd, det, 'score', scale):
         for j, p in enumerate(part.tolist()):
             got[p] = (lvl, g[j])
     assert sorted(got) == list(range(len(det)))
-    level, cells = roi_footprints(roi_head.bbox_roi_extractor, rois[det.roi], 4)
+    level, cells = roi_footprints(rcnn.roi_head.bbox_roi_extractor, rois[det.roi], 4)
     rounds = fpn_rounds(level, cells, det.roi)
     assert int(rounds.max()) + 1 < len(det)  # fewer backward passes than detections
     for p in range(len(det)):
@@ -153,5 +146,4 @@ def test_fpn_rounds_hand_made():
 
 
 def fpn_rounds_list(level, cells, roi):
-    from odamtrain.explain.roi_explainer import fpn_rounds
     return fpn_rounds(level, cells, roi).tolist()

@@ -8,8 +8,16 @@ import torch
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.structures.bbox import bbox_overlaps
 
-from odamtrain.explain.dense import frozen_group_norm_stats, record_tower_state
-from odamtrain.explain.heatmap import SIGMA_PER_BOX_SIZE, box_sigma, odam_heatmap, resample_maps
+from odamtrain.explain import build_adapter
+from odamtrain.explain.conv_towers import frozen_norm_stats
+from odamtrain.explain.dense_gradients import dense_forward
+from odamtrain.explain.heatmap import (
+    SIGMA_PER_BOX_SIZE,
+    box_sigma,
+    odam_heatmap,
+    paste_roi_maps,
+    resample_maps,
+)
 from odamtrain.models.losses import (
     best_per_object,
     cap_positives,
@@ -19,6 +27,7 @@ from odamtrain.models.losses import (
 )
 
 from .odam_fixtures import build_detector, train_batch
+from .zoo import build_zoo_detector
 
 EPS = 1e-4
 
@@ -169,25 +178,22 @@ def test_resample_maps_keeps_cell_centres_aligned():
 
 def fcos(second_order=False, center_sampling=True):
     return build_detector('configs/fcos_tiny_fpn_synthetic.py', cfg_options={
-        'model.bbox_head.type': 'OdamFCOSHead',
         'model.bbox_head.center_sampling': center_sampling,
-        'model.bbox_head.odam_loss': dict(second_order=second_order)}).train()
+        'model.train_cfg': dict(odam_loss=dict(second_order=second_order))}).train()
 
 
 def rcnn(second_order=False):
     return build_detector('configs/faster-rcnn_tiny_fpn_synthetic.py', cfg_options={
-        'model.roi_head.type': 'OdamRoIHead',
-        'model.roi_head.odam_loss': dict(second_order=second_order)}).train()
+        'model.train_cfg.odam_loss': dict(second_order=second_order)}).train()
 
 
 def fcos_train_maps(model, inputs, samples):
     head = model.bbox_head
-    x = model.extract_feat(inputs)
-    with record_tower_state(head) as state:
-        _, bbox_preds, _ = head(x)
+    adapter = build_adapter(model)
     gts, _, metas = unpack_gt_instances(samples)
-    pos, maps = head.odam_train_maps(x, bbox_preds, state, gts, metas)
-    return x, bbox_preds, gts, pos, maps
+    fwd = dense_forward(adapter, model.extract_feat(inputs), metas)
+    pos, maps = head.odam_train_maps(fwd, None, gts, metas)
+    return fwd, gts, pos, maps
 
 
 @pytest.mark.parametrize('center_sampling', [False, True])
@@ -198,17 +204,27 @@ def test_fcos_positives_carry_their_assigned_gt(center_sampling):
     model = fcos(center_sampling=center_sampling)
     inputs, samples = train_batch(model, seeds=(0, 1))
     head = model.bbox_head
+    gts, _, metas = unpack_gt_instances(samples)
     with torch.no_grad():
-        x, bbox_preds, gts, _, _ = fcos_train_maps(model, inputs, samples)
-        pos = head.odam_positives([f.shape[-2:] for f in x], bbox_preds, gts)
+        adapter = build_adapter(model)
+        fwd = dense_forward(adapter, model.extract_feat(inputs), metas)
+        pos = adapter.train_positives(fwd, None, gts, metas)
     assert len(pos) > 20
+    labels, targets = head.get_targets(head.prior_generator.grid_priors(
+        [f.shape[-2:] for f in fwd.feats], device='cpu'), gts)
     for p in range(len(pos)):
-        b, lvl, loc = int(pos.img[p]), int(pos.level[p]), int(pos.loc[p])
+        b, lvl, loc = int(pos.img[p]), int(pos.level[p]), int(pos.prior[p])
         boxes = gts[b].bboxes
-        assert torch.allclose(boxes[pos.gt_index[p]], pos.gt_bboxes[p], atol=1e-3)
+        # the indexed GT box rebuilds FCOS's own regression target of the location
+        w = fwd.feats[lvl].shape[-1]
+        off = head.prior_generator.offset  # mmdet's point of a location
+        px, py = (loc % w + off) * head.strides[lvl], (loc // w + off) * head.strides[lvl]
+        g = boxes[pos.gt_index[p]]
+        target = targets[lvl].view(len(gts), -1, 4)[b, loc] * head.strides[lvl]
+        torch.testing.assert_close(torch.stack([px - g[0], py - g[1], g[2] - px, g[3] - py]),
+                                   target, atol=1e-3, rtol=0)
         if center_sampling:
             continue
-        w = x[lvl].shape[-1]
         off = head.prior_generator.offset  # mmdet's point of a location
         px, py = (loc % w + off) * head.strides[lvl], (loc // w + off) * head.strides[lvl]
         d = torch.stack([px - boxes[:, 0], py - boxes[:, 1], boxes[:, 2] - px,
@@ -230,13 +246,13 @@ def test_fcos_train_maps_equal_per_prediction_autograd():
     inputs, samples = train_batch(model, seeds=(0, 1))
     head = model.bbox_head
     torch.manual_seed(0)
-    x, _, _, pos, maps = fcos_train_maps(model, inputs, samples)
+    fwd, _, pos, maps = fcos_train_maps(model, inputs, samples)
     pick = torch.randperm(len(pos), generator=torch.Generator().manual_seed(0))[:12]
     for p in pick.tolist():
-        b, lvl, loc, label = (int(pos.img[p]), int(pos.level[p]), int(pos.loc[p]),
+        b, lvl, loc, label = (int(pos.img[p]), int(pos.level[p]), int(pos.prior[p]),
                               int(pos.labels[p]))
-        a = x[lvl].detach()[b:b + 1].clone().requires_grad_(True)
-        with frozen_group_norm_stats():
+        a = fwd.feats[lvl].detach()[b:b + 1].clone().requires_grad_(True)
+        with frozen_norm_stats():
             cls, _, _ = head.forward_single(a, head.scales[lvl], head.strides[lvl])
         w = a.shape[-1]
         g, = torch.autograd.grad(cls[0, label, loc // w, loc % w], a)
@@ -255,8 +271,8 @@ def test_rcnn_train_maps_equal_per_roi_autograd():
     captured = {}
     original = head.odam_train_maps
 
-    def capture(x, bbox_results, sampling_results):
-        pos, maps = original(x, bbox_results, sampling_results)
+    def capture(stage, x, bbox_results, sampling_results):
+        pos, maps = original(stage, x, bbox_results, sampling_results)
         captured.update(pos=pos, maps=maps, feats=bbox_results['bbox_feats'],
                         sampling=sampling_results)
         return pos, maps
@@ -275,7 +291,6 @@ def test_rcnn_train_maps_equal_per_roi_autograd():
         g, = torch.autograd.grad(cls[0, int(pos.labels[p])], a)
         m = odam_heatmap(g, a.detach(), torch.tensor([SIGMA_PER_BOX_SIZE * 7]))
         # pasted into the RoI on the stride-16 grid: compare at the RoI's cells
-        from odamtrain.explain.roi_explainer import paste_roi_maps
         want = paste_roi_maps(m, rois[r:r + 1, 1:] / 16, maps.shape[-2:])[0]
         torch.testing.assert_close(maps[p].detach(), want, rtol=1e-4,
                                    atol=1e-6 * float(want.abs().max()))
@@ -332,7 +347,79 @@ def test_training_on_a_fixed_batch_lowers_the_odam_losses(detector, second_order
 
 
 def test_head_without_fast_towers_is_refused():
-    with pytest.raises(ValueError, match='odam_loss needs.*DCN|odam_loss needs'):
+    with pytest.raises(ValueError, match='odam_loss: .*DCN'):
         build_detector('configs/fcos_tiny_fpn_synthetic.py', cfg_options={
-            'model.bbox_head.type': 'OdamFCOSHead', 'model.bbox_head.odam_loss': {},
-            'model.bbox_head.dcn_on_last_conv': True})
+            'model.train_cfg': dict(odam_loss={}), 'model.bbox_head.dcn_on_last_conv': True})
+    with pytest.raises(ValueError, match="unknown key.*'weight'"):
+        build_detector('configs/fcos_tiny_fpn_synthetic.py', cfg_options={
+            'model.train_cfg': dict(odam_loss=dict(weight=1))})
+
+
+# ------------------------------------------------ the zoo: anchor heads and Cascade R-CNN
+def zoo_training(name, num_gt):
+    """A zoo detector in training mode with Odam-Train, and a batch of 2 images with
+    ``num_gt`` GT boxes each (class 1)."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    from odamtrain.models import install_odam
+    model = build_zoo_detector(name, train=True)
+    model.train_cfg['odam_loss'] = dict(max_positives=300)
+    install_odam(model)
+    g = torch.Generator().manual_seed(num_gt)
+    inputs = torch.randn(2, 3, 128, 160, generator=g)
+    samples = []
+    for _ in range(2):
+        xy = torch.rand(num_gt, 2, generator=g) * torch.tensor([110.0, 80])
+        wh = torch.rand(num_gt, 2, generator=g) * 40 + 12
+        s = DetDataSample(metainfo=dict(img_shape=(128, 160), ori_shape=(128, 160),
+                                        batch_input_shape=(128, 160), pad_shape=(128, 160),
+                                        scale_factor=(1.0, 1.0)))
+        s.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
+                                      labels=torch.ones(num_gt, dtype=torch.long))
+        samples.append(s)
+    return model, inputs, samples
+
+
+@pytest.mark.parametrize('name', ['retinanet', 'atss', 'gfl', 'cascade-rcnn'])
+@pytest.mark.parametrize('num_gt', [0, 1, 6])
+def test_zoo_odam_losses_are_finite_and_reach_the_fpn(name, num_gt):
+    model, inputs, samples = zoo_training(name, num_gt)
+    losses = model.loss(inputs, samples)
+    keys = [k for k in losses if 'loss_odam' in k]
+    assert len(keys) == (6 if name == 'cascade-rcnn' else 2)  # Cascade: every stage
+    total = sum(losses[k] for k in keys)
+    assert torch.isfinite(total)
+    if num_gt == 0:  # no positive, no pair: zero
+        assert float(total) == 0
+        return
+    total.backward()
+    assert float(total) > 0 and model.neck.fpn_convs[0].conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('name', ['retinanet', 'atss', 'gfl'])
+def test_anchor_positives_are_the_samplers(name):
+    """The positives' flat anchors are where the head's own targets carry their GT's label,
+    and their GT index is the sampler's (the anchors inside the image map back)."""
+    model, inputs, samples = zoo_training(name, 6)
+    head = model.bbox_head
+    adapter = build_adapter(model)
+    gts, ignore, metas = unpack_gt_instances(samples)
+    fwd = dense_forward(adapter, model.extract_feat(inputs), metas)
+    with adapter.recording_positives() as recorded:
+        head.loss_by_feat(*fwd.outputs, gts, metas, ignore)
+    pos = adapter.train_positives(fwd, recorded, gts, metas)
+    assert len(pos) > 5
+    sizes = [f.shape[-2:] for f in fwd.feats]
+    anchors, valid = head.get_anchors(sizes, metas, device='cpu')
+    targets = head.get_targets(anchors, valid, gts, metas, ignore)
+    labels = targets[1] if name in ('atss', 'gfl') else targets[0]  # per level (B, n_l)
+    for p in range(len(pos)):
+        b, lvl, prior = int(pos.img[p]), int(pos.level[p]), int(pos.prior[p])
+        assert int(labels[lvl][b, prior]) == int(gts[b].labels[pos.gt_index[p]])
+    counts = [int((lab < head.num_classes).sum()) for lab in torch.cat(labels, 1)]
+    assert counts == [int((pos.img == b).sum()) for b in range(2)]
+    # their boxes are the head's own decoding of the positive anchors
+    ious = bbox_overlaps(pos.bboxes, torch.stack([gts[int(i)].bboxes[int(j)] for i, j in
+                                                  zip(pos.img, pos.gt_index)]), is_aligned=True)
+    torch.testing.assert_close(pos.ious, ious)

@@ -51,7 +51,7 @@ def test_train_then_test(config, synthetic_root, tmp_path):
     if 'fcos' in config:  # the same checkpoint tested with Odam-NMS, chosen from the CLI
         out = _ok(run_tool('tools/test.py', config, str(work / 'epoch_1.pth'), '--work-dir',
                            str(tmp_path / 'test_odam'), '--cfg-options',
-                           *data_options(synthetic_root), 'model.bbox_head.type=OdamFCOSHead',
+                           *data_options(synthetic_root),
                            'model.test_cfg.nms.type=odam_nms',
                            'model.test_cfg.nms.corr_low=0.2', 'model.test_cfg.nms.corr_high=0.8'))
         assert any(line.split()[:1] == ['JI'] for line in out.splitlines())

@@ -71,11 +71,11 @@ def main():
     p.add_argument('--out', help='write the figures as JSON')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from mmdet.apis import init_detector
+    from _common import load_detector
 
     from odamtrain.apis import explain_batch
     from odamtrain.explain import vps_forward_count
-    model = init_detector(args.config, args.checkpoint, device='cpu')
+    model = load_detector(args.config, args.checkpoint)
     batches = preprocessed_test_images(model, args.images)
     settings = dict(drise=dict(num_masks=args.masks, batch_size=args.batch),
                     vps=dict(regions=args.vps_regions, max_steps=args.vps_steps,
@@ -94,7 +94,7 @@ def main():
                 continue
             objects += len(targets)
             for m in methods:  # the same objects, one call per method
-                t, _ = seconds(explain_batch, model, inputs, samples, m,
+                t, _ = seconds(explain_batch, model, inputs, samples, method=m,
                                targets=[targets], **settings)
                 per_object[m].append(t / len(targets))
             for k, v in drise_timing(model, inputs, samples[0].metainfo, targets,

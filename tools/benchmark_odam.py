@@ -1,14 +1,14 @@
-"""Benchmark ODAM heat maps on CPU: batched maps (fast / exact) vs one detector forward vs a
-per-prediction autograd loop, for FCOS and Faster R-CNN R50-FPN (random weights: speed does
-not depend on them), at two input sizes and N = 10, 100, 1000 predictions.
+"""Benchmark ODAM heat maps on CPU over the detector families: the batched maps (fast /
+exact) against one detector forward and against one backward per prediction, side by side
+in one run, for R50-FPN detectors of the mmdet zoo (and the zoo's own backbones for RTMDet
+and YOLOX) with random weights (speed does not depend on them), at two input sizes.
 
 Every measurement runs in its own subprocess (one after the other, in this one run) so that
-its peak memory (max RSS) can be read; times are the median of --repeats runs after a
-warm-up (exact mode: one run).
+its peak memory (max RSS) can be read; times are medians of --repeats runs after a warm-up.
 
-    python tools/benchmark_odam.py [--sizes 512 800] [--counts 10 100 1000] [--repeats 3]
-        [--threads 2] [--out docs/benchmark_odam.json]
-    # accuracy of fast mode against exact on a trained FCOS:
+    python tools/benchmark_odam.py [--families fcos retinanet ...] [--sizes 512 800]
+        [--counts 100] [--repeats 3] [--threads 2] [--exact] [--out docs/benchmark_odam.json]
+    # accuracy of fast mode against exact on a trained dense detector:
     python tools/benchmark_odam.py --accuracy CONFIG CHECKPOINT --images IMG [IMG ...]
 """
 import argparse
@@ -22,34 +22,47 @@ import sys
 import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = {'fcos': 'configs/fcos_r50_fpn_crowdhuman.py',
-           'faster-rcnn': 'configs/faster-rcnn_r50_fpn_crowdhuman.py'}
+FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHuman's)
+    'fcos': 'configs/fcos_r50_fpn_crowdhuman.py',
+    'retinanet': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    'atss': 'mmdet::atss/atss_r50_fpn_1x_coco.py',
+    'gfl': 'mmdet::gfl/gfl_r50_fpn_1x_coco.py',
+    'foveabox': 'mmdet::foveabox/fovea_r50_fpn_4xb4-1x_coco.py',
+    'tood': 'mmdet::tood/tood_r50_fpn_1x_coco.py',
+    'rtmdet-l': 'mmdet::rtmdet/rtmdet_l_8xb32-300e_coco.py',
+    'yolox-l': 'mmdet::yolox/yolox_l_8xb8-300e_coco.py',
+    'faster-rcnn': 'configs/faster-rcnn_r50_fpn_crowdhuman.py',
+    'cascade-rcnn': 'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
+}
 LOOP_SAMPLE = 10  # the per-prediction loop is timed on this many predictions
 
 
-def build(detector: str, n: int):
-    """R50-FPN detector keeping exactly ``n`` detections (no score threshold, no
-    suppression) so that N is controlled."""
+def build(family: str, n: int):
+    """The family's detector keeping exactly ``n`` detections (no score threshold, NMS that
+    suppresses nothing) so that N is controlled; random weights."""
     import torch
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+    from mmengine.hub import get_config
     register_all_modules()
-    cfg = Config.fromfile(osp.join(REPO, CONFIGS[detector]))
+    path = FAMILIES[family]
+    cfg = get_config(path) if path.startswith('mmdet::') else Config.fromfile(
+        osp.join(REPO, path))
     cfg.model.backbone.init_cfg = None
     keep_all = dict(type='nms', iou_threshold=1.0)
-    if detector == 'fcos':
-        cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n, nms=keep_all)
-    else:
+    if 'roi_head' in cfg.model:
         cfg.model.test_cfg.rpn.update(nms_pre=max(1000, n), max_per_img=max(1000, n))
         cfg.model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=n, nms=keep_all)
+    else:
+        cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n, nms=keep_all)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).eval()
     model.cfg = cfg
     return model
 
 
-def batch(model, size: int):
+def batch(size: int):
     import torch
     from mmdet.structures import DetDataSample
     inputs = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 50
@@ -59,33 +72,33 @@ def batch(model, size: int):
     return inputs, [sample]
 
 
-def loop_maps(model, inputs, samples, det):
-    """The slow way: one backward per prediction (score target), then its ODAM map."""
+def loop_maps(model, inputs, samples, dets) -> None:
+    """The slow way: one backward per prediction (score target) through the head to A,
+    then its ODAM map."""
     import torch
 
+    from odamtrain.explain import build_adapter
+    from odamtrain.explain.adapters import DenseHeadAdapter
+    from odamtrain.explain.explainer import detector_forward
     from odamtrain.explain.heatmap import odam_heatmap
+    adapter = build_adapter(model)
+    fwd = detector_forward(model, adapter, inputs, samples)
+    scale = torch.ones(1, 2)
     with torch.enable_grad():
-        feats = [f.detach().requires_grad_(True) for f in model.extract_feat(inputs)]
-        if hasattr(model, 'roi_head'):
-            from mmdet.structures.bbox import bbox2roi
-            props = model.rpn_head.predict(feats, samples, rescale=False)
-            rois = bbox2roi([p.bboxes for p in props])
-            a = model.roi_head.bbox_roi_extractor(feats[:4], rois)
-            cls, _ = model.roi_head.bbox_head(a)
-            prob = cls.softmax(-1)
-            for i in range(len(det)):  # each RoI's score, one backward each
-                g, = torch.autograd.grad(prob[i, 0], a, retain_graph=True)
-                odam_heatmap(g[i:i + 1], a[i:i + 1].detach())
+        if isinstance(adapter, DenseHeadAdapter):
+            leaves = [f.detach().requires_grad_(True) for f in fwd.feats]
+            outputs = adapter.head(leaves)
+            y = adapter.attribute('score', adapter.rows(outputs, dets), dets,
+                                  adapter.prior_coords(leaves, dets), scale[dets.img])
+            for i, level in enumerate(dets.level.tolist()):
+                g, = torch.autograd.grad(y[i], leaves[level], retain_graph=True)
+                odam_heatmap(g, leaves[level].detach())
         else:
-            head = model.bbox_head
-            outs = [head.forward_single(f, s, st) for f, s, st in
-                    zip(feats, head.scales, head.strides)]
-            for lvl, loc in zip(det.level.tolist(), det.loc.tolist()):
-                cls, _, ctr = outs[lvl]
-                w = cls.shape[-1]
-                y = cls[0, 0, loc // w, loc % w].sigmoid() * ctr[0, 0, loc // w, loc % w].sigmoid()
-                g, = torch.autograd.grad(y, feats[lvl], retain_graph=True)
-                odam_heatmap(g, feats[lvl].detach())
+            y = adapter.attribute('score', fwd, dets, scale)
+            for i in range(len(dets)):
+                grads = torch.autograd.grad(y[i], fwd.feats, retain_graph=True)
+                for g, f in zip(grads, fwd.feats):
+                    odam_heatmap(g[dets.roi[i]][None], f[dets.roi[i]][None].detach())
 
 
 def worker(args):
@@ -93,10 +106,11 @@ def worker(args):
     import torch
     torch.set_num_threads(args.threads)
     from odamtrain.apis import explain_batch
-    model = build(args.detector, args.count)
-    inputs, samples = batch(model, args.size)
+    model = build(args.family, args.count)
+    inputs, samples = batch(args.size)
     if args.what == 'loop':  # which predictions to loop over (not timed)
-        det, = explain_batch(model, inputs, samples, 'odam', 'score', None, None, 'fast', 50)
+        det, = explain_batch(model, inputs, samples, smooth=None, normalize=None,
+                             map_size=50)
         det = det[:LOOP_SAMPLE]
 
     def run():
@@ -106,8 +120,7 @@ def worker(args):
         if args.what == 'loop':
             loop_maps(model, inputs, samples, det)
             return len(det)
-        explained, = explain_batch(model, inputs, samples, 'odam', 'score', 'gaussian',
-                                   'minmax', args.what, 'image')
+        explained, = explain_batch(model, inputs, samples, mode=args.what)
         return len(explained)
 
     slow = args.what == 'exact'  # minutes per run: one timed run, no warm-up
@@ -124,46 +137,44 @@ def worker(args):
 
 
 def accuracy(config: str, checkpoint: str, images: list) -> list:
-    """Fast vs exact on a trained model: per FPN level, the cosine between the gradients
-    dY/dA and between the ODAM maps (score target, Gaussian Phi) of every detection."""
+    """Fast vs exact on a trained dense detector: per FPN level, the cosine between the
+    gradients dY/dA and between the ODAM maps (score target, Gaussian Phi) of every
+    detection."""
     import torch
     import torch.nn.functional as F
-    from mmdet.apis import init_detector
+    from _common import load_detector
 
-    from odamtrain.apis import prepare_batch
-    from odamtrain.explain.dense import (
-        dense_detections,
-        dense_grads_exact,
-        dense_grads_fast,
-        paste_windows,
-        record_tower_state,
+    from odamtrain.explain import build_adapter
+    from odamtrain.explain.conv_towers import paste_windows
+    from odamtrain.explain.dense_gradients import (
+        EXACT_BELOW_WINDOWS,
+        exact_grads,
+        window_grads,
         window_radius,
     )
-    from odamtrain.explain.dense_explainer import EXACT_BELOW_WINDOWS
+    from odamtrain.explain.explainer import detector_forward
     from odamtrain.explain.heatmap import box_sigma, odam_heatmap
-    model = init_detector(config, checkpoint, device='cpu')
-    head = model.bbox_head
+    from odamtrain.inference import prepare_batch
+    model = load_detector(config, checkpoint)
+    adapter = build_adapter(model)
     stats = {}
     for path in images:
         inputs, samples = prepare_batch(model, path)
-        with torch.no_grad():
-            feats = model.extract_feat(inputs)
-            with record_tower_state(head) as state:
-                cls, reg, ctr = head(feats)
-        det = dense_detections(head, [c[0] for c in cls], [r[0] for r in reg],
-                               [c[0] for c in ctr], samples[0].metainfo)
-        det.img = torch.zeros_like(det.labels)
+        fwd = detector_forward(model, adapter, inputs, samples)
+        det, = adapter.predictions(fwd)
         scale = torch.tensor([samples[0].metainfo['scale_factor']], dtype=torch.float32)
-        for level, feat in enumerate(feats):
+        for level, feat in enumerate(fwd.feats):
             d = det[det.level == level]
             if not len(d):
                 continue
             h, w = feat.shape[-2:]
-            exact = torch.cat([g for _, g in dense_grads_exact(head, feat, level, d, 'score',
-                                                                scale, d.img)])
-            win, _ = dense_grads_fast(head, feat, level, d, 'score', scale, d.img, state)
-            fast = paste_windows(win, d.loc // w, d.loc % w, (h, w))
-            sigma = box_sigma(d.bboxes * scale.repeat(1, 2), head.strides[level])
+            exact = torch.cat([g for _, g in exact_grads(adapter, fwd, level, d, 'score',
+                                                          scale)])
+            win, _ = window_grads(adapter, fwd, level, d, 'score', scale)
+            ys, xs, _ = adapter.location(level, d.prior, (h, w))
+            fast = paste_windows(win, ys, xs, (h, w))
+            stride = float(adapter.stride(d.level[:1], feat)[0])
+            sigma = box_sigma(d.bboxes * scale.repeat(1, 2), stride)
             m_fast, m_exact = odam_heatmap(fast, feat, sigma), odam_heatmap(exact, feat, sigma)
             both_zero = (m_fast.flatten(1).sum(1) == 0) & (m_exact.flatten(1).sum(1) == 0)
             s = stats.setdefault(level, dict(hw=(h, w), grad=[], maps=[]))
@@ -175,7 +186,7 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
     for level, s in sorted(stats.items()):
         g, m = torch.cat(s['grad']), torch.cat(s['maps'])
         h, w = s['hw']
-        window = (2 * window_radius(head) + 1) ** 2
+        window = (2 * window_radius(adapter, level) + 1) ** 2
         rows.append(dict(level=level, map_hw=list(s['hw']), n=len(g),
                          fast_used=h * w >= EXACT_BELOW_WINDOWS * window,
                          grad_cos_min=float(g.min()), grad_cos_mean=float(g.mean()),
@@ -184,8 +195,8 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
     return rows
 
 
-def measure(detector, size, count, what, args):
-    cmd = [sys.executable, __file__, '--worker', '--detector', detector, '--size', str(size),
+def measure(family, size, count, what, args):
+    cmd = [sys.executable, __file__, '--worker', '--family', family, '--size', str(size),
            '--count', str(count), '--what', what, '--repeats', str(args.repeats),
            '--threads', str(args.threads)]
     env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=REPO)
@@ -197,22 +208,39 @@ def measure(detector, size, count, what, args):
     return res
 
 
+def print_accuracy(args) -> None:
+    import torch
+    torch.set_num_threads(args.threads)
+    acc = accuracy(*args.accuracy, args.images)
+    print(f'fast vs exact on {args.accuracy[1]} ({len(args.images)} images), score target')
+    print(f'{"level":>6s}{"map":>9s}{"N":>6s}{"fast used":>11s}{"grad cos min":>14s}'
+          f'{"mean":>7s}{"map cos min":>13s}{"median":>8s}{"mean":>7s}')
+    for r in acc:
+        print(f'{r["level"]:>6d}{"x".join(map(str, r["map_hw"])):>9s}{r["n"]:>6d}'
+              f'{str(r["fast_used"]):>11s}{r["grad_cos_min"]:>14.3f}{r["grad_cos_mean"]:>7.3f}'
+              f'{r["map_cos_min"]:>13.3f}{r["map_cos_median"]:>8.3f}{r["map_cos_mean"]:>7.3f}')
+    if args.out:
+        from odamtrain.utils import atomic_write_text
+        atomic_write_text(json.dumps(acc, indent=1), args.out)
+
+
 def main():
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+    from _common import int_at_least
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--detectors', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument('--sizes', nargs='+', type=int, default=[512, 800])
-    p.add_argument('--counts', nargs='+', type=int, default=[10, 100, 1000])
-    p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--exact-max', type=int, default=100,
-                   help='skip exact mode above this N (one full head backward per prediction)')
+    p.add_argument('--families', nargs='+', default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument('--sizes', nargs='+', type=int_at_least(64), default=[512, 800])
+    p.add_argument('--counts', nargs='+', type=int_at_least(1), default=[100])
+    p.add_argument('--repeats', type=int_at_least(1), default=3)
+    p.add_argument('--threads', type=int_at_least(1), default=2)
+    p.add_argument('--exact', action='store_true', help='also time exact mode (one run)')
     p.add_argument('--out', default=None, help='write all numbers as JSON')
     p.add_argument('--accuracy', nargs=2, metavar=('CONFIG', 'CHECKPOINT'),
-                   help='also compare fast with exact on this trained FCOS and --images')
+                   help='instead: compare fast with exact on this trained detector')
     p.add_argument('--images', nargs='*', default=[], help='images for --accuracy')
     # worker mode
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-    p.add_argument('--detector', help=argparse.SUPPRESS)
+    p.add_argument('--family', help=argparse.SUPPRESS)
     p.add_argument('--size', type=int, help=argparse.SUPPRESS)
     p.add_argument('--count', type=int, help=argparse.SUPPRESS)
     p.add_argument('--what', help=argparse.SUPPRESS)
@@ -220,57 +248,37 @@ def main():
     if args.worker:
         return worker(args)
     if args.accuracy:
-        import torch
-        torch.set_num_threads(args.threads)
-        acc = accuracy(*args.accuracy, args.images)
-        print(f'fast vs exact on {args.accuracy[1]} ({len(args.images)} images), score target')
-        print(f'{"level":>6s}{"map":>9s}{"N":>6s}{"fast used":>11s}{"grad cos min":>14s}'
-              f'{"mean":>7s}{"map cos min":>13s}{"median":>8s}{"mean":>7s}')
-        for r in acc:
-            print(f'{r["level"]:>6d}{"x".join(map(str, r["map_hw"])):>9s}{r["n"]:>6d}'
-                  f'{str(r["fast_used"]):>11s}{r["grad_cos_min"]:>14.3f}{r["grad_cos_mean"]:>7.3f}'
-                  f'{r["map_cos_min"]:>13.3f}{r["map_cos_median"]:>8.3f}{r["map_cos_mean"]:>7.3f}')
-        if args.out:
-            from odamtrain.utils import atomic_write_text
-            atomic_write_text(json.dumps(acc, indent=1), args.out)
-        return
+        return print_accuracy(args)
     rows = []
-    header = (f'{"detector":12s}{"input":>7s}{"N":>6s}{"forward s":>11s}{"fast maps s":>13s}'
-              f'{"fast/fwd":>10s}{"exact maps s":>14s}{"loop s":>10s}{"loop/fast":>11s}'
-              f'{"fast MB":>9s}{"maps MB":>9s}')
-    print(header)
-    for det in args.detectors:
+    print(f'{"family":14s}{"input":>7s}{"N":>6s}{"forward s":>11s}{"fast maps s":>13s}'
+          f'{"fast/fwd":>10s}{"exact maps s":>14s}{"loop s":>10s}{"loop/fast":>11s}'
+          f'{"fast MB":>9s}', flush=True)
+    for family in args.families:
         for size in args.sizes:
-            per_pred_loop = None
             for count in args.counts:
-                fwd = measure(det, size, count, 'forward', args)
-                fast = measure(det, size, count, 'fast', args)
-                exact = (measure(det, size, count, 'exact', args)
-                         if det == 'fcos' and count <= args.exact_max else None)
-                if per_pred_loop is None:
-                    loop = measure(det, size, count, 'loop', args)
-                    per_pred_loop = loop['median_s'] / loop['n']
+                fwd = measure(family, size, count, 'forward', args)
+                fast = measure(family, size, count, 'fast', args)
+                exact = measure(family, size, count, 'exact', args) if args.exact else None
+                loop = measure(family, size, count, 'loop', args)
                 n = fast['n']
-                loop_s = per_pred_loop * n  # timed on LOOP_SAMPLE predictions
+                loop_s = loop['median_s'] / loop['n'] * n  # timed on LOOP_SAMPLE predictions
                 fast_maps = fast['median_s'] - fwd['median_s']  # the maps beyond the forward
                 exact_maps = exact['median_s'] - fwd['median_s'] if exact else None
-                row = dict(detector=det, size=size, n=n, forward_s=fwd['median_s'],
-                           fast_total_s=fast['median_s'], fast_maps_s=fast_maps,
-                           exact_maps_s=exact_maps, loop_s=loop_s,
-                           loop_per_prediction_s=per_pred_loop,
-                           fast_peak_rss_mb=fast['rss_mb'],
-                           forward_peak_rss_mb=fwd['rss_mb'],
+                row = dict(family=family, config=FAMILIES[family], size=size, n=n,
+                           forward_s=fwd['median_s'], fast_total_s=fast['median_s'],
+                           fast_maps_s=fast_maps, exact_maps_s=exact_maps, loop_s=loop_s,
+                           fast_peak_rss_mb=fast['rss_mb'], forward_peak_rss_mb=fwd['rss_mb'],
                            output_maps_mb=n * size * size * 4 / 2 ** 20)
                 rows.append(row)
-                print(f'{det:12s}{size:>7d}{n:>6d}{fwd["median_s"]:>11.3f}{fast_maps:>13.3f}'
+                print(f'{family:14s}{size:>7d}{n:>6d}{fwd["median_s"]:>11.3f}{fast_maps:>13.3f}'
                       f'{fast_maps / fwd["median_s"]:>10.2f}'
                       f'{(f"{exact_maps:.3f}" if exact else "-"):>14s}{loop_s:>10.2f}'
-                      f'{loop_s / max(fast_maps, 1e-9):>11.1f}{fast["rss_mb"]:>9.0f}'
-                      f'{row["output_maps_mb"]:>9.0f}', flush=True)
+                      f'{loop_s / max(fast_maps, 1e-9):>11.1f}{fast["rss_mb"]:>9.0f}',
+                      flush=True)
     print(f'\nfast maps s = (explain time) - (forward time): the cost of all N maps beyond the '
           f'detection itself, at the input size (min-max normalised). loop s = one backward '
-          f'per prediction, timed on {LOOP_SAMPLE} predictions and scaled to N. fast MB = peak '
-          f'RSS of the fast run, incl. the model and the N output maps (maps MB).')
+          f'per prediction and its map, timed on {LOOP_SAMPLE} predictions and scaled to N. '
+          f'fast MB = peak RSS of the fast run, incl. the model and the N output maps.')
     if args.out:
         from odamtrain.utils import atomic_write_text
         atomic_write_text(json.dumps(rows, indent=1), args.out)

@@ -23,13 +23,11 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-MODELS = {  # name -> (config, head key in the model config, Odam head type)
-    'fcos-tiny': ('configs/fcos_tiny_fpn_synthetic.py', 'bbox_head', 'OdamFCOSHead'),
-    'faster-rcnn-tiny': ('configs/faster-rcnn_tiny_fpn_synthetic.py', 'roi_head',
-                         'OdamRoIHead'),
-    'fcos-r50': ('configs/fcos_r50_fpn_crowdhuman.py', 'bbox_head', 'OdamFCOSHead'),
-    'faster-rcnn-r50': ('configs/faster-rcnn_r50_fpn_crowdhuman.py', 'roi_head',
-                        'OdamRoIHead'),
+MODELS = {  # name -> config
+    'fcos-tiny': 'configs/fcos_tiny_fpn_synthetic.py',
+    'faster-rcnn-tiny': 'configs/faster-rcnn_tiny_fpn_synthetic.py',
+    'fcos-r50': 'configs/fcos_r50_fpn_crowdhuman.py',
+    'faster-rcnn-r50': 'configs/faster-rcnn_r50_fpn_crowdhuman.py',
 }
 VARIANTS = {'off': None, 'detached': dict(second_order=False),
             'second_order': dict(second_order=True)}
@@ -39,27 +37,28 @@ def build(name: str, odam_loss, r50_scale: int):
     from mmdet.registry import MODELS as REGISTRY
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+
+    from odamtrain.models import install_odam
     register_all_modules()
-    config, key, head_type = MODELS[name]
-    cfg = Config.fromfile(osp.join(REPO, config))
+    cfg = Config.fromfile(osp.join(REPO, MODELS[name]))
     cfg.model.backbone.init_cfg = None  # random weights: speed does not depend on them
     if name.endswith('r50'):
         for t in cfg.test_pipeline:
             if t['type'] == 'Resize':
                 t['scale'] = (r50_scale * 7 // 4, r50_scale)
         cfg.test_dataloader.dataset.pipeline = cfg.test_pipeline
-    cfg.model[key].type = head_type
-    cfg.model[key].odam_loss = odam_loss
+    cfg.model.setdefault('train_cfg', {})
+    cfg.model.train_cfg = dict(cfg.model.train_cfg or {}, odam_loss=odam_loss)
     torch.manual_seed(0)
     model = REGISTRY.build(cfg.model)
     model.init_weights()
     model.cfg = cfg
-    return model.train()
+    return install_odam(model).train()
 
 
 def synthetic_batch(model, batch_size: int):
-    from odamtrain.apis import prepare_train_batch
     from odamtrain.datasets import render_scene
+    from odamtrain.inference import prepare_train_batch
     imgs, boxes = [], []
     for seed in range(batch_size):
         img, gtboxes = render_scene(np.random.default_rng([seed, 7]))

@@ -5,8 +5,8 @@ T_l x T_h sweep of the paper's Fig. 9.
     python tools/compare_nms.py CONFIG CHECKPOINT [--iou 0.5] [--corr-low 0.2] [--corr-high 0.8]
         [--map-mode windows] [--sweep] [--out table.json] [--cfg-options ...]
 
-For Odam-NMS the FCOS head becomes OdamFCOSHead, the R-CNN RoI head OdamRoIHead (same
-weights).
+Works for every detector odamtrain covers (its head's test-time NMS is switched in the
+config; the runner installs Odam-NMS, same weights).
 """
 import argparse
 import copy
@@ -20,21 +20,25 @@ from mmengine.config import Config, DictAction
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import build_runner, exit_on_data_error, float_between  # noqa: E402
 
+from odamtrain.explain import build_adapter  # noqa: E402
+from odamtrain.explain.explainer import (  # noqa: E402
+    detector_forward,
+    nms_config,
+    odam_nms_candidates,
+    odam_nms_select,
+)
+from odamtrain.models import odam_nms_results  # noqa: E402
 from odamtrain.utils import atomic_write_text  # noqa: E402
 
 COLUMNS = [('AP50', 'AP50'), ('MR-2', 'MR^-2'), ('JI', 'JI'), ('recall', 'recall'),
            ('crowd_recall', 'crowd'), ('sparse_recall', 'sparse')]
 
 
-def run(cfg, checkpoint, nms, work_dir, odam_head=False):
+def run(cfg, checkpoint, nms, work_dir):
     """Test ``checkpoint`` with ``nms`` as the test-time NMS -> (metrics, s/img)."""
     cfg = copy.deepcopy(cfg)
     test_cfg = cfg.model.test_cfg.rcnn if 'rcnn' in cfg.model.test_cfg else cfg.model.test_cfg
     test_cfg.nms = nms
-    if odam_head and 'roi_head' in cfg.model:
-        cfg.model.roi_head.type = 'OdamRoIHead'
-    elif odam_head:
-        cfg.model.bbox_head.type = 'OdamFCOSHead'
     cfg.load_from, cfg.work_dir, cfg.log_level = checkpoint, work_dir, 'WARNING'
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])  # detection metrics only
                         if h.get('type') != 'ExplanationAuditHook']
@@ -49,11 +53,9 @@ def run(cfg, checkpoint, nms, work_dir, odam_head=False):
 def sweep(cfg, checkpoint, settings: list, odam: dict) -> list:
     """Odam-NMS for every (T_l, T_h) in ``settings`` on the test set, with the candidates
     and their maps computed once per batch (they do not depend on the thresholds).
-    ``odam``: the Odam-NMS config (``iou_threshold``, map keys). FCOS only.
-    Returns [(setting, metrics)]."""
-    import torch
+    ``odam``: the Odam-NMS config (``iou_threshold``, map keys). Returns [(setting,
+    metrics)]."""
     cfg = copy.deepcopy(cfg)
-    cfg.model.bbox_head.type = 'OdamFCOSHead'
     cfg.load_from, cfg.log_level = checkpoint, 'WARNING'
     cfg.work_dir = cfg.get('work_dir') or 'work_dirs/compare_nms/sweep'
     runner = build_runner(cfg)
@@ -64,16 +66,16 @@ def sweep(cfg, checkpoint, settings: list, odam: dict) -> list:
         evaluator = runner.build_evaluator(cfg.test_evaluator)
         evaluator.dataset_meta = loader.dataset.metainfo
         evaluators.append(evaluator)
-    head = model.bbox_head
+    adapter = build_adapter(model)
+    max_per_img = nms_config(adapter)[0].get('max_per_img', -1)
     for batch in loader:
         data = model.data_preprocessor(batch, False)
-        metas = [s.metainfo for s in data['data_samples']]
-        with torch.no_grad():
-            x = model.extract_feat(data['inputs'])
-        cands = head.odam_candidates(x, metas, odam)
+        fwd = detector_forward(model, adapter, data['inputs'], data['data_samples'])
+        cands = odam_nms_candidates(adapter, fwd, odam)
         for (low, high), evaluator in zip(settings, evaluators):
-            results = head.odam_suppress(cands, metas, dict(odam, corr_low=low,
-                                                            corr_high=high))
+            nms = dict(odam, corr_low=low, corr_high=high)
+            results = odam_nms_results(odam_nms_select(cands, nms, max_per_img), fwd.metas,
+                                       nms)
             samples = model.add_pred_to_datasample(
                 [s.clone() for s in data['data_samples']], results)
             evaluator.process(data_samples=samples, data_batch=batch)
@@ -107,24 +109,21 @@ def main():
     odam = dict(type='odam_nms', iou_threshold=args.iou)
     if args.map_mode:
         odam['mode'] = args.map_mode
-    variants = [('NMS', dict(type='nms', iou_threshold=args.iou), False),
-                ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05), False),
+    variants = [('NMS', dict(type='nms', iou_threshold=args.iou)),
+                ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05)),
                 (f'Odam-NMS ({args.corr_low}, {args.corr_high})',
-                 dict(odam, corr_low=args.corr_low, corr_high=args.corr_high), True)]
+                 dict(odam, corr_low=args.corr_low, corr_high=args.corr_high))]
 
     header = f'{"method":28s}' + ''.join(f'{name:>8s}' for _, name in COLUMNS) + f'{"s/img":>8s}'
     print(header, flush=True)
     rows = []
     with exit_on_data_error():
-        for i, (name, nms, odam_head) in enumerate(variants):
-            metrics, s_img = run(cfg, args.checkpoint, nms, osp.join(args.work_dir, str(i)),
-                                 odam_head)
+        for i, (name, nms) in enumerate(variants):
+            metrics, s_img = run(cfg, args.checkpoint, nms, osp.join(args.work_dir, str(i)))
             rows.append(dict(method=name, nms=nms, s_per_img=s_img, **metrics))
             print(f'{name:28s}' + ''.join(f'{metrics.get(key, float("nan")):>8.4f}'
                                           for key, _ in COLUMNS) + f'{s_img:>8.3f}', flush=True)
     if args.sweep:
-        if 'roi_head' in cfg.model:
-            sys.exit('error: --sweep supports FCOS models')
         settings = [(low, high) for low in (0.0, 0.1, 0.2, 0.3, 0.4)
                     for high in (0.6, 0.7, 0.8, 0.9, 1.01)]
         print(f'\nT_l x T_h sweep (T_iou {args.iou}; maps computed once per image)')

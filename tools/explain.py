@@ -19,10 +19,15 @@ import numpy as np
 from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import exit_on_data_error, float_between, int_at_least  # noqa: E402
+from _common import (  # noqa: E402
+    exit_on_data_error,
+    float_between,
+    int_at_least,
+    load_detector,
+)
 
 from odamtrain.apis import METHODS, explain_detector  # noqa: E402
-from odamtrain.explain import TARGETS  # noqa: E402
+from odamtrain.explain import MODES, TARGETS  # noqa: E402
 from odamtrain.utils import atomic_write_bytes  # noqa: E402
 from odamtrain.visualization import render_explanations  # noqa: E402
 
@@ -41,7 +46,8 @@ def parse_args():
                    help='explain detections scoring at least this')
     p.add_argument('--topk', type=int_at_least(1), default=8,
                    help='explain at most this many per image')
-    p.add_argument('--mode', default='fast', choices=['fast', 'exact'])
+    p.add_argument('--mode', default='fast', choices=MODES,
+                   help='dense heads: windowed (fast, windows) or exact gradients')
     p.add_argument('--no-smooth', action='store_true', help="no Gaussian Phi (authors' code)")
     p.add_argument('--max-images', type=int_at_least(0), default=0,
                    help='only the first N images (0: all)')
@@ -83,15 +89,13 @@ def output_stems(files: list) -> list:
 
 def main():
     args = parse_args()
-    from mmdet.apis import init_detector
     from mmengine.utils import ProgressBar
     images = list_images(args.images)[:args.max_images or None]
     suffix = f'_{args.method}_{args.target}'
     stems = [osp.join(args.out_dir, stem + suffix) for stem in output_stems(images)]
     existing = [s + ext for s in stems for ext in ('.png', '.npz') if osp.exists(s + ext)]
     with exit_on_data_error():
-        model = init_detector(args.config, args.checkpoint, device=args.device,
-                              cfg_options=args.cfg_options)
+        model = load_detector(args.config, args.checkpoint, args.device, args.cfg_options)
     os.makedirs(args.out_dir, exist_ok=True)
     if existing:
         print(f'replacing {len(existing)} files of an earlier run in {args.out_dir} '

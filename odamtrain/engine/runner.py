@@ -13,6 +13,7 @@ from mmengine.logging import print_log
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
 
+from odamtrain.models import install_odam
 from odamtrain.utils import remove_stale_temp_files
 
 from .checkpoint import CheckpointError, safe_load_checkpoint
@@ -60,6 +61,8 @@ def resumable_checkpoint(work_dir: str) -> tuple[str | None, list[tuple[str, str
 class OdamRunner(Runner):
     """``mmengine.runner.Runner`` plus:
 
+    * Odam-NMS and Odam-Train switched on in the model where its config asks
+      (:func:`odamtrain.models.install_odam`);
     * ``launcher='pytorch'`` on a machine without CUDA: the process group is initialised
       with gloo (mmengine's ``init_dist`` calls ``torch.cuda.set_device``) and the model is
       wrapped in DDP with ``device_ids=None`` (mmengine passes the local rank as a GPU id);
@@ -81,6 +84,11 @@ class OdamRunner(Runner):
         if get_rank() == 0:  # only rank 0 writes; this runs before its first write
             for path in remove_stale_temp_files(self._work_dir):
                 print_log(f'removed {path}, left by a killed write', logger='current')
+
+    def build_model(self, model):
+        """mmengine's, then Odam-NMS / Odam-Train where the config asks
+        (:func:`odamtrain.models.install_odam`)."""
+        return install_odam(super().build_model(model))
 
     def wrap_model(self, model_wrapper_cfg, model):
         if not (self.distributed and not torch.cuda.is_available()):

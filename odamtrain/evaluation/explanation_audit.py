@@ -187,7 +187,7 @@ def _image_generator(seed: int, meta: dict) -> torch.Generator:
 
 def _explain(model, inputs, samples, method, target, drise, vps, targets=None):
     """(K, H, W) unnormalised maps of the detections (``targets`` None) or the targets."""
-    return explain_batch(model, inputs, samples, method, target=target, normalize=None,
+    return explain_batch(model, inputs, samples, method=method, target=target, normalize=None,
                          drise=drise, vps=vps,
                          targets=None if targets is None else [targets])[0].heatmaps
 

@@ -1,8 +1,8 @@
-"""Explanations of detections: ODAM and instance Grad-CAM / Grad-CAM++ (gradients), D-RISE
-and VPS (black box)."""
-from .dense import TARGETS
-from .dense_explainer import explain_dense_detector
+"""Explanations of detections: ODAM and instance Grad-CAM / Grad-CAM++ (gradients, through
+the detector adapters), D-RISE and VPS (black box)."""
+from .adapters import UnsupportedDetectorError, build_adapter, supported_heads
 from .drise import drise_saliency, drise_target_maps
+from .explainer import dense_heatmaps, explain_gradients, odam_nms_candidates, odam_nms_select
 from .heatmap import (
     box_sigma,
     channel_weighted_map,
@@ -12,14 +12,27 @@ from .heatmap import (
     gradcam_weights,
     normalize_maps,
     odam_heatmap,
+    output_size,
+    paste_roi_maps,
     resample_maps,
     resize_maps,
 )
-from .roi_explainer import explain_roi_detector, paste_roi_maps
+from .settings import (
+    GRADIENT_METHODS,
+    METHODS,
+    MODES,
+    TARGETS,
+    DriseSettings,
+    ExplanationSettings,
+    VpsSettings,
+)
 from .vps import vps_forward_count, vps_saliency, vps_target_maps
 
-__all__ = ['TARGETS', 'explain_dense_detector', 'explain_roi_detector', 'box_sigma',
-           'gaussian_smooth', 'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights',
-           'channel_weighted_map', 'explanation_maps', 'normalize_maps', 'resize_maps',
+__all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
+           'GRADIENT_METHODS', 'TARGETS', 'MODES', 'build_adapter', 'supported_heads',
+           'UnsupportedDetectorError', 'explain_gradients', 'dense_heatmaps',
+           'odam_nms_candidates', 'odam_nms_select', 'box_sigma', 'gaussian_smooth',
+           'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',
+           'explanation_maps', 'normalize_maps', 'resize_maps', 'output_size',
            'paste_roi_maps', 'resample_maps', 'drise_saliency', 'drise_target_maps',
            'vps_forward_count', 'vps_saliency', 'vps_target_maps']

@@ -24,7 +24,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from odamtrain.evaluation.functional.matching import best_candidates
+from odamtrain.inference import pixel_to_input, predict_fn
+from odamtrain.structures import best_candidates
+
+from .heatmap import output_size, resize_maps
 
 __all__ = ['drise_grids', 'drise_masks', 'drise_saliency', 'drise_target_maps']
 
@@ -98,10 +101,6 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
     + labels: detections, or GT boxes to explain missed objects) of one preprocessed image
     (1, 3, H, W) of an mmdet detector; masked pixels become black. Cost: ``num_masks /
     batch_size`` batched forwards, shared by the targets."""
-    from odamtrain.apis.batch import pixel_to_input, predict_fn
-
-    from .dense_explainer import output_size
-    from .heatmap import resize_maps
     fill = pixel_to_input(model, inputs.new_zeros(3))
     with torch.no_grad():
         sal = drise_saliency(predict_fn(model, meta), inputs, boxes, labels, num_masks, grid,

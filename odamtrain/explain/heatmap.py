@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 __all__ = ['SIGMA_PER_BOX_SIZE', 'box_sigma', 'gaussian_kernels', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',
-           'explanation_maps', 'normalize_maps', 'resize_maps', 'resample_maps']
+           'explanation_maps', 'normalize_maps', 'resize_maps', 'resample_maps', 'output_size',
+           'paste_roi_maps']
 
 # sigma = SIGMA_PER_BOX_SIZE * sqrt(w * h) of the box in feature-map cells.
 SIGMA_PER_BOX_SIZE = 0.125
@@ -182,6 +183,15 @@ def normalize_maps(maps: torch.Tensor, mode: str | None, inplace: bool = False):
     return flat.view_as(maps)
 
 
+def output_size(ori_hw, map_size) -> tuple[int, int]:
+    """(H, W) of output maps: the original image size (``map_size='image'``), or short edge
+    ``map_size``."""
+    if map_size == 'image':
+        return int(ori_hw[0]), int(ori_hw[1])
+    s = map_size / min(ori_hw)
+    return max(1, round(ori_hw[0] * s)), max(1, round(ori_hw[1] * s))
+
+
 def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
                 out_hw: tuple[int, int]) -> torch.Tensor:
     """Feature-map heat maps -> image heat maps.
@@ -251,4 +261,33 @@ def resample_maps(maps: torch.Tensor, stride: float, out_stride: float,
     if (h, w) == tuple(out_hw):
         return x[:, :h, :w]
     out[:, :h, :w] = x[:, :h, :w]
+    return out
+
+
+def paste_roi_maps(maps: torch.Tensor, boxes: torch.Tensor, out_hw) -> torch.Tensor:
+    """Paste (N, s, s) RoI maps into their boxes on an (H, W) image, bilinearly, zero
+    outside the box.
+
+    Args:
+        boxes: (N, 4) x1y1x2y2 in the output image's pixels.
+    Returns:
+        (N, H, W).
+    """
+    h, w = out_hw
+    out = maps.new_zeros(maps.shape[0], h, w)
+    ys = torch.arange(h, dtype=maps.dtype, device=maps.device) + 0.5
+    xs = torch.arange(w, dtype=maps.dtype, device=maps.device) + 0.5
+    step = max(1, 2 ** 22 // (h * w))  # the sampling grid is (n, H, W, 2): bound it
+    for i in range(0, maps.shape[0], step):
+        m, b = maps[i:i + step], boxes[i:i + step]
+        n = m.shape[0]
+        x1, y1, x2, y2 = (b[:, j, None] for j in range(4))
+        gx = 2 * (xs[None] - x1) / (x2 - x1).clamp(min=1e-6) - 1  # [n, W]
+        gy = 2 * (ys[None] - y1) / (y2 - y1).clamp(min=1e-6) - 1  # [n, H]
+        grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)],
+                           -1)
+        pasted = F.grid_sample(m[:, None], grid, mode='bilinear', padding_mode='border',
+                               align_corners=False)[:, 0]
+        inside = (gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]
+        out[i:i + step] = pasted * inside
     return out

@@ -20,6 +20,11 @@ from collections.abc import Callable
 
 import torch
 
+from odamtrain.inference import pixel_to_input, predict_fn
+from odamtrain.structures import detection_evidence
+
+from .heatmap import output_size, resize_maps
+
 __all__ = ['grid_regions', 'greedy_order', 'rank_attribution', 'vps_forward_count',
            'vps_saliency', 'vps_target_maps']
 
@@ -92,7 +97,6 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
         spread over its pixels), the search order, F after each step and the number of
         images run through the detector.
     """
-    from odamtrain.evaluation.functional import detection_evidence
     image = inputs[0]
     masks = regions.to(image)
     forwards = 0
@@ -128,10 +132,6 @@ def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor
     (1, 3, H, W) of an mmdet detector. Sub-regions: a grid of about ``regions`` cells over
     the unpadded input; removed pixels black. Cost per target:
     :func:`vps_forward_count` images in batches of ``batch_size``."""
-    from odamtrain.apis.batch import pixel_to_input, predict_fn
-
-    from .dense_explainer import output_size
-    from .heatmap import resize_maps
     h, w = meta['img_shape'][:2]
     out_hw = output_size(meta['ori_shape'][:2], map_size)
     cells = torch.zeros(0, *inputs.shape[-2:], dtype=torch.bool)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmengine.config import ConfigDict
 
 __all__ = ['odam_nms', 'batched_odam_nms', 'map_correlation', 'box_iou', 'odam_nms_keep',
-           'MAP_KEYS', 'without_odam_keys']
+           'MAP_KEYS', 'without_odam_keys', 'plain_nms_config', 'is_odam_nms']
 
 MAP_SHORT_EDGE = 50
 
@@ -113,6 +114,21 @@ def without_odam_keys(nms_cfg: dict) -> dict:
     so that switching ``type`` to 'nms' / 'soft_nms' from the command line just works."""
     return {k: v for k, v in nms_cfg.items()
             if k not in MAP_KEYS + ('corr_low', 'corr_high')}
+
+
+def is_odam_nms(test_cfg) -> bool:
+    """Whether a head's test config asks for Odam-NMS."""
+    return bool(test_cfg) and (test_cfg.get('nms') or {}).get('type') == 'odam_nms'
+
+
+def plain_nms_config(test_cfg):
+    """A head's test config with its NMS config stripped of Odam-NMS's keys (for mmdet's
+    own NMS types, e.g. after ``--cfg-options model.test_cfg.nms.type=nms``)."""
+    if not test_cfg or not test_cfg.get('nms'):
+        return test_cfg
+    cfg = ConfigDict(test_cfg.copy())
+    cfg.nms = without_odam_keys(cfg.nms)
+    return cfg
 
 
 def odam_nms_keep(cand, nms_cfg: dict, max_per_img: int = -1):

@@ -1,11 +1,14 @@
-from .crowd_recall import crowd_mask, set_recalls
-from .faithfulness import (
+from odamtrain.structures import (
     EVIDENCES,
-    curve_auc,
-    deletion_insertion,
+    best_candidates,
     detection_evidence,
-    perturbed_images,
+    failure_sets,
+    match_detections,
+    target_predictions,
 )
+
+from .crowd_recall import crowd_mask, set_recalls
+from .faithfulness import curve_auc, deletion_insertion, perturbed_images
 from .localisation import (
     box_mask,
     compactness,
@@ -13,7 +16,6 @@ from .localisation import (
     object_discrimination_index,
     pointing_game,
 )
-from .matching import best_candidates, failure_sets, match_detections, target_predictions
 
 __all__ = ['crowd_mask', 'set_recalls', 'box_mask', 'pointing_game', 'energy_pointing_game',
            'compactness', 'object_discrimination_index', 'match_detections',

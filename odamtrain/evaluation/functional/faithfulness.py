@@ -21,28 +21,10 @@ import math
 from collections.abc import Callable
 
 import torch
-from mmdet.structures.bbox import bbox_overlaps
 
-__all__ = ['EVIDENCES', 'detection_evidence', 'perturbed_images', 'curve_auc',
-           'deletion_insertion']
+from odamtrain.structures import detection_evidence
 
-EVIDENCES = ('odam', 'vps', 'class', 'iou')
-
-
-def detection_evidence(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-                       target_box: torch.Tensor, target_label: int,
-                       evidence: str = 'odam') -> float:
-    """How much the detections (D, 4) / (D,) / (D,) still find the target (see module)."""
-    if evidence not in EVIDENCES:
-        raise ValueError(f'evidence must be one of {EVIDENCES}, got {evidence!r}')
-    if len(boxes) == 0:
-        return 0.0
-    iou = bbox_overlaps(target_box.reshape(1, 4).to(boxes), boxes)[0]  # [D]
-    same = (labels == target_label).to(scores)
-    value = {'odam': scores * same * (iou > 0.5).to(scores), 'vps': iou * scores * same,
-             'class': scores * same, 'iou': iou}[evidence]
-    return float(value.max())
-
+__all__ = ['perturbed_images', 'curve_auc', 'deletion_insertion']
 
 def perturbed_images(image: torch.Tensor, order: torch.Tensor, counts: list[int],
                      baseline: torch.Tensor, mode: str) -> torch.Tensor:

@@ -1,10 +1,13 @@
-"""Which detections explain which GT objects, and which GT objects the detector gets wrong."""
+"""Box matching: which detections explain which GT objects, which prediction finds a target
+best, which GT objects the detector gets wrong, and how much detections still find a target.
+Pure functions on x1y1x2y2 boxes."""
 from __future__ import annotations
 
 import torch
 from mmdet.structures.bbox import bbox_overlaps
 
-__all__ = ['match_detections', 'best_candidates', 'target_predictions', 'failure_sets']
+__all__ = ['match_detections', 'best_candidates', 'target_predictions', 'failure_sets',
+           'EVIDENCES', 'detection_evidence']
 
 
 def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor,
@@ -88,3 +91,21 @@ def failure_sets(det_boxes: torch.Tensor, det_labels: torch.Tensor, det_scores: 
         found = hit.any(1)
         right = (hit & same).any(1)
     return (~found).nonzero()[:, 0], (found & ~right).nonzero()[:, 0]
+
+
+EVIDENCES = ('odam', 'vps', 'class', 'iou')
+
+
+def detection_evidence(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                       target_box: torch.Tensor, target_label: int,
+                       evidence: str = 'odam') -> float:
+    """How much the detections (D, 4) / (D,) / (D,) still find the target (see module)."""
+    if evidence not in EVIDENCES:
+        raise ValueError(f'evidence must be one of {EVIDENCES}, got {evidence!r}')
+    if len(boxes) == 0:
+        return 0.0
+    iou = bbox_overlaps(target_box.reshape(1, 4).to(boxes), boxes)[0]  # [D]
+    same = (labels == target_label).to(scores)
+    value = {'odam': scores * same * (iou > 0.5).to(scores), 'vps': iou * scores * same,
+             'class': scores * same, 'iou': iou}[evidence]
+    return float(value.max())

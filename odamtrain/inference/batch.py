@@ -1,4 +1,5 @@
-"""Images -> the preprocessed batches a detector takes (inference and training)."""
+"""Images -> the preprocessed batches a detector takes (inference and training), and the
+detector as a black box (images -> detections)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +7,10 @@ import contextlib
 import numpy as np
 import torch
 from mmcv.transforms import Compose
+from mmdet.structures import DetDataSample
 from mmdet.utils import get_test_pipeline_cfg
 
-__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input']
+__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input', 'plain_nms']
 
 
 def _test_pipeline(model, img, with_annotations: bool) -> Compose:
@@ -68,10 +70,8 @@ def predict_fn(model, metainfo: dict):
     IoU threshold: the callers take the best match of a target over all detections, which
     barely depends on the duplicates NMS removes, and Odam-NMS would explain every candidate
     of every perturbed image (hundreds of times the cost)."""
-    from mmdet.structures import DetDataSample
-
     def predict(images):
-        with torch.no_grad(), _plain_nms(model):
+        with torch.no_grad(), plain_nms(model):
             out = model.predict(images, [DetDataSample(metainfo=metainfo) for _ in images])
         return [(o.pred_instances.bboxes, o.pred_instances.labels, o.pred_instances.scores)
                 for o in out]
@@ -79,7 +79,7 @@ def predict_fn(model, metainfo: dict):
 
 
 @contextlib.contextmanager
-def _plain_nms(model):
+def plain_nms(model):
     """Inside, a test-time ``odam_nms`` of the model is mmdet's ``nms`` (same IoU)."""
     head = model.roi_head if hasattr(model, 'roi_head') else getattr(model, 'bbox_head', None)
     cfg = getattr(head, 'test_cfg', None)

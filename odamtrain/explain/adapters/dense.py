@@ -1,0 +1,666 @@
+"""Adapters of mmdet's one-stage dense heads: the only code that knows their internals.
+
+Shapes: B images, L levels, n predictions, K classes (K + 1 for softmax heads), A priors per
+location, E box-regression channels per prior.
+
+A prediction's provenance: ``img``, ``level``, ``prior`` (mmdet's flat prior index on that
+level: ``(y * w + x) * A + a``) and ``labels``. Detections and candidates come from mmdet's
+own post-processing (``head.predict_by_feat``), which the adapter runs while recording where
+each candidate came from (:meth:`DenseHeadAdapter.provenance`): mmdet's detections,
+exactly, with their provenance. The explained attribute Y is recomputed from the head's
+outputs at the provenance (:meth:`DenseHeadAdapter.attribute`): mmdet's score formula for
+that head, the class logit, or a side of mmdet's decoded box (not clipped to the image, so
+that border boxes keep their gradient), in original-image pixels.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import NamedTuple
+
+import torch
+from mmdet.models.dense_heads import (
+    ATSSHead,
+    AutoAssignHead,
+    FCOSHead,
+    FoveaHead,
+    GFLHead,
+    RetinaHead,
+    RTMDetHead,
+    RTMDetSepBNHead,
+    TOODHead,
+    YOLOXHead,
+)
+from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+from mmdet.models.layers.transformer import inverse_sigmoid
+from mmdet.models.task_modules.prior_generators import anchor_inside_flags
+from mmdet.models.utils import sigmoid_geometric_mean
+from mmdet.structures.bbox import bbox_overlaps
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+
+from ..conv_towers import tower_support
+
+__all__ = ['DenseRows', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter',
+           'FCOSAdapter', 'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter',
+           'YOLOXAdapter', 'BOX_SIDES']
+
+BOX_SIDES = ('x1', 'y1', 'x2', 'y2')
+
+
+class UnsupportedHeadError(TypeError):
+    """A head whose post-processing is not the one its adapter reproduces."""
+
+
+def resolved(cls, name: str):
+    """``getattr(cls, name)`` skipping classes that declare ``odam_mixin = True`` (the
+    Odam-NMS / Odam-Train mixins, which run the head's own methods around theirs)."""
+    for klass in cls.__mro__:
+        if klass.__dict__.get('odam_mixin'):
+            continue
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    raise AttributeError(name)
+
+
+class DenseRows(NamedTuple):
+    """The head's outputs at n predictions: ``cls`` (n, K), ``reg`` (n, E), ``factor`` (n,)
+    (the score-factor logit: centerness, objectness) or None."""
+    cls: torch.Tensor
+    reg: torch.Tensor
+    factor: torch.Tensor | None
+
+
+class DenseHeadAdapter:
+    """A ``BaseDenseHead`` whose test-time selection is mmdet's ``BaseDenseHead``
+    ``predict_by_feat`` -> ``_predict_by_feat_single`` (score threshold and ``nms_pre``
+    top-k per level through ``filter_scores_and_topk``) -> ``_bbox_post_process``, or a
+    subclass's override of ``_predict_by_feat_single`` of the same shape (:attr:`selection`
+    names the methods that must run). Without :meth:`towers` only ``exact`` mode applies.
+
+    Subclasses know one family: its score formula (:meth:`score`), decoding
+    (:meth:`decode`), and for ``fast`` mode its towers and final layers.
+    """
+    head_type = BaseDenseHead
+    selection = (BaseDenseHead.predict_by_feat, BaseDenseHead._predict_by_feat_single,
+                 BaseDenseHead._bbox_post_process)
+    forward_impl = None  # (staticmethod) the forward whose final layers final_layers() copies
+    final_radius = 1  # half-width of the final convs
+
+    def __init__(self, head):
+        self.head = head
+        self._priors = {}  # the last levels' priors
+        for expected in self.selection:
+            actual = resolved(type(head), expected.__name__)
+            if actual is not expected:
+                raise UnsupportedHeadError(
+                    f'{type(head).__name__}.{expected.__name__} is '
+                    f'{actual.__qualname__}, not {expected.__qualname__} that the '
+                    f'{type(self).__name__} reproduces')
+
+    # ------------------------------------------------------------------ outputs
+    def split(self, outputs) -> tuple:
+        """(cls, reg, factor) per-level lists of the head's ``forward`` outputs."""
+        return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
+
+    def num_priors(self, level: int) -> int:
+        return self.head.prior_generator.num_base_priors[level]
+
+    def priors(self, sizes, like: torch.Tensor) -> list:
+        """Per level (h * w * A, P) priors, as the head's ``predict_by_feat`` makes them."""
+        return self.head.prior_generator.grid_priors(sizes, dtype=like.dtype,
+                                                     device=like.device)
+
+    def prior_coords(self, feats, preds: InstanceData) -> torch.Tensor:
+        """(n, P) the prior of each prediction (``level``, ``prior``) on these levels."""
+        key = (tuple(tuple(f.shape[-2:]) for f in feats), feats[0].dtype, feats[0].device)
+        if key not in self._priors:
+            self._priors = {key: self.priors([f.shape[-2:] for f in feats], feats[0])}
+        priors = self._priors[key]
+        out = feats[0].new_zeros(len(preds), priors[0].shape[-1])
+        for level in preds.level.unique().tolist():
+            idx = (preds.level == level).nonzero()[:, 0]
+            out[idx] = priors[level][preds.prior[idx]].to(out)
+        return out
+
+    # -------------------------------------------------------------- predictions
+    @contextlib.contextmanager
+    def provenance(self):
+        """Inside, the head's post-processing attaches ``level`` and ``prior`` to its
+        candidates: ``filter_scores_and_topk`` (as the module of ``_predict_by_feat_single``
+        calls it, once per level) is recorded, and ``_bbox_post_process`` receives the
+        recorded indices as fields, which mmdet's indexing then carries through size
+        filtering and NMS."""
+        head = self.head
+        module = sys.modules[type(head)._predict_by_feat_single.__module__]
+        original = module.filter_scores_and_topk
+        kept = []
+
+        def recording(scores, score_thr, topk, results=None):
+            out = original(scores, score_thr, topk, results)
+            kept.append(out[2])  # prior index of each kept (prior, class) of this level
+            return out
+
+        def post_process(results, cfg, rescale=False, with_nms=True, img_meta=None):
+            if sum(len(k) for k in kept) != len(results):
+                raise RuntimeError(f'{type(head).__name__}: recorded {len(kept)} levels of '
+                                   f'candidates that do not match its {len(results)}')
+            results.level = torch.cat([torch.full_like(k, level) for level, k in
+                                       enumerate(kept)])
+            results.prior = torch.cat(kept)
+            kept.clear()
+            return type(head)._bbox_post_process(head, results, cfg, rescale, with_nms,
+                                                 img_meta)
+
+        module.filter_scores_and_topk = recording
+        head._bbox_post_process = post_process
+        try:
+            yield
+        finally:
+            module.filter_scores_and_topk = original
+            del head._bbox_post_process
+
+    def predictions(self, fwd, cfg=None, with_nms: bool = True) -> list:
+        """mmdet's ``predict_by_feat`` of a forward (``outputs``, ``metas``; boxes in
+        original pixels) with provenance: per image an InstanceData with ``bboxes``,
+        ``scores``, ``labels``, ``level``, ``prior``, ``img``. ``cfg`` replaces the head's
+        ``test_cfg``; without NMS these are the candidates that reach it."""
+        with torch.no_grad(), self.provenance():
+            results = self.head.predict_by_feat(*fwd.outputs, batch_img_metas=fwd.metas,
+                                                cfg=cfg, rescale=True, with_nms=with_nms)
+        for i, res in enumerate(results):
+            res.img = torch.full_like(res.labels, i)
+        return results
+
+    def every_prediction(self, fwd) -> list:
+        """Every (prior, class) of every location, no threshold, top-k or NMS (to find the
+        prediction that explains a target best), with provenance."""
+        cls = self.split(fwd.outputs)[0]
+        cfg = ConfigDict(self.head.test_cfg or {})
+        cfg.update(score_thr=-1.0, nms_pre=sum(c[0].numel() for c in cls) + 1,
+                   min_bbox_size=-1)
+        return self.predictions(fwd, cfg, with_nms=False)
+
+    # ---------------------------------------------------------------- attribute
+    def location(self, level: int, prior: torch.Tensor, hw) -> tuple:
+        """(ys, xs, anchor) of flat prior indices on a level of size ``hw``."""
+        a = self.num_priors(level)
+        loc = prior // a
+        return loc // hw[1], loc % hw[1], prior % a
+
+    def rows(self, outputs, preds: InstanceData) -> DenseRows:
+        """The head outputs (with their graph) at the predictions (``img``, ``level``,
+        ``prior``)."""
+        parts = [[], [], []]
+        order = []
+        for level in preds.level.unique().tolist():
+            idx = (preds.level == level).nonzero()[:, 0]
+            order.append(idx)
+            for k, maps in enumerate(self.split(outputs)):
+                if maps is None:
+                    continue
+                m = maps[level]  # [B, A * X, h, w]
+                b, ax, h, w = m.shape
+                a = self.num_priors(level)
+                flat = m.permute(0, 2, 3, 1).reshape(b, h * w * a, ax // a)
+                parts[k].append(flat[preds.img[idx], preds.prior[idx]])
+        if not order:
+            return self._empty_rows(outputs)
+        inverse = torch.argsort(torch.cat(order))
+        cls, reg, factor = (torch.cat(p)[inverse] if p else None for p in parts)
+        return DenseRows(cls, reg, None if factor is None else factor[:, 0])
+
+    def _empty_rows(self, outputs) -> DenseRows:
+        cls, reg, factor = self.split(outputs)
+        a = self.num_priors(0)
+        return DenseRows(cls[0].new_zeros(0, cls[0].shape[1] // a),
+                         reg[0].new_zeros(0, reg[0].shape[1] // a),
+                         None if factor is None else factor[0].new_zeros(0))
+
+    def attribute(self, target: str, rows: DenseRows, preds: InstanceData,
+                  prior_coords: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Y (n,) of the predictions from their head outputs ``rows``.
+
+        Args:
+            target: 'score' (:meth:`score`), 'logit' (the class logit) or a box side
+                'x1' | 'y1' | 'x2' | 'y2' in original pixels (:meth:`decode`, not clipped).
+            prior_coords: (n, P) each prediction's prior; scale: (n, 2) input / original
+                (w, h) of its image.
+        """
+        if target == 'logit':
+            return self.logit(rows, preds.labels)
+        if target == 'score':
+            return self.score(rows, preds.labels)
+        if target in BOX_SIDES:
+            i = BOX_SIDES.index(target)
+            return self.decode(rows, preds, prior_coords)[:, i] / scale[:, i % 2]
+        raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
+                         f'got {target!r}')
+
+    def logit(self, rows: DenseRows, labels: torch.Tensor) -> torch.Tensor:
+        return rows.cls.gather(1, labels[:, None])[:, 0]
+
+    def score(self, rows: DenseRows, labels: torch.Tensor) -> torch.Tensor:
+        """mmdet's ``_predict_by_feat_single``: the class activation (sigmoid, softmax
+        without background, or the loss's own), times the sigmoid of the score factor."""
+        head = self.head
+        if getattr(head.loss_cls, 'custom_cls_channels', False):
+            probs = head.loss_cls.get_activation(rows.cls)
+        elif head.use_sigmoid_cls:
+            probs = rows.cls.sigmoid()
+        else:
+            probs = rows.cls.softmax(-1)[:, :-1]
+        score = probs.gather(1, labels[:, None])[:, 0]
+        return score * rows.factor.sigmoid() if rows.factor is not None else score
+
+    def decode(self, rows: DenseRows, preds: InstanceData,
+               prior_coords: torch.Tensor) -> torch.Tensor:
+        """(n, 4) x1y1x2y2 boxes in input pixels, mmdet's decoding without clipping."""
+        return self.head.bbox_coder.decode(prior_coords, rows.reg)
+
+    def stride(self, level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        strides = torch.tensor([s[0] for s in self.head.prior_generator.strides],
+                               dtype=like.dtype, device=like.device)
+        return strides[level]
+
+    # --------------------------------------------------------------- Odam-Train
+    def train_support(self) -> str | None:
+        """None if :meth:`train_positives` knows this head's positives, else why not."""
+        return f'{type(self).__name__} does not know the positives of {type(self.head).__name__}'
+
+    @contextlib.contextmanager
+    def recording_positives(self):
+        """Inside, the head's ``loss_by_feat`` records what :meth:`train_positives` needs."""
+        yield None
+
+    def train_positives(self, fwd, recorded, batch_gt_instances, metas) -> InstanceData:
+        """Every positive of the batch as the head's own assignment made it: ``img``,
+        ``level``, ``prior``, ``labels`` (assigned class), ``gt_index`` (into its image's
+        GT), ``bboxes`` (predicted, input pixels, detached) and ``ious`` with its GT box."""
+        raise UnsupportedHeadError(self.train_support())
+
+    def _with_ious(self, fwd, pos: InstanceData, gt_bboxes: torch.Tensor) -> InstanceData:
+        """``pos`` with its predicted ``bboxes`` (input pixels) and their ``ious`` with
+        ``gt_bboxes`` (n, 4)."""
+        with torch.no_grad():
+            coords = self.prior_coords(fwd.feats, pos)
+            pos.bboxes = self.decode(self.rows(fwd.outputs, pos), pos, coords).detach()
+            pos.ious = bbox_overlaps(pos.bboxes, gt_bboxes, is_aligned=True)
+        return pos
+
+    # ---------------------------------------------------------------- fast mode
+    def towers(self, level: int):
+        """(cls tower layers, reg tower layers) of a level, or None (no conv towers)."""
+        head = self.head
+        if not (hasattr(head, 'cls_convs') and hasattr(head, 'reg_convs')):
+            return None
+        return list(head.cls_convs), list(head.reg_convs)
+
+    def fast_support(self) -> str | None:
+        """None if ``fast`` mode applies, else the reason (logged; exact mode is used)."""
+        if self.forward_impl is None:
+            return f'{type(self).__name__} has no window form of the final layers'
+        own = resolved(type(self.head), self.forward_impl.__name__)
+        if own is not self.forward_impl:
+            return (f'{type(self.head).__name__}.{self.forward_impl.__name__} is '
+                    f'{own.__qualname__}, not {self.forward_impl.__qualname__}')
+        for level in range(self.head.prior_generator.num_levels):
+            towers = self.towers(level)
+            if towers is None:
+                return f'{type(self.head).__name__} has no cls / reg conv towers'
+            reason = tower_support(towers[0] + towers[1])
+            if reason is not None:
+                return reason
+        return None
+
+    def final_layers(self, level: int, cls_feat: torch.Tensor, reg_feat: torch.Tensor):
+        """The head's final layers on (n, C, k, k) windows of the towers' outputs (k = 2 *
+        :attr:`final_radius` + 1) -> raw outputs at the centres: ``(cls (n, A * K), reg
+        (n, A * E), factor (n, A) or None)``, as the head's ``forward`` computes them."""
+        raise NotImplementedError
+
+    @staticmethod
+    def centre(x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, x.shape[2] // 2, x.shape[3] // 2]
+
+    def rows_at(self, level: int, raw, anchor: torch.Tensor) -> DenseRows:
+        """:meth:`final_layers`' outputs at each prediction's anchor -> :class:`DenseRows`."""
+        out = []
+        for x in raw:
+            if x is not None:
+                x = x.reshape(len(x), self.num_priors(level), -1)
+                x = x[torch.arange(len(x), device=x.device), anchor]
+            out.append(x)
+        cls, reg, factor = out
+        return DenseRows(cls, reg, None if factor is None else factor[:, 0])
+
+
+class SampledPositives:
+    """Odam-Train positives of anchor heads whose targets come from their assigner and
+    sampler (``_get_targets_single``: anchors inside the image, ``sampler.sample``): the
+    sampler's ``pos_inds`` and ``pos_assigned_gt_inds``, recorded per image."""
+
+    def train_support(self):
+        return None
+
+    @contextlib.contextmanager
+    def recording_positives(self):
+        sampler, results = self.head.sampler, []
+        original = sampler.sample
+
+        def sample(*args, **kwargs):
+            results.append(original(*args, **kwargs))
+            return results[-1]
+
+        sampler.sample = sample
+        try:
+            yield results
+        finally:
+            del sampler.sample
+
+    def train_positives(self, fwd, recorded, batch_gt_instances, metas):
+        head = self.head
+        if len(recorded) != len(metas):
+            raise RuntimeError(f'{type(head).__name__}: {len(recorded)} sampling results for '
+                               f'{len(metas)} images')
+        sizes = [f.shape[-2:] for f in fwd.feats]
+        anchors, valid = head.get_anchors(sizes, metas, device=fwd.feats[0].device)
+        parts, gt_boxes = [], []
+        for img, (res, meta) in enumerate(zip(recorded, metas)):
+            counts = [len(a) for a in anchors[img]]
+            inside = anchor_inside_flags(torch.cat(anchors[img]), torch.cat(valid[img]),
+                                         meta['img_shape'][:2],
+                                         head.train_cfg['allowed_border']).nonzero()[:, 0]
+            flat = inside[res.pos_inds]  # the sampler indexes the anchors inside the image
+            starts = torch.tensor([0] + counts, device=flat.device).cumsum(0)
+            level = torch.searchsorted(starts[1:], flat, right=True)
+            parts.append(InstanceData(img=torch.full_like(flat, img), level=level,
+                                      prior=flat - starts[level], labels=res.pos_gt_labels,
+                                      gt_index=res.pos_assigned_gt_inds))
+            gt_boxes.append(res.pos_gt_bboxes)
+        return self._with_ious(fwd, InstanceData.cat(parts), torch.cat(gt_boxes))
+
+
+class RetinaAdapter(SampledPositives, DenseHeadAdapter):
+    """RetinaNet (and its subclasses that keep its forward): towers without norm."""
+    head_type = RetinaHead
+    forward_impl = staticmethod(RetinaHead.forward_single)
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        return self.centre(head.retina_cls(cls_feat)), self.centre(head.retina_reg(reg_feat)), \
+            None
+
+
+class ATSSAdapter(SampledPositives, DenseHeadAdapter):
+    """ATSS: GroupNorm towers, scaled regression, centerness as score factor."""
+    head_type = ATSSHead
+    forward_impl = staticmethod(ATSSHead.forward_single)
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        reg = head.scales[level](head.atss_reg(reg_feat)).float()
+        return (self.centre(head.atss_cls(cls_feat)), self.centre(reg),
+                self.centre(head.atss_centerness(reg_feat)))
+
+
+class GFLAdapter(SampledPositives, DenseHeadAdapter):
+    """GFL: regression as a distribution over distances (``integral`` x stride), decoded
+    from the anchor centres; the class score carries the quality (no factor)."""
+    head_type = GFLHead
+    selection = (BaseDenseHead.predict_by_feat, GFLHead._predict_by_feat_single,
+                 BaseDenseHead._bbox_post_process)
+    forward_impl = staticmethod(GFLHead.forward_single)
+
+    def decode(self, rows, preds, prior_coords):
+        head = self.head
+        dist = head.integral(rows.reg) * self.stride(preds.level, rows.reg)[:, None]
+        return head.bbox_coder.decode(head.anchor_center(prior_coords), dist)
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        reg = head.scales[level](head.gfl_reg(reg_feat)).float()
+        return self.centre(head.gfl_cls(cls_feat)), self.centre(reg), None
+
+
+class FCOSAdapter(DenseHeadAdapter):
+    """FCOS: GroupNorm towers, distances (scaled, x stride with ``norm_on_bbox``),
+    centerness (on the reg or cls branch) as score factor."""
+    head_type = FCOSHead
+    forward_impl = staticmethod(FCOSHead.forward_single)
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        reg = head.scales[level](head.conv_reg(reg_feat)).float()
+        if head.norm_on_bbox:
+            reg = reg.clamp(min=0) * (1 if head.training else head.strides[level])
+        else:
+            reg = reg.exp()
+        factor = head.conv_centerness(reg_feat if head.centerness_on_reg else cls_feat)
+        return self.centre(head.conv_cls(cls_feat)), self.centre(reg), self.centre(factor)
+
+    def train_support(self):
+        return None if type(self.head).get_targets is FCOSHead.get_targets else (
+            f'{type(self.head).__name__}.get_targets is not FCOS\'s')
+
+    def train_positives(self, fwd, recorded, batch_gt_instances, metas):
+        """FCOS's targets (``get_targets``: labels and distances per location); the GT
+        index, which FCOS does not return, is the GT box the target distances rebuild."""
+        head = self.head
+        sizes = [f.shape[-2:] for f in fwd.feats]
+        points = head.prior_generator.grid_priors(sizes, dtype=fwd.feats[0].dtype,
+                                                  device=fwd.feats[0].device)
+        with torch.no_grad():
+            labels, targets = head.get_targets(points, batch_gt_instances)
+        num_imgs = len(batch_gt_instances)
+        parts = []
+        for level, (pts, lab, tgt) in enumerate(zip(points, labels, targets)):
+            unit = head.strides[level] if head.norm_on_bbox else 1
+            img, loc = (lab.view(num_imgs, -1) < head.num_classes).nonzero(as_tuple=True)
+            parts.append(InstanceData(
+                img=img, level=torch.full_like(img, level), prior=loc,
+                labels=lab.view(num_imgs, -1)[img, loc],
+                gt_bboxes=head.bbox_coder.decode(pts[loc], tgt.view(num_imgs, -1, 4)[img, loc]
+                                                 * unit)))
+        pos = InstanceData.cat(parts)
+        pos.gt_index = torch.zeros_like(pos.img)
+        for b, gt in enumerate(batch_gt_instances):
+            sel = (pos.img == b).nonzero()[:, 0]
+            if len(sel):
+                gt_boxes = gt.bboxes.tensor if hasattr(gt.bboxes, 'tensor') else gt.bboxes
+                dist = (pos.gt_bboxes[sel, None] - gt_boxes[None]).abs().sum(-1)
+                pos.gt_index[sel] = dist.argmin(1)
+        gt_bboxes = pos.gt_bboxes
+        del pos.gt_bboxes
+        return self._with_ious(fwd, pos, gt_bboxes)
+
+    def decode(self, rows, preds, prior_coords):
+        """FCOS's distances are in units of the stride in training (``norm_on_bbox``)."""
+        reg = rows.reg
+        if self.head.training and self.head.norm_on_bbox:
+            reg = reg * self.stride(preds.level, reg)[:, None]
+        return self.head.bbox_coder.decode(prior_coords, reg)
+
+
+class AutoAssignAdapter(FCOSAdapter):
+    """AutoAssign: FCOS's towers; distances clamped and x stride; objectness-weighted
+    centerness as score factor."""
+    head_type = AutoAssignHead
+    forward_impl = staticmethod(AutoAssignHead.forward_single)
+    decode = DenseHeadAdapter.decode
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        reg = head.scales[level](head.conv_reg(reg_feat)).float().clamp(min=0)
+        reg = reg * head.strides[level]
+        return (self.centre(head.conv_cls(cls_feat)), self.centre(reg),
+                self.centre(head.conv_centerness(reg_feat)))
+
+
+class FoveaAdapter(DenseHeadAdapter):
+    """FoveaBox: GroupNorm towers, log-space distances in units of the level's base edge."""
+    head_type = FoveaHead
+    selection = (BaseDenseHead.predict_by_feat, FoveaHead._predict_by_feat_single,
+                 BaseDenseHead._bbox_post_process)
+    forward_impl = staticmethod(FoveaHead.forward_single)
+
+    def decode(self, rows, preds, prior_coords):
+        base = torch.tensor(self.head.base_edge_list, dtype=rows.reg.dtype,
+                            device=rows.reg.device)[preds.level][:, None]
+        d = rows.reg.exp() * base  # [n, 4]
+        x, y = prior_coords[:, 0], prior_coords[:, 1]
+        return torch.stack([x - d[:, 0], y - d[:, 1], x + d[:, 2], y + d[:, 3]], -1)
+
+    def fast_support(self):
+        if self.head.with_deform:
+            return 'FoveaBox with feature alignment (deformable convs)'
+        return super().fast_support()
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        return self.centre(head.conv_cls(cls_feat)), self.centre(head.conv_reg(reg_feat)), None
+
+
+class TOODAdapter(DenseHeadAdapter):
+    """TOOD: the forward's task alignment pools each level globally, so only ``exact``
+    applies; the class output is already a probability and the regression output is the
+    box in units of the stride."""
+    head_type = TOODHead
+    selection = (BaseDenseHead.predict_by_feat, TOODHead._predict_by_feat_single,
+                 BaseDenseHead._bbox_post_process)
+
+    def logit(self, rows, labels):
+        """TOOD has no class logit: log(p / (1 - p)) of its aligned class probability."""
+        return inverse_sigmoid(self.score(rows, labels), eps=1e-6)
+
+    def score(self, rows, labels):
+        return rows.cls.gather(1, labels[:, None])[:, 0]
+
+    def decode(self, rows, preds, prior_coords):
+        return rows.reg * self.stride(preds.level, rows.reg)[:, None]
+
+    def towers(self, level):
+        return None
+
+
+class RTMDetAdapter(DenseHeadAdapter):
+    """RTMDet: BatchNorm + SiLU towers (per level for the SepBN head), 1x1 final convs,
+    distances exp-scaled x stride; an objectness branch, if any, folded into the class
+    logit (mmdet's ``inverse_sigmoid(sigmoid_geometric_mean(cls, obj))``)."""
+    head_type = RTMDetHead
+    forward_impl = staticmethod(RTMDetHead.forward)
+
+    def __init__(self, head):
+        super().__init__(head)
+        self.separate = isinstance(head, RTMDetSepBNHead)
+        if self.separate:
+            self.forward_impl = RTMDetSepBNHead.forward
+        k = (head.rtm_cls[0] if self.separate else head.rtm_cls).kernel_size[0]
+        self.final_radius = k // 2
+
+    def towers(self, level):
+        head = self.head
+        if self.separate:
+            return list(head.cls_convs[level]), list(head.reg_convs[level])
+        return list(head.cls_convs), list(head.reg_convs)
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        pick = (lambda m: m[level]) if self.separate else (lambda m: m)
+        cls = pick(head.rtm_cls)(cls_feat)
+        if head.with_objectness:
+            cls = inverse_sigmoid(sigmoid_geometric_mean(cls, pick(head.rtm_obj)(reg_feat)))
+        reg = pick(head.rtm_reg)(reg_feat)
+        stride = head.prior_generator.strides[level][0]
+        if not self.separate:
+            reg = head.scales[level](reg.exp()).float() * stride
+        else:
+            reg = (reg.exp() if head.exp_on_reg else reg) * stride
+        return self.centre(cls), self.centre(reg), None
+
+
+class YOLOXAdapter(DenseHeadAdapter):
+    """YOLOX: its own ``predict_by_feat`` over all levels flattened (one class per location,
+    the best; score = sigmoid(cls) x sigmoid(objectness)); BatchNorm + SiLU towers per
+    level, 1x1 final convs."""
+    head_type = YOLOXHead
+    selection = (YOLOXHead.predict_by_feat, YOLOXHead._bbox_post_process)
+    forward_impl = staticmethod(YOLOXHead.forward_single)
+    final_radius = 0
+
+    def priors(self, sizes, like):
+        return self.head.prior_generator.grid_priors(sizes, dtype=like.dtype,
+                                                     device=like.device, with_stride=True)
+
+    @contextlib.contextmanager
+    def provenance(self):
+        """Inside, YOLOX's ``_bbox_post_process`` receives ``level`` / ``prior`` of its
+        candidates: YOLOX's own selection (best class, ``objectness x score >= score_thr``)
+        recomputed from the outputs it is given (checked against its labels)."""
+        head, adapter = self.head, self
+        calls = {'img': 0}
+        original = YOLOXHead.predict_by_feat
+
+        def predict_by_feat(cls_scores, bbox_preds, objectnesses, batch_img_metas=None,
+                            cfg=None, rescale=False, with_nms=True):
+            calls.update(img=0, outputs=(cls_scores, bbox_preds, objectnesses),
+                         cfg=head.test_cfg if cfg is None else cfg)
+            return original(head, cls_scores, bbox_preds, objectnesses, batch_img_metas,
+                            cfg, rescale, with_nms)
+
+        def post_process(results, cfg, rescale=False, with_nms=True, img_meta=None):
+            level, prior, labels = adapter._selected(calls['outputs'], calls['img'],
+                                                     calls['cfg'])
+            if not torch.equal(labels, results.labels):
+                raise RuntimeError('YOLOXHead: the recomputed selection differs from its own')
+            results.level, results.prior = level, prior
+            calls['img'] += 1
+            return YOLOXHead._bbox_post_process(head, results, cfg, rescale, with_nms,
+                                                img_meta)
+
+        head.predict_by_feat = predict_by_feat
+        head._bbox_post_process = post_process
+        try:
+            yield
+        finally:
+            del head.predict_by_feat, head._bbox_post_process
+
+    def _selected(self, outputs, img: int, cfg):
+        """(level, prior, label) of the locations YOLOX keeps for image ``img``."""
+        cls, _, obj = outputs
+        sizes = [c.shape[2] * c.shape[3] for c in cls]
+        flat_cls = torch.cat([c[img].permute(1, 2, 0).reshape(-1, c.shape[1])
+                              for c in cls]).sigmoid()
+        flat_obj = torch.cat([o[img].permute(1, 2, 0).reshape(-1) for o in obj]).sigmoid()
+        max_scores, labels = torch.max(flat_cls, 1)
+        keep = (flat_obj * max_scores >= cfg.score_thr).nonzero()[:, 0]
+        starts = torch.tensor([0] + sizes, device=keep.device).cumsum(0)
+        level = torch.searchsorted(starts[1:], keep, right=True)
+        return level, keep - starts[level], labels[keep]
+
+    def every_prediction(self, fwd):
+        cfg = ConfigDict(self.head.test_cfg or {})
+        cfg.update(score_thr=-1.0)
+        return self.predictions(fwd, cfg, with_nms=False)
+
+    def score(self, rows, labels):
+        return rows.cls.sigmoid().gather(1, labels[:, None])[:, 0] * rows.factor.sigmoid()
+
+    def decode(self, rows, preds, prior_coords):
+        return self.head._bbox_decode(prior_coords, rows.reg)
+
+    def towers(self, level):
+        head = self.head
+        return list(head.multi_level_cls_convs[level]), list(head.multi_level_reg_convs[level])
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        return (self.centre(head.multi_level_conv_cls[level](cls_feat)),
+                self.centre(head.multi_level_conv_reg[level](reg_feat)),
+                self.centre(head.multi_level_conv_obj[level](reg_feat)))
+
+
+# build_adapter takes the head's most specific class here; DenseHeadAdapter covers any
+# other head with mmdet's base post-processing (exact mode)
+DENSE_ADAPTERS = (RetinaAdapter, ATSSAdapter, GFLAdapter, FCOSAdapter, AutoAssignAdapter,
+                  FoveaAdapter, TOODAdapter, RTMDetAdapter, YOLOXAdapter, DenseHeadAdapter)

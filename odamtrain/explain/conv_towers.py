@@ -1,0 +1,249 @@
+"""Back-propagation through towers of 3x3 ``ConvModule`` s (conv -> norm -> act) without
+autograd, for many detections at once: what dense heads put between an FPN level A and
+their final convs.
+
+Shapes: n detections, B images, C channels, (k, k) a window, (h, w) a level.
+
+* :func:`window_backward` (``fast``): with the normalisation statistics held constant, a
+  location's outputs depend on A only in a window of radius (tower depth + final-conv
+  radius). The gradient at the towers' output window is carried down layer by layer on
+  growing windows (transposed convs), with the forward's activation inputs and statistics,
+  positions off the map dropped (they are the full model's zero padding).
+* :func:`map_backward` (``exact``): the same on the whole map, with the exact GroupNorm
+  backward from the statistics recorded in the forward.
+
+Supported layers (:func:`tower_support`): 3x3 stride-1 convs, norm GroupNorm / BatchNorm
+(eval: running statistics; training: the batch's, held constant) / none, activation ReLU /
+SiLU (mmcv's Swish) / none, in the order conv-norm-act.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmcv.cnn.bricks import Swish
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ['tower_support', 'TowerRecord', 'record_towers', 'window_backward', 'map_backward',
+           'gather_windows', 'window_on_map', 'paste_windows', 'frozen_norm_stats']
+
+
+def _is_same_3x3(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1)
+
+
+def tower_support(layers) -> str | None:
+    """None if :func:`window_backward` / :func:`map_backward` handle these tower layers,
+    else the reason they do not."""
+    for m in layers:
+        if not isinstance(m, ConvModule):
+            return f'tower layer {type(m).__name__} is not an mmcv ConvModule'
+        if not _is_same_3x3(m.conv):
+            return (f'tower conv {type(m.conv).__name__} is not a plain 3x3 stride-1 conv '
+                    '(e.g. DCN or depthwise)')
+        if m.order != ('conv', 'norm', 'act'):
+            return f'tower layer order {m.order} is not conv-norm-act'
+        norm = m.norm if m.with_norm else None
+        if norm is not None and not isinstance(norm, (nn.GroupNorm, _BatchNorm)):
+            return f'tower norm {type(norm).__name__} is not GroupNorm or BatchNorm'
+        act = m.activate if m.with_activation else None
+        if act is not None and not isinstance(act, (nn.ReLU, nn.SiLU, Swish)):
+            return f'tower activation {type(act).__name__} is not ReLU or SiLU'
+    return None
+
+
+class TowerRecord:
+    """What the forward of a head recorded for its tower layers, per call (a shared tower
+    runs once per level): the activation input ``z``, the normalisation statistics
+    ``(mean, rstd)`` (B, G) with, for GroupNorm, its input ``x``, and the outputs of the
+    towers' last layers (the final convs' input)."""
+
+    def __init__(self):
+        self.z, self.norm, self.out = {}, {}, {}
+
+    def get(self, kind: str, module, call: int):
+        return getattr(self, kind)[module][call]
+
+
+@contextlib.contextmanager
+def record_towers(layers, last_layers):
+    """Record a :class:`TowerRecord` during the forward(s) inside (hooks removed on exit,
+    also after an exception). Tensors are detached: autograd keeps its own graph."""
+    record, handles = TowerRecord(), []
+
+    def norm_hook(owner):
+        def hook(module, args):
+            record.norm.setdefault(owner, []).append(_statistics(module, args[0].detach()))
+        return hook
+
+    def act_hook(owner):
+        def hook(module, args):  # an in-place activation overwrites its input: copy it
+            z = args[0].detach()
+            record.z.setdefault(owner, []).append(
+                z.clone() if getattr(module, 'inplace', False) else z)
+        return hook
+
+    def out_hook(module, args, output):
+        record.out.setdefault(module, []).append(output.detach())
+
+    try:
+        for m in dict.fromkeys(layers):  # each module once, in order
+            if m.with_norm:
+                handles.append(m.norm.register_forward_pre_hook(norm_hook(m)))
+            if m.with_activation:
+                handles.append(m.activate.register_forward_pre_hook(act_hook(m)))
+        for m in dict.fromkeys(last_layers):
+            handles.append(m.register_forward_hook(out_hook))
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _statistics(norm: nn.Module, x: torch.Tensor) -> tuple:
+    """(mean, rstd) (B | 1, G | C) a norm layer normalises ``x`` with, and (GroupNorm) x."""
+    if isinstance(norm, nn.GroupNorm):
+        xg = x.reshape(x.shape[0], norm.num_groups, -1).float()
+        var, mean = torch.var_mean(xg, -1, unbiased=False)
+        return mean, torch.rsqrt(var + norm.eps), x
+    if norm.training:  # BatchNorm on the batch's statistics
+        var, mean = torch.var_mean(x.transpose(0, 1).flatten(1).float(), -1, unbiased=False)
+        return mean[None], torch.rsqrt(var + norm.eps)[None], None
+    return norm.running_mean[None], torch.rsqrt(norm.running_var + norm.eps)[None], None
+
+
+def _act_grad(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    if isinstance(act, nn.ReLU):
+        return (z > 0).to(z.dtype)
+    s = torch.sigmoid(z)  # SiLU / Swish: d(z * s) / dz
+    return s * (1 + z * (1 - s))
+
+
+def _norm_scale(m: ConvModule, mean_rstd) -> torch.Tensor:
+    """(B | 1, C): what the norm multiplies a gradient by with its statistics constant."""
+    norm = m.norm
+    rstd = mean_rstd[1]
+    if isinstance(norm, nn.GroupNorm):
+        c = norm.num_channels
+        rstd = rstd.repeat_interleave(c // norm.num_groups, 1)  # [B, C]
+    if norm.affine:
+        rstd = rstd * norm.weight
+    return rstd
+
+
+def window_on_map(ys: torch.Tensor, xs: torch.Tensor, radius: int, hw) -> torch.Tensor:
+    """(n, 1, 2r+1, 2r+1) bool: which cells of the windows centred at (ys, xs) lie on an
+    (h, w) map."""
+    h, w = hw
+    ar = torch.arange(-radius, radius + 1, device=ys.device)
+    yy, xx = ys[:, None] + ar, xs[:, None] + ar  # [n, k]
+    return (((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :])[:, None]
+
+
+def gather_windows(feat: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+                   radius: int) -> torch.Tensor:
+    """Windows (n, C, 2r+1, 2r+1) of ``feat`` (B, C, h, w) centred at (ys, xs) of images b,
+    zero outside the map (differentiable)."""
+    ar = torch.arange(0, 2 * radius + 1, device=feat.device)
+    padded = F.pad(feat, (radius, radius, radius, radius))
+    win = padded[b[:, None, None], :, (ys[:, None] + ar)[:, :, None],
+                 (xs[:, None] + ar)[:, None, :]]
+    return win.permute(0, 3, 1, 2)
+
+
+def paste_windows(maps: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+                  hw: tuple[int, int]) -> torch.Tensor:
+    """Place (N, ..., k, k) windows centred at (ys, xs) into (N, ..., h, w) zero maps
+    (clipped at the borders)."""
+    n, k = maps.shape[0], maps.shape[-1]
+    r = k // 2
+    h, w = hw
+    flat = maps.reshape(-1, k, k)  # [N * M, k, k], M windows per detection
+    rep = flat.shape[0] // n if n else 1
+    ys, xs = ys.repeat_interleave(rep), xs.repeat_interleave(rep)
+    canvas = maps.new_zeros(flat.shape[0], h + 2 * r, w + 2 * r)
+    ar = torch.arange(k, device=maps.device)
+    canvas[torch.arange(len(flat), device=maps.device)[:, None, None],
+           (ys[:, None] + ar)[:, :, None], (xs[:, None] + ar)[:, None, :]] = flat
+    return canvas[:, r:r + h, r:r + w].reshape(*maps.shape[:-2], h, w)
+
+
+def window_backward(layers, record: TowerRecord, calls: dict, delta: torch.Tensor,
+                    b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, hw) -> torch.Tensor:
+    """Carry ``delta`` = dY/d(tower output) on (n, C, k, k) windows centred at (ys, xs) of
+    images b down the tower ``layers`` to its input: (n, C, k + 2 L, k + 2 L), with the
+    recorded activations, statistics held constant, positions off the map zero.
+
+    Args:
+        calls: {layer: which of its recorded calls made this level}.
+    """
+    for m in reversed(list(layers)):
+        r = delta.shape[-1] // 2
+        call = calls[m]
+        if m.with_activation:
+            z = gather_windows(record.get('z', m, call), b, ys, xs, r)
+            delta = delta * _act_grad(m.activate, z)
+        if m.with_norm:
+            scale = _norm_scale(m, record.get('norm', m, call))
+            delta = delta * scale[b if scale.shape[0] > 1 else 0][..., None, None]
+        delta = F.conv_transpose2d(delta, m.conv.weight)
+        delta = delta * window_on_map(ys, xs, r + 1, hw)
+    return delta
+
+
+def map_backward(layers, record: TowerRecord, calls: dict, delta: torch.Tensor,
+                 img: int) -> torch.Tensor:
+    """Carry ``delta`` = dY/d(tower output), (n, C, h, w) on the whole map of image ``img``,
+    down the tower to its input, exactly: the recorded activations, and for GroupNorm its
+    backward with the statistics differentiated (``dx = rstd * (t - mean(t) - x_hat *
+    mean(t * x_hat))`` per group, t = gamma * dy); BatchNorm in eval mode is affine."""
+    n = delta.shape[0]
+    for m in reversed(list(layers)):
+        call = calls[m]
+        if m.with_activation:
+            delta = delta * _act_grad(m.activate, record.get('z', m, call)[img:img + 1])
+        if m.with_norm:
+            norm = m.norm
+            mean, rstd, x = record.get('norm', m, call)
+            if isinstance(norm, nn.GroupNorm):
+                if norm.affine:
+                    delta = delta * norm.weight.to(delta.dtype)[:, None, None]
+                g = norm.num_groups
+                mean, rstd, x = mean[img], rstd[img], x[img]
+                x_hat = ((x.reshape(g, -1) - mean[:, None]) * rstd[:, None]).to(delta.dtype)
+                t = delta.reshape(n, g, -1)  # [n, G, C / G * h * w]
+                t_mean = t.mean(-1, keepdim=True)
+                tx_mean = torch.einsum('ngm,gm->ng', t, x_hat)[..., None] / x_hat.shape[1]
+                delta = ((t - t_mean - x_hat * tx_mean) * rstd[:, None].to(t.dtype)
+                         ).reshape(delta.shape)
+            else:
+                delta = delta * _norm_scale(m, (mean, rstd))[0][:, None, None]
+        delta = F.conv_transpose2d(delta, m.conv.weight, padding=1)
+    return delta
+
+
+@contextlib.contextmanager
+def frozen_norm_stats():
+    """Inside, every ``nn.GroupNorm`` treats its mean and variance as constants (detached),
+    so that autograd gives the gradient :func:`window_backward` computes for GroupNorm
+    towers (the oracle of ``fast`` mode; BatchNorm in eval mode is affine anyway)."""
+    original = nn.GroupNorm.forward
+
+    def forward(self, x):
+        xg = x.reshape(x.shape[0], self.num_groups, -1)
+        var, mean = torch.var_mean(xg.detach(), -1, unbiased=False, keepdim=True)
+        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape_as(x)
+        if self.affine:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    nn.GroupNorm.forward = forward
+    try:
+        yield
+    finally:
+        nn.GroupNorm.forward = original

@@ -1,0 +1,143 @@
+"""The predictions of any covered detector and their gradient heat maps (ODAM, Grad-CAM,
+Grad-CAM++), all computed in batch from one forward; and the candidates Odam-NMS compares,
+written once for every family."""
+from __future__ import annotations
+
+import torch
+
+from odamtrain.ops import is_odam_nms, odam_nms_keep, plain_nms_config
+from odamtrain.structures import target_predictions
+
+from .adapters import DenseHeadAdapter, build_adapter
+from .dense_gradients import dense_forward, level_maps, level_mode, log_fallback
+from .heatmap import output_size, resize_maps
+from .roi_gradients import fpn_heatmaps, roi_heatmaps
+from .settings import GRADIENT_METHODS, ExplanationSettings
+
+__all__ = ['explain_gradients', 'detector_forward', 'dense_heatmaps', 'odam_nms_candidates',
+           'odam_nms_select', 'nms_config', 'ODAM_NMS_DEFAULTS']
+
+# Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients
+ODAM_NMS_DEFAULTS = dict(target='logit', mode='fast', map_size=50)
+# Predictions of one level per vectorised step (bounds memory); maps resized at a time
+CHUNK = 256
+RESIZE_CHUNK = 32
+
+
+def nms_config(adapter) -> tuple:
+    """(the test config whose ``nms`` the detections go through, its NMS config):
+    the dense head's ``test_cfg`` or the RoI head's ``rcnn`` test config."""
+    cfg = (adapter.head.test_cfg if isinstance(adapter, DenseHeadAdapter)
+           else adapter.roi_head.test_cfg)
+    return cfg, (cfg or {}).get('nms') or {}
+
+
+def dense_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str | None,
+                   mode: str, map_size='image') -> None:
+    """Set ``heatmaps`` (N, H, W) at ``map_size`` on each image's predictions (``img``,
+    ``level``, ``prior``, ``labels``, ``bboxes`` original pixels) of a dense head."""
+    scale = torch.tensor([m['scale_factor'][:2] for m in fwd.metas], dtype=fwd.feats[0].dtype,
+                         device=fwd.feats[0].device)  # [B, 2] input / original (w, h)
+    modes = [level_mode(adapter, fwd, level, mode) for level in range(len(fwd.feats))]
+    # no graph through the maps: it would keep every chunk alive (the gradient functions
+    # record what they need themselves)
+    with torch.no_grad():
+        for det, meta in zip(dets, fwd.metas):
+            out_hw = output_size(meta['ori_shape'][:2], map_size)
+            det.heatmaps = fwd.feats[0].new_zeros(len(det), *out_hw)
+            for level in det.level.unique().tolist():
+                idx = (det.level == level).nonzero()[:, 0]
+                for part in idx.split(CHUNK):
+                    maps = level_maps(adapter, fwd, level, det[part], method, target, smooth,
+                                      modes[level], scale)
+                    stride = float(adapter.stride(det.level[part[:1]], maps)[0])
+                    for j in range(0, len(part), RESIZE_CHUNK):  # (n, H, W) temporaries
+                        det.heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
+                            maps[j:j + RESIZE_CHUNK], stride, meta['img_shape'][:2], out_hw)
+
+
+def odam_nms_candidates(adapter, fwd, nms_cfg: dict) -> list:
+    """Per image the candidates that reach NMS (dense: after score threshold, ``nms_pre``
+    and score factors; two-stage: the (RoI, class) pairs above ``score_thr``; boxes in
+    original pixels) with the ODAM ``heatmaps`` Odam-NMS compares (``nms_cfg``'s
+    ``target``, ``mode``, ``map_size``; :data:`ODAM_NMS_DEFAULTS`), from the forward
+    ``fwd`` that made them."""
+    maps = {**ODAM_NMS_DEFAULTS, **{k: v for k, v in nms_cfg.items()
+                                    if k in ODAM_NMS_DEFAULTS}}
+    cfg, _ = nms_config(adapter)
+    if isinstance(adapter, DenseHeadAdapter):
+        cands = adapter.predictions(fwd, plain_nms_config(cfg), with_nms=False)
+        dense_heatmaps(adapter, fwd, cands, 'odam', maps['target'], 'gaussian', maps['mode'],
+                       maps['map_size'])
+    else:
+        cands = adapter.candidates(fwd, cfg.score_thr)
+        roi_heatmaps(adapter, fwd, cands, 'odam', maps['target'], 'gaussian', maps['map_size'])
+    return cands
+
+
+def odam_nms_select(cands: list, nms_cfg: dict, max_per_img: int) -> list:
+    """Odam-NMS of each image's candidates (at most ``max_per_img`` kept); the kept
+    predictions keep their fields, ``heatmaps`` included."""
+    return [cand[odam_nms_keep(cand, nms_cfg, max_per_img)] for cand in cands]
+
+
+def detector_forward(model, adapter, inputs: torch.Tensor, data_samples: list,
+                     features: str = 'auto'):
+    """The detector's forward up to its head's outputs, as its adapter's explanations reuse
+    it: a :class:`DenseForward` (towers recorded) or, for two-stage detectors, the RPN's
+    proposals through the RoI head with A (``features`` 'auto' / 'roi', or 'fpn') as leaves
+    (a :class:`RoIForward`)."""
+    metas = [s.metainfo for s in data_samples]
+    if isinstance(adapter, DenseHeadAdapter):
+        if features not in ('auto', 'fpn'):
+            raise ValueError(f"{type(adapter.head).__name__}: features must be 'auto' or "
+                             f"'fpn' (A = the FPN level), got {features!r}")
+        with torch.no_grad():
+            return dense_forward(adapter, model.extract_feat(inputs), metas)
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(feats, data_samples, rescale=False)
+    return adapter.forward(feats, proposals, metas, 'roi' if features == 'auto' else features)
+
+
+def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
+                      settings: ExplanationSettings, targets: list | None = None) -> list:
+    """mmdet's detections (or, with ``targets``, the predictions that best find them) of a
+    preprocessed batch and their gradient heat maps, unnormalised.
+
+    Args:
+        inputs: (B, 3, H_in, W_in) the data preprocessor's output; data_samples: metainfo.
+        settings: a gradient method's :class:`ExplanationSettings`.
+        targets: None or per image an InstanceData (``bboxes`` (T, 4) original pixels,
+            ``labels`` (T,)): each is explained by the prediction, before score threshold
+            and NMS, that finds it best (:func:`odamtrain.structures.best_candidates`).
+    Returns:
+        Per image an InstanceData: ``bboxes`` (N, 4) x1y1x2y2 original pixels, ``scores``,
+        ``labels``, provenance fields and ``heatmaps`` (N, H, W) >= 0 at ``map_size``.
+        A model whose test-time NMS is ``odam_nms`` gives its Odam-NMS detections.
+    """
+    if settings.method not in GRADIENT_METHODS:
+        raise ValueError(f'explain_gradients: method must be one of {GRADIENT_METHODS}, got '
+                         f'{settings.method!r}')
+    adapter = build_adapter(model)
+    cfg, nms = nms_config(adapter)
+    odam_nms = targets is None and is_odam_nms(cfg)
+    s = settings
+    dense = isinstance(adapter, DenseHeadAdapter)
+    if dense:
+        log_fallback(adapter, s.mode)
+    fwd = detector_forward(model, adapter, inputs, data_samples, s.features)
+    if targets is not None:
+        dets = [target_predictions(every, tgt)
+                for every, tgt in zip(adapter.every_prediction(fwd), targets)]
+    elif odam_nms:
+        dets = odam_nms_select(odam_nms_candidates(adapter, fwd, nms), nms,
+                               cfg.get('max_per_img', -1))
+    else:
+        dets = adapter.predictions(fwd, plain_nms_config(cfg))
+    if dense:
+        dense_heatmaps(adapter, fwd, dets, s.method, s.target, s.smooth, s.mode, s.map_size)
+    else:
+        paint = fpn_heatmaps if s.features == 'fpn' else roi_heatmaps
+        paint(adapter, fwd, dets, s.method, s.target, s.smooth, s.map_size)
+    return dets

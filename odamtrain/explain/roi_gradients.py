@@ -1,0 +1,215 @@
+"""ODAM gradients and maps of a two-stage detector's predictions (A: see
+:mod:`odamtrain.explain.adapters.roi`).
+
+Shapes: R RoIs, n predictions, C channels, (s, s) the RoI feature size, (H, W) a map.
+
+* RoI features (``features='roi'``): one backward of ``sum_p Y_p`` per round of predictions
+  on distinct RoIs gives each its gradient on its own RoI's features, in every stage; each
+  stage's (s, s) map is pasted into the RoI that stage pooled, and the stages' maps add up.
+  Phi's sigma is 0.125 * s cells (the RoI spans the map).
+* FPN level (``features='fpn'``, one stage): dY/d(the RoI's FPN level) through RoIAlign's
+  backward; predictions whose RoI footprints on their level do not overlap share a
+  backward (:func:`fpn_rounds`); Phi's sigma by the box as for dense heads.
+"""
+from __future__ import annotations
+
+import torch
+from mmdet.structures.bbox import bbox2roi, bbox_overlaps
+from mmengine.structures import InstanceData
+
+from .heatmap import (
+    SIGMA_PER_BOX_SIZE,
+    box_sigma,
+    explanation_maps,
+    odam_heatmap,
+    output_size,
+    paste_roi_maps,
+    resize_maps,
+)
+
+__all__ = ['roi_grads', 'roi_heatmaps', 'fpn_rounds', 'roi_footprints', 'roi_fpn_grads',
+           'fpn_heatmaps', 'roi_positives', 'roi_positive_maps']
+
+
+def _scales(metas: list, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([m['scale_factor'][:2] for m in metas], dtype=like.dtype,
+                        device=like.device)  # [B, 2] input / original (w, h)
+
+
+def _rounds_of_distinct_rois(roi: torch.Tensor) -> torch.Tensor:
+    """(n,) round of each prediction = how many earlier predictions share its RoI."""
+    order = torch.argsort(roi, stable=True)
+    sorted_roi = roi[order]
+    first = torch.searchsorted(sorted_roi, sorted_roi)
+    rounds = torch.empty_like(order)
+    rounds[order] = torch.arange(len(roi), device=roi.device) - first
+    return rounds
+
+
+def roi_grads(adapter, fwd, preds: InstanceData, target: str, scale: torch.Tensor) -> list:
+    """Per stage (n, C, s, s) dY_p / dA_roi(p), one backward per round of distinct RoIs."""
+    grads = [f.new_zeros(len(preds), *f.shape[1:]) for f in fwd.feats]
+    if len(preds) == 0:
+        return grads
+    rounds = _rounds_of_distinct_rois(preds.roi)
+    with torch.enable_grad():  # (the sums below are part of the graph)
+        y = adapter.attribute(target, fwd, preds, scale)  # [n]
+        sums = [y[rounds == r].sum() for r in range(int(rounds.max()) + 1)]
+    for r, total in enumerate(sums):
+        sel = (rounds == r).nonzero()[:, 0]
+        gs = torch.autograd.grad(total, fwd.feats, retain_graph=True, allow_unused=True)
+        for stage, g in enumerate(gs):
+            if g is not None:
+                grads[stage][sel] = g[preds.roi[sel]]
+    return grads
+
+
+def roi_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str | None,
+                 map_size='image') -> None:
+    """Set ``heatmaps`` (N, H, W) on each image's predictions (``roi``, ``labels``,
+    ``img``) from the RoI features of every stage."""
+    metas = fwd.metas
+    scale = _scales(metas, fwd.feats[0])
+    preds = InstanceData.cat(dets) if dets else InstanceData()
+    grads = roi_grads(adapter, fwd, preds, target, scale)
+    with torch.no_grad():
+        stage_maps = []
+        for g, feat in zip(grads, fwd.feats):
+            sigma = None
+            if method == 'odam' and smooth == 'gaussian':
+                sigma = g.new_full((len(g),), SIGMA_PER_BOX_SIZE * feat.shape[-1])
+            stage_maps.append(explanation_maps(method, g, feat.detach()[preds.roi], sigma))
+        start = 0
+        for i, (det, meta) in enumerate(zip(dets, metas)):
+            out_hw = output_size(meta['ori_shape'][:2], map_size)
+            ori_h, ori_w = meta['ori_shape'][:2]
+            # a RoI in input pixels -> original pixels -> the output map's pixels
+            to_out = scale[i].new_tensor([out_hw[1] / ori_w, out_hw[0] / ori_h]) / scale[i]
+            det.heatmaps = fwd.feats[0].new_zeros(len(det), *out_hw)
+            for rois, maps in zip(fwd.rois, stage_maps):
+                det.heatmaps += paste_roi_maps(maps[start:start + len(det)],
+                                               rois[det.roi, 1:] * to_out.repeat(2), out_hw)
+            start += len(det)
+
+
+def fpn_rounds(level: torch.Tensor, cells: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+    """Greedy colouring: predictions in one round have disjoint footprints on their level
+    (cells (N, 4) x1y1x2y2 inclusive, per ``level``) and distinct RoIs, so one backward
+    separates their gradients. Returns (N,) round index."""
+    rounds = torch.full_like(level, -1)
+    members: list[list[int]] = []
+    for i in range(len(level)):
+        for r, idx in enumerate(members):
+            j = torch.tensor(idx)
+            same = level[j] == level[i]
+            overlap = ((cells[j, 0] <= cells[i, 2]) & (cells[i, 0] <= cells[j, 2])
+                       & (cells[j, 1] <= cells[i, 3]) & (cells[i, 1] <= cells[j, 3]) & same)
+            if not overlap.any() and not (roi[j] == roi[i]).any():
+                idx.append(i)
+                rounds[i] = r
+                break
+        else:
+            members.append([i])
+            rounds[i] = len(members) - 1
+    return rounds
+
+
+def roi_footprints(extractor, rois: torch.Tensor, num_levels: int):
+    """Where RoIAlign reads each RoI: its FPN level (R,) and the cells it touches on that
+    level (R, 4) x1y1x2y2 inclusive (the box in cells, widened by one for bilinear taps)."""
+    level = extractor.map_roi_levels(rois, num_levels)  # [R]
+    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype)[level]
+    box = rois[:, 1:] / strides[:, None]
+    return level, torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1)
+
+
+def roi_fpn_grads(adapter, fwd, preds: InstanceData, target: str, scale: torch.Tensor):
+    """Yield (indices, level, grads (n, C, h, w)): dY_p/d(FPN level of p's RoI) through
+    RoIAlign's backward, one backward per round of :func:`fpn_rounds`."""
+    levels = fwd.levels[:adapter.extractor.num_inputs]
+    roi_level, cells = roi_footprints(adapter.extractor, fwd.rois[0][preds.roi], len(levels))
+    rounds = fpn_rounds(roi_level, cells, preds.roi)
+    with torch.enable_grad():
+        y = adapter.attribute(target, fwd, preds, scale)
+        sums = [y[rounds == r].sum() for r in range(int(rounds.max()) + 1 if len(rounds) else 0)]
+    for r, total in enumerate(sums):
+        sel = (rounds == r).nonzero()[:, 0]
+        grads = torch.autograd.grad(total, levels, retain_graph=True, allow_unused=True)
+        for lvl in roi_level[sel].unique().tolist():
+            part = sel[roi_level[sel] == lvl]
+            g = grads[lvl][preds.img[part]]  # [n, C, h, w]
+            h, w = g.shape[-2:]
+            ys = torch.arange(h, dtype=cells.dtype)[None, :, None]
+            xs = torch.arange(w, dtype=cells.dtype)[None, None, :]
+            c = cells[part]
+            inside = ((ys >= c[:, 1, None, None]) & (ys <= c[:, 3, None, None])
+                      & (xs >= c[:, 0, None, None]) & (xs <= c[:, 2, None, None]))
+            yield part, lvl, g * inside[:, None].to(g.dtype)
+
+
+def fpn_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str | None,
+                 map_size='image') -> None:
+    """Set ``heatmaps`` (N, H, W) on each image's predictions from the RoIs' FPN levels."""
+    metas = fwd.metas
+    scale = _scales(metas, fwd.levels[0])
+    strides = adapter.extractor.featmap_strides
+    preds = InstanceData.cat(dets) if dets else InstanceData()
+    offsets = torch.cumsum(torch.tensor([0] + [len(d) for d in dets]), 0)
+    for det, meta in zip(dets, metas):
+        det.heatmaps = fwd.levels[0].new_zeros(len(det), *output_size(meta['ori_shape'][:2],
+                                                                      map_size))
+    if len(preds) == 0:
+        return
+    for part, lvl, g in roi_fpn_grads(adapter, fwd, preds, target, scale):
+        with torch.no_grad():
+            sigma = None
+            if method == 'odam' and smooth == 'gaussian':
+                sigma = box_sigma(preds.bboxes[part] * scale[preds.img[part]].repeat(1, 2),
+                                  strides[lvl])
+            maps = explanation_maps(method, g, fwd.levels[lvl].detach()[preds.img[part]],
+                                    sigma)
+            for j, p in enumerate(part.tolist()):
+                b = int(preds.img[p])
+                out = dets[b].heatmaps
+                out[p - int(offsets[b])] = resize_maps(maps[j:j + 1], strides[lvl],
+                                                       metas[b]['img_shape'][:2],
+                                                       out.shape[-2:])[0]
+
+
+def roi_positives(bbox_head, bbox_results: dict, sampling_results: list) -> InstanceData:
+    """The sampler's positive RoIs of one stage in training (Odam-Train): ``roi`` (index
+    into the stage's RoIs), ``img``, ``labels`` (assigned class), ``gt_index`` (the
+    sampler's ``pos_assigned_gt_inds``), ``rois`` (x1y1x2y2 input pixels) and ``ious`` of
+    their predicted boxes with their GT boxes."""
+    rois = bbox2roi([res.priors for res in sampling_results])
+    # the sampler puts each image's positives first among its RoIs
+    starts = torch.tensor([0] + [len(res.priors) for res in sampling_results]).cumsum(0)
+    pos = torch.cat([torch.arange(len(res.pos_inds)) + int(start)
+                     for res, start in zip(sampling_results, starts)]).to(rois.device)
+    labels = torch.cat([res.pos_gt_labels for res in sampling_results])
+    gt_boxes = torch.cat([res.pos_gt_bboxes for res in sampling_results])
+    with torch.no_grad():
+        bbox_pred = bbox_results['bbox_pred'][pos]
+        if not bbox_head.reg_class_agnostic:
+            idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
+            bbox_pred = bbox_pred.gather(1, idx)
+        boxes = bbox_head.bbox_coder.decode(rois[pos, 1:], bbox_pred)
+        ious = bbox_overlaps(boxes, gt_boxes, is_aligned=True)
+    return InstanceData(
+        roi=pos, img=rois[pos, 0].long(), labels=labels, rois=rois[pos, 1:],
+        gt_index=torch.cat([res.pos_assigned_gt_inds for res in sampling_results]), ious=ious)
+
+
+def roi_positive_maps(bbox_results: dict, positives: InstanceData, grid_hw, map_stride: int,
+                      second_order: bool) -> torch.Tensor:
+    """ODAM maps (N, *grid_hw) of :func:`roi_positives` on the stride-``map_stride`` grid:
+    Y = the logit of each positive's assigned class, A = its RoI features
+    (``bbox_results['bbox_feats']`` (R, C, s, s)), one backward for all (RoIs are
+    independent), each map pasted into its RoI; with the graph to the features
+    (``second_order``: also of dY/dA, so the loss trains the box head too)."""
+    feats = bbox_results['bbox_feats']
+    y = bbox_results['cls_score'][positives.roi, positives.labels]
+    grads, = torch.autograd.grad(y.sum(), feats, retain_graph=True, create_graph=second_order)
+    sigma = feats.new_full((len(positives),), SIGMA_PER_BOX_SIZE * feats.shape[-1])
+    maps = odam_heatmap(grads[positives.roi], feats[positives.roi], sigma)
+    return paste_roi_maps(maps, positives.rois / map_stride, grid_hw)

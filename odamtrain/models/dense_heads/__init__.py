@@ -1,3 +1,0 @@
-from .odam_fcos_head import OdamFCOSHead
-
-__all__ = ['OdamFCOSHead']

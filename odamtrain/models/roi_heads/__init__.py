@@ -1,3 +1,0 @@
-from .odam_roi_head import OdamRoIHead
-
-__all__ = ['OdamRoIHead']

@@ -1,0 +1,336 @@
+"""The detector adapters against mmdet's own code, for every covered family of the zoo.
+
+The oracle: mmdet's own post-processing (``_predict_by_feat_single`` / YOLOX's
+``predict_by_feat`` / the RoI head's ``predict_bbox``) run on head outputs computed from leaf
+features, so that mmdet's final scores and boxes carry the graph; then one backward per
+detection. The adapters never see it.
+"""
+import contextlib
+
+import pytest
+import torch
+from mmdet.models.dense_heads import TOODHead, YOLOXHead
+from mmdet.models.roi_heads import CascadeRoIHead
+
+from odamtrain.apis import explain_batch
+from odamtrain.explain import UnsupportedDetectorError, build_adapter
+from odamtrain.explain.conv_towers import frozen_norm_stats, paste_windows
+from odamtrain.explain.dense_gradients import dense_forward, exact_grads, window_grads
+from odamtrain.explain.heatmap import odam_heatmap, paste_roi_maps, resize_maps
+from odamtrain.explain.roi_gradients import roi_grads
+
+from .zoo import DENSE, TWO_STAGE, build_zoo_detector, zoo_batch
+
+SIDES = ('x1', 'y1', 'x2', 'y2')
+FAST = ['retinanet', 'atss', 'gfl', 'fcos', 'autoassign', 'foveabox', 'rtmdet', 'yolox']
+
+
+@pytest.fixture(scope='module', params=DENSE)
+def dense(request):
+    model = build_zoo_detector(request.param)
+    inputs, samples = zoo_batch(model)
+    return request.param, model, inputs, samples
+
+
+def mmdet_dense_graph(model, inputs, samples, frozen=False):
+    """(leaf FPN levels, head outputs, mmdet's detections with the graph)."""
+    head = model.bbox_head
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+    leaves = [f.detach().requires_grad_(True) for f in feats]
+    metas = [s.metainfo for s in samples]
+    with torch.enable_grad(), frozen_norm_stats() if frozen else contextlib.nullcontext():
+        outs = head(leaves)
+        if isinstance(head, YOLOXHead):  # YOLOX's predict_by_feat keeps the graph
+            return leaves, outs, head.predict_by_feat(*outs, batch_img_metas=metas,
+                                                      rescale=True)
+        sizes = [c.shape[-2:] for c in outs[0]]
+        priors = head.prior_generator.grid_priors(sizes, dtype=leaves[0].dtype,
+                                                  device=leaves[0].device)
+        results = []
+        for i, meta in enumerate(metas):
+            lists = [[o[i] for o in level] for level in outs]
+            factors = lists[2] if len(outs) > 2 else [None] * len(sizes)
+            results.append(head._predict_by_feat_single(lists[0], lists[1], factors, priors,
+                                                        meta, head.test_cfg, rescale=True))
+    return leaves, outs, results
+
+
+def oracle_value(name, outs, res, p, target):
+    """Y of detection p from mmdet's own graph (the logit: the class output its score
+    reads, found by its gradient)."""
+    if target == 'score':
+        return res.scores[p]
+    if target in SIDES:
+        return res.bboxes[p, SIDES.index(target)]
+    if name == 'tood':  # no logit: inverse sigmoid of its class probability
+        s = res.scores[p].clamp(1e-6, 1 - 1e-6)
+        return torch.log(s / (1 - s))
+    grads = torch.autograd.grad(res.scores[p], list(outs[0]), retain_graph=True,
+                                allow_unused=True)
+    for cls, g in zip(outs[0], grads):
+        if g is not None and g.abs().sum() > 0:
+            return cls.flatten()[g.abs().flatten().argmax()]
+    raise AssertionError('the score reads no class output')
+
+
+def unclipped(res, p, target, meta, model=None):
+    """mmdet clips boxes to the image (but YOLOX); the adapters do not (border boxes keep
+    their gradient): compare box sides only where mmdet did not clip."""
+    if target not in SIDES or isinstance(getattr(model, 'bbox_head', None), YOLOXHead):
+        return True
+    i = SIDES.index(target)
+    limit = meta['img_shape'][1 - i % 2]  # mmdet clips in input pixels (FoveaBox to - 1)
+    v = float(res.bboxes[p, i]) * meta['scale_factor'][i % 2]
+    return 1.5 < v < limit - 1.5
+
+
+def pick(dets, k=2):
+    """Up to k detections per level, including the level's extreme locations (borders)."""
+    idx = []
+    for level in dets.level.unique().tolist():
+        on = (dets.level == level).nonzero()[:, 0]
+        order = torch.argsort(dets.prior[on])
+        idx += on[order[[0, -1]]].unique().tolist()[:k]
+    return torch.tensor(sorted(set(idx)))
+
+
+def test_dense_detections_are_mmdets(dense):
+    name, model, inputs, samples = dense
+    ref = model.predict(inputs, samples)[0].pred_instances
+    adapter = build_adapter(model)
+    with torch.no_grad():
+        fwd = dense_forward(adapter, model.extract_feat(inputs), [s.metainfo for s in samples])
+    det, = adapter.predictions(fwd)
+    assert len(ref) > 1
+    assert torch.equal(det.bboxes, ref.bboxes) and torch.equal(det.labels, ref.labels)
+    torch.testing.assert_close(det.scores, ref.scores)
+    # provenance: the class output at (level, prior, label) scores as mmdet does
+    rows = adapter.rows(fwd.outputs, det)
+    torch.testing.assert_close(adapter.score(rows, det.labels), det.scores)
+
+
+@pytest.mark.parametrize('target', ['score', 'logit', 'x1', 'y1', 'x2', 'y2'])
+@pytest.mark.parametrize('explicit', [True, False], ids=['towers', 'autograd'])
+def test_dense_exact_gradients_equal_mmdets_graph(dense, target, explicit):
+    """Batched exact dY/dA == one backward per detection through mmdet's own code, for
+    detections at every level and at the borders; other levels get no gradient. Both
+    exact paths: the explicit tower backward (heads with conv towers) and vectorised
+    autograd (any head)."""
+    name, model, inputs, samples = dense
+    adapter = build_adapter(model)
+    if explicit and adapter.fast_support() is not None:
+        pytest.skip('no conv towers')
+    meta = samples[0].metainfo
+    with torch.no_grad():
+        fwd = dense_forward(adapter, model.extract_feat(inputs), [meta], record=explicit)
+    det, = adapter.predictions(fwd)
+    leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
+    assert torch.equal(res.bboxes, det.bboxes)
+    chosen = pick(det)
+    scale = torch.tensor([meta['scale_factor'][:2]])
+    checked = 0
+    for level in det.level[chosen].unique().tolist():
+        preds = det[chosen[det.level[chosen] == level]]
+        got = dict(exact_grads(adapter, fwd, level, preds, target, scale, chunk=2))
+        got = torch.cat([got[k] for k in sorted(got, key=lambda t: int(t[0]))])
+        for j, p in enumerate(chosen[det.level[chosen] == level].tolist()):
+            if not unclipped(res, p, target, meta, model):
+                continue
+            with torch.enable_grad():
+                y = oracle_value(name, outs, res, p, target)
+            grads = torch.autograd.grad(y, leaves, retain_graph=True, allow_unused=True)
+            for lv, g in enumerate(grads):
+                if lv != level:
+                    assert g is None or g.abs().max() == 0
+            ref = grads[level][0]
+            torch.testing.assert_close(got[j], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+            checked += 1
+    assert checked > 0
+
+
+@pytest.mark.parametrize('name', FAST)
+@pytest.mark.parametrize('target', ['score', 'x2'])
+def test_dense_window_gradients_equal_frozen_statistics_autograd(name, target):
+    """'fast' windows == autograd with the normalisation statistics held constant, the
+    windows pasted back onto the level (zero elsewhere)."""
+    model = build_zoo_detector(name)
+    inputs, samples = zoo_batch(model)
+    adapter = build_adapter(model)
+    assert adapter.fast_support() is None
+    meta = samples[0].metainfo
+    with torch.no_grad():
+        fwd = dense_forward(adapter, model.extract_feat(inputs), [meta])
+    det, = adapter.predictions(fwd)
+    leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples, frozen=True)
+    chosen = pick(det)
+    scale = torch.tensor([meta['scale_factor'][:2]])
+    for level in det.level[chosen].unique().tolist():
+        sel = chosen[det.level[chosen] == level]
+        grads, _ = window_grads(adapter, fwd, level, det[sel], target, scale)
+        h, w = leaves[level].shape[-2:]
+        ys, xs, _ = adapter.location(level, det.prior[sel], (h, w))
+        full = paste_windows(grads, ys, xs, (h, w))
+        for j, p in enumerate(sel.tolist()):
+            if not unclipped(res, p, target, meta, model):
+                continue
+            with torch.enable_grad():
+                y = oracle_value(name, outs, res, p, target)
+            ref, = torch.autograd.grad(y, leaves[level], retain_graph=True)
+            torch.testing.assert_close(full[j], ref[0], rtol=1e-4, atol=1e-6)
+
+
+def test_dense_maps_equal_the_oracle_maps(dense):
+    """explain_batch's maps (exact, Phi off) == ReLU(sum_k dY/dA_k * A_k) of the oracle
+    gradients, resized to the image: the whole pipeline, not only the gradients."""
+    name, model, inputs, samples = dense
+    det, = explain_batch(model, inputs, samples, mode='exact', smooth=None, normalize=None)
+    leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
+    meta = samples[0].metainfo
+    strides = [s[0] for s in model.bbox_head.prior_generator.strides]
+    for p in pick(det).tolist():
+        grads = torch.autograd.grad(res.scores[p], leaves, retain_graph=True,
+                                    allow_unused=True)
+        level = next(i for i, g in enumerate(grads) if g is not None and g.abs().sum() > 0)
+        ref = odam_heatmap(grads[level], leaves[level].detach())
+        ref = resize_maps(ref, strides[level], meta['img_shape'][:2], meta['ori_shape'][:2])
+        torch.testing.assert_close(det.heatmaps[p], ref[0], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------- two-stage
+@pytest.fixture(scope='module', params=TWO_STAGE)
+def two_stage(request):
+    model = build_zoo_detector(request.param)
+    inputs, samples = zoo_batch(model)
+    return request.param, model, inputs, samples
+
+
+@contextlib.contextmanager
+def leaf_roi_features(roi_head):
+    """Inside, each box head's input (the RoI features) is replaced by a leaf, recorded."""
+    heads = roi_head.bbox_head if isinstance(roi_head, CascadeRoIHead) else [roi_head.bbox_head]
+    leaves, handles = [], []
+
+    def hook(module, args):
+        leaves.append(args[0].detach().requires_grad_(True))
+        return (leaves[-1],)
+
+    for h in heads:
+        handles.append(h.register_forward_pre_hook(hook))
+    try:
+        yield leaves
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def mmdet_roi_graph(model, inputs, samples):
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(feats, samples, rescale=False)
+    with torch.enable_grad(), leaf_roi_features(model.roi_head) as leaves:
+        res = model.roi_head.predict_bbox(feats, [s.metainfo for s in samples], proposals,
+                                          model.roi_head.test_cfg, rescale=True)
+    return leaves, res
+
+
+def test_roi_detections_are_mmdets(two_stage):
+    name, model, inputs, samples = two_stage
+    ref = model.predict(inputs, samples)[0].pred_instances
+    det, = explain_batch(model, inputs, samples, normalize=None)
+    assert len(ref) > 1 and torch.equal(det.labels, ref.labels)
+    # Mask R-CNN rescales its boxes in two steps (float rounding)
+    torch.testing.assert_close(det.bboxes, ref.bboxes, rtol=0, atol=1e-4)
+    torch.testing.assert_close(det.scores, ref.scores)
+
+
+@pytest.mark.parametrize('target', ['score', 'logit', 'y1', 'x2'])
+def test_roi_gradients_equal_mmdets_graph(two_stage, target):
+    """Per stage, the batched dY/dA_roi == one backward per detection through mmdet's own
+    predict_bbox (Cascade: every stage's RoI features)."""
+    name, model, inputs, samples = two_stage
+    adapter = build_adapter(model)
+    meta = samples[0].metainfo
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(feats, samples, rescale=False)
+    fwd = adapter.forward(feats, proposals, [meta])
+    det, = adapter.predictions(fwd)
+    leaves, (res,) = mmdet_roi_graph(model, inputs, samples)
+    assert len(leaves) == len(fwd.feats) == (3 if name == 'cascade-rcnn' else 1)
+    scale = torch.tensor([meta['scale_factor'][:2]])
+    got = roi_grads(adapter, fwd, det, target, scale)
+    for p in range(min(len(det), 6)):
+        if not unclipped(res, p, target, meta, model):
+            continue
+        with torch.enable_grad():
+            if target == 'logit':  # the class output the score reads
+                y = fwd.cls_score[det.roi[p], det.labels[p]]
+                refs = torch.autograd.grad(y, fwd.feats, retain_graph=True)
+                refs = [r[det.roi[p]] for r in refs]
+            else:
+                y = res.scores[p] if target == 'score' else res.bboxes[p, SIDES.index(target)]
+                refs = [g[det.roi[p]] for g in torch.autograd.grad(y, leaves, retain_graph=True)]
+        for stage, ref in enumerate(refs):
+            torch.testing.assert_close(got[stage][p], ref, rtol=1e-4, atol=1e-6)
+
+
+def test_cascade_maps_sum_the_stages(two_stage):
+    name, model, inputs, samples = two_stage
+    if name != 'cascade-rcnn':
+        pytest.skip('one stage')
+    meta = samples[0].metainfo
+    det, = explain_batch(model, inputs, samples, smooth=None, normalize=None)
+    adapter = build_adapter(model)
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(feats, samples, rescale=False)
+    fwd = adapter.forward(feats, proposals, [meta])
+    grads = roi_grads(adapter, fwd, det, 'score', torch.tensor([meta['scale_factor'][:2]]))
+    scale = torch.tensor(meta['scale_factor'][:2]).repeat(2)
+    ref = sum(paste_roi_maps(odam_heatmap(g, f.detach()[det.roi]), rois[det.roi, 1:] / scale,
+                             meta['ori_shape'][:2])
+              for g, f, rois in zip(grads, fwd.feats, fwd.rois))
+    torch.testing.assert_close(det.heatmaps, ref, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------- errors
+@pytest.mark.parametrize('config, head', [('paa/paa_r50_fpn_1x_coco.py', 'PAAHead'),
+                                          ('centernet/centernet_r18_8xb16-crop512-140e_coco.py',
+                                           'CenterNetHead'),
+                                          ('detr/detr_r50_8xb2-150e_coco.py', 'DETRHead')])
+def test_unsupported_head_is_one_clear_error_before_any_work(config, head):
+    from mmdet.registry import MODELS
+    from mmengine.hub import get_config
+    cfg = get_config(f'mmdet::{config}')
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+    with pytest.raises(UnsupportedDetectorError) as e:
+        explain_batch(model, torch.zeros(1, 3, 64, 64), [])
+    assert head in str(e.value) and 'FCOSHead' in str(e.value) and 'CascadeRoIHead' in str(
+        e.value)
+
+
+def test_subclass_with_another_post_processing_is_refused():
+    model = build_zoo_detector('atss')
+
+    class MyHead(type(model.bbox_head)):
+        def _bbox_post_process(self, *args, **kwargs):
+            return super()._bbox_post_process(*args, **kwargs)
+
+    model.bbox_head.__class__ = MyHead
+    with pytest.raises(UnsupportedDetectorError, match='MyHead._bbox_post_process'):
+        build_adapter(model)
+
+
+def test_tood_explains_exactly_with_a_log_line(monkeypatch):
+    import odamtrain.explain.dense_gradients as grads
+    model = build_zoo_detector('tood')
+    assert isinstance(model.bbox_head, TOODHead)
+    logged = []
+    monkeypatch.setattr(grads, 'print_log', lambda msg, **kw: logged.append(msg))
+    inputs, samples = zoo_batch(model)
+    fast, = explain_batch(model, inputs, samples, mode='fast', normalize=None)
+    exact, = explain_batch(model, inputs, samples, mode='exact', normalize=None)
+    assert any('fast mode does not apply' in m for m in logged)
+    torch.testing.assert_close(fast.heatmaps, exact.heatmaps)

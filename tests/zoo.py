@@ -1,0 +1,107 @@
+"""Tiny random-init versions of mmdet 3.3 model-zoo detectors (a narrow ResNet-18 or the
+configs' own small backbones, 32-channel heads), for the adapter tests."""
+import numpy as np
+import torch
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from mmengine.hub import get_config
+
+from odamtrain.inference import prepare_batch
+
+NARROW_RESNET = dict(
+    backbone=dict(type='ResNet', depth=18, base_channels=8, num_stages=4,
+                  out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, style='pytorch',
+                  norm_cfg=dict(type='BN', requires_grad=True), init_cfg=None),
+    neck=dict(in_channels=[8, 16, 32, 64], out_channels=32))
+
+# name -> (mmdet config, the head's overrides); 3 classes, 32 channels
+ZOO = {
+    'retinanet': ('retinanet/retinanet_r50_fpn_1x_coco.py', dict(feat_channels=32)),
+    'atss': ('atss/atss_r50_fpn_1x_coco.py', dict(feat_channels=32)),
+    'gfl': ('gfl/gfl_r50_fpn_1x_coco.py', dict(feat_channels=32)),
+    'fcos': ('fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', dict(feat_channels=32)),
+    'autoassign': ('autoassign/autoassign_r50-caffe_fpn_1x_coco.py', dict(feat_channels=32)),
+    'foveabox': ('foveabox/fovea_r50_fpn_4xb4-1x_coco.py', dict(feat_channels=32)),
+    'tood': ('tood/tood_r50_fpn_1x_coco.py', dict(feat_channels=32)),
+    'rtmdet': ('rtmdet/rtmdet_tiny_8xb32-300e_coco.py', dict(exp_on_reg=True)),
+    'yolox': ('yolox/yolox_tiny_8xb8-300e_coco.py', dict()),
+    'faster-rcnn': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', dict()),
+    'mask-rcnn': ('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', dict()),
+    'cascade-rcnn': ('cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', dict()),
+}
+DENSE = [k for k in ZOO if 'rcnn' not in k]
+TWO_STAGE = [k for k in ZOO if 'rcnn' in k]
+
+
+def zoo_config(name: str, num_classes: int = 3):
+    """The tiny config of a zoo detector: its own test pipeline at 160 x 128 px, test-time
+    thresholds that keep the low scores of a random model."""
+    path, head_options = ZOO[name]
+    cfg = get_config(f'mmdet::{path}')
+    model = cfg.model
+    if model.backbone.type == 'ResNet':
+        model.backbone = NARROW_RESNET['backbone']
+        model.neck.update(NARROW_RESNET['neck'])
+    else:
+        model.backbone.init_cfg = None
+    if 'roi_head' in model:
+        model.rpn_head.update(in_channels=32, feat_channels=32)
+        heads = model.roi_head.bbox_head
+        heads = heads if isinstance(heads, list) else [heads]
+        for h in heads:
+            h.update(num_classes=num_classes, in_channels=32, fc_out_channels=64)
+        extractors = model.roi_head.bbox_roi_extractor
+        for e in (extractors if isinstance(extractors, list) else [extractors]):
+            e.out_channels = 32
+        if 'mask_head' in model.roi_head:
+            model.roi_head.mask_roi_extractor.out_channels = 32
+            model.roi_head.mask_head.update(num_classes=num_classes, in_channels=32,
+                                            conv_out_channels=32)
+        model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=30)
+        model.test_cfg.rpn.update(nms_pre=200, max_per_img=60)
+    else:
+        head = model.bbox_head
+        head.update(num_classes=num_classes, **head_options)
+        if model.neck.get('out_channels') == 32:
+            head.in_channels = 32
+        model.test_cfg.update(score_thr=0.0, nms_pre=100, max_per_img=30)
+        if model.bbox_head.type == 'YOLOXHead':  # YOLOX ignores max_per_img
+            model.test_cfg.score_thr = 0.3
+    for t in cfg.test_dataloader.dataset.pipeline:
+        if t['type'] == 'Resize':
+            t.update(scale=(160, 128), keep_ratio=True)
+        if t['type'] == 'Pad' and 'size' in t:
+            t.update(size=(160, 128))
+    cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
+    return cfg
+
+
+def build_zoo_detector(name: str, num_classes: int = 3, seed: int = 0, train: bool = False):
+    register_all_modules()
+    cfg = zoo_config(name, num_classes)
+    if not train:
+        cfg.model.train_cfg = None
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    _spread_outputs(model, seed)
+    model.cfg = cfg
+    return model.train(train)
+
+
+def _spread_outputs(model, seed):
+    """Random weights everywhere in the head (not the zoo's near-constant initialisation),
+    so that scores differ across locations and classes."""
+    g = torch.Generator().manual_seed(seed + 1)
+    head = model.roi_head if hasattr(model, 'roi_head') else model.bbox_head
+    for p in head.parameters():
+        if p.dim() > 1:
+            p.data = torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5
+        else:
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+
+
+def zoo_batch(model, seed: int = 0):
+    """(inputs, data_samples) of one random 150 x 190 image through the test pipeline."""
+    img = np.random.default_rng(seed).integers(0, 255, (150, 190, 3), dtype=np.uint8)
+    return prepare_batch(model, img)

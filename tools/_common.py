@@ -23,16 +23,6 @@ def build_runner(cfg):
     return OdamRunner.from_cfg(cfg)
 
 
-def load_detector(config, checkpoint, device: str = 'cpu', cfg_options=None):
-    """mmdet's ``init_detector`` (weights-only checkpoint loading, odamtrain's), with
-    Odam-NMS / Odam-Train installed where the config asks, as OdamRunner builds models."""
-    from mmdet.apis import init_detector
-
-    from odamtrain.models import install_odam
-    return install_odam(init_detector(config, checkpoint, device=device,
-                                      cfg_options=cfg_options))
-
-
 def test_loader(model):
     """The model's test dataloader with one image per batch and no worker processes (the
     audit and the benchmarks)."""

@@ -19,15 +19,9 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (  # noqa: E402
-    exit_on_data_error,
-    float_between,
-    int_at_least,
-    load_detector,
-    test_loader,
-)
+from _common import exit_on_data_error, float_between, int_at_least, test_loader  # noqa: E402
 
-from odamtrain.apis import METHODS  # noqa: E402
+from odamtrain.apis import METHODS, init_detector  # noqa: E402
 from odamtrain.evaluation.explanation_audit import SETS, collect_explanation_scores  # noqa: E402
 from odamtrain.evaluation.functional import EVIDENCES  # noqa: E402
 from odamtrain.explain import TARGETS  # noqa: E402
@@ -73,7 +67,7 @@ def main():
     args = parse_args()
     from mmengine.utils import ProgressBar
     with exit_on_data_error():
-        model = load_detector(args.config, args.checkpoint, args.device, args.cfg_options)
+        model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
         loader = test_loader(model)
     n = min(len(loader.dataset), args.max_images or len(loader.dataset))
     settings = dict(target=args.target, iou_thr=args.iou_thr, sets=args.sets,

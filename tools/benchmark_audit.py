@@ -71,11 +71,9 @@ def main():
     p.add_argument('--out', help='write the figures as JSON')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from _common import load_detector
-
-    from odamtrain.apis import explain_batch
+    from odamtrain.apis import explain_batch, init_detector
     from odamtrain.explain import vps_forward_count
-    model = load_detector(args.config, args.checkpoint)
+    model = init_detector(args.config, args.checkpoint)
     batches = preprocessed_test_images(model, args.images)
     settings = dict(drise=dict(num_masks=args.masks, batch_size=args.batch),
                     vps=dict(regions=args.vps_regions, max_steps=args.vps_steps,

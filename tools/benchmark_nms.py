@@ -33,13 +33,15 @@ def timed(fn, args, repeats):
 
 def pipeline(config: str, checkpoint: str, num_images: int) -> None:
     """s/img of model.predict with NMS vs Odam-NMS on the same preprocessed images."""
-    from _common import load_detector, preprocessed_test_images
+    from _common import preprocessed_test_images
     from mmengine.config import Config
+
+    from odamtrain.apis import init_detector
     cfg = Config.fromfile(config)
     two_stage = 'roi_head' in cfg.model
     # Odam-NMS installed in the head (its NMS is then chosen per call below)
     (cfg.model.test_cfg.rcnn if two_stage else cfg.model.test_cfg).nms.type = 'odam_nms'
-    model = load_detector(cfg, checkpoint)
+    model = init_detector(cfg, checkpoint)
     test_cfg = model.roi_head.test_cfg if two_stage else model.bbox_head.test_cfg
     batches = preprocessed_test_images(model, num_images)
     iou = 0.5

@@ -142,8 +142,8 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
     detection."""
     import torch
     import torch.nn.functional as F
-    from _common import load_detector
 
+    from odamtrain.apis import init_detector
     from odamtrain.explain import build_adapter
     from odamtrain.explain.conv_towers import paste_windows
     from odamtrain.explain.dense_gradients import (
@@ -155,7 +155,7 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
     from odamtrain.explain.explainer import detector_forward
     from odamtrain.explain.heatmap import box_sigma, odam_heatmap
     from odamtrain.inference import prepare_batch
-    model = load_detector(config, checkpoint)
+    model = init_detector(config, checkpoint)
     adapter = build_adapter(model)
     stats = {}
     for path in images:

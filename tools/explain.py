@@ -19,14 +19,9 @@ import numpy as np
 from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (  # noqa: E402
-    exit_on_data_error,
-    float_between,
-    int_at_least,
-    load_detector,
-)
+from _common import exit_on_data_error, float_between, int_at_least  # noqa: E402
 
-from odamtrain.apis import METHODS, explain_detector  # noqa: E402
+from odamtrain.apis import METHODS, explain_detector, init_detector  # noqa: E402
 from odamtrain.explain import MODES, TARGETS  # noqa: E402
 from odamtrain.utils import atomic_write_bytes  # noqa: E402
 from odamtrain.visualization import render_explanations  # noqa: E402
@@ -95,7 +90,7 @@ def main():
     stems = [osp.join(args.out_dir, stem + suffix) for stem in output_stems(images)]
     existing = [s + ext for s in stems for ext in ('.png', '.npz') if osp.exists(s + ext)]
     with exit_on_data_error():
-        model = load_detector(args.config, args.checkpoint, args.device, args.cfg_options)
+        model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
     os.makedirs(args.out_dir, exist_ok=True)
     if existing:
         print(f'replacing {len(existing)} files of an earlier run in {args.out_dir} '

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import os.path as osp
 
+from mmengine.dataset import pseudo_collate
 from mmengine.dist import all_gather_object, get_rank, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.utils import ProgressBar
+
+from odamtrain.evaluation.explanation_audit import collect_explanation_scores, merge_scores
+from odamtrain.visualization import format_audit_table, write_audit_report
 
 __all__ = ['ExplanationAuditHook']
 
@@ -49,15 +55,6 @@ class ExplanationAuditHook(Hook):
             self._audit(runner, runner.test_dataloader, 'test')
 
     def _audit(self, runner, loader, stage: str) -> None:
-        from mmengine.dataset import pseudo_collate
-        from mmengine.model import is_model_wrapper
-        from mmengine.utils import ProgressBar
-
-        from odamtrain.evaluation.explanation_audit import (
-            collect_explanation_scores,
-            merge_scores,
-        )
-        from odamtrain.visualization import format_audit_table, write_audit_report
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         dataset = loader.dataset
         world, rank = get_world_size(), get_rank()

@@ -58,15 +58,24 @@ def tower_support(layers) -> str | None:
 
 class TowerRecord:
     """What the forward of a head recorded for its tower layers, per call (a shared tower
-    runs once per level): the activation input ``z``, the normalisation statistics
-    ``(mean, rstd)`` (B, G) with, for GroupNorm, its input ``x``, and the outputs of the
-    towers' last layers (the final convs' input)."""
+    runs once per level): the activation input ``z``, the norm layer's input (its
+    statistics are computed when first asked for: :meth:`norm_stats`), and the outputs of
+    the towers' last layers (the final convs' input)."""
 
     def __init__(self):
-        self.z, self.norm, self.out = {}, {}, {}
+        self.z, self.norm_input, self.out = {}, {}, {}
+        self._stats = {}
 
     def get(self, kind: str, module, call: int):
         return getattr(self, kind)[module][call]
+
+    def norm_stats(self, m, call: int) -> tuple:
+        """(mean, rstd) (B | 1, G | C) the norm of tower layer ``m`` normalised with in
+        that call, and (GroupNorm) its input."""
+        key = (m, call)
+        if key not in self._stats:
+            self._stats[key] = _statistics(m.norm, self.norm_input[m][call])
+        return self._stats[key]
 
 
 @contextlib.contextmanager
@@ -77,14 +86,16 @@ def record_towers(layers, last_layers):
 
     def norm_hook(owner):
         def hook(module, args):
-            record.norm.setdefault(owner, []).append(_statistics(module, args[0].detach()))
+            record.norm_input.setdefault(owner, []).append(args[0].detach())
         return hook
 
     def act_hook(owner):
-        def hook(module, args):  # an in-place activation overwrites its input: copy it
+        def hook(module, args):
+            # an in-place activation overwrites its input: copy it, but for ReLU, whose
+            # output is positive exactly where its input is (all the backward needs)
             z = args[0].detach()
-            record.z.setdefault(owner, []).append(
-                z.clone() if getattr(module, 'inplace', False) else z)
+            copy = getattr(module, 'inplace', False) and not isinstance(module, nn.ReLU)
+            record.z.setdefault(owner, []).append(z.clone() if copy else z)
         return hook
 
     def out_hook(module, args, output):
@@ -147,12 +158,14 @@ def window_on_map(ys: torch.Tensor, xs: torch.Tensor, radius: int, hw) -> torch.
 def gather_windows(feat: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
                    radius: int) -> torch.Tensor:
     """Windows (n, C, 2r+1, 2r+1) of ``feat`` (B, C, h, w) centred at (ys, xs) of images b,
-    zero outside the map (differentiable)."""
-    ar = torch.arange(0, 2 * radius + 1, device=feat.device)
-    padded = F.pad(feat, (radius, radius, radius, radius))
-    win = padded[b[:, None, None], :, (ys[:, None] + ar)[:, :, None],
-                 (xs[:, None] + ar)[:, None, :]]
-    return win.permute(0, 3, 1, 2)
+    zero outside the map (differentiable; the map itself is not padded)."""
+    h, w = feat.shape[-2:]
+    ar = torch.arange(-radius, radius + 1, device=feat.device)
+    yy, xx = ys[:, None] + ar, xs[:, None] + ar  # [n, k]
+    win = feat[b[:, None, None], :, yy.clamp(0, h - 1)[:, :, None],
+               xx.clamp(0, w - 1)[:, None, :]].permute(0, 3, 1, 2)  # [n, C, k, k]
+    inside = window_on_map(ys, xs, radius, (h, w))
+    return win if bool(inside.all()) else win * inside.to(win.dtype)
 
 
 def paste_windows(maps: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
@@ -188,7 +201,7 @@ def window_backward(layers, record: TowerRecord, calls: dict, delta: torch.Tenso
             z = gather_windows(record.get('z', m, call), b, ys, xs, r)
             delta = delta * _act_grad(m.activate, z)
         if m.with_norm:
-            scale = _norm_scale(m, record.get('norm', m, call))
+            scale = _norm_scale(m, record.norm_stats(m, call))
             delta = delta * scale[b if scale.shape[0] > 1 else 0][..., None, None]
         delta = F.conv_transpose2d(delta, m.conv.weight)
         delta = delta * window_on_map(ys, xs, r + 1, hw)
@@ -208,7 +221,7 @@ def map_backward(layers, record: TowerRecord, calls: dict, delta: torch.Tensor,
             delta = delta * _act_grad(m.activate, record.get('z', m, call)[img:img + 1])
         if m.with_norm:
             norm = m.norm
-            mean, rstd, x = record.get('norm', m, call)
+            mean, rstd, x = record.norm_stats(m, call)
             if isinstance(norm, nn.GroupNorm):
                 if norm.affine:
                     delta = delta * norm.weight.to(delta.dtype)[:, None, None]

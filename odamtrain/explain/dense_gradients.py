@@ -237,7 +237,7 @@ def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData, meth
     stride = adapter.stride(preds.level[:1], feat)[0] if len(preds) else 1
     sigma = None
     if method == 'odam' and smooth == 'gaussian':
-        sigma = box_sigma(preds.bboxes * scale[b].repeat(1, 2), stride)
+        sigma = box_sigma(preds.bboxes * scale[b].repeat(1, 2), stride, max_sigma=max(h, w))
     if mode == 'exact':
         maps = [explanation_maps(method, g, feat[b[idx]], None if sigma is None else sigma[idx])
                 for idx, g in exact_grads(adapter, fwd, level, preds, target, scale)]

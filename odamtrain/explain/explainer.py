@@ -4,6 +4,7 @@ written once for every family."""
 from __future__ import annotations
 
 import torch
+from mmengine.structures import InstanceData
 
 from odamtrain.ops import is_odam_nms, odam_nms_keep, plain_nms_config
 from odamtrain.structures import target_predictions
@@ -44,16 +45,19 @@ def dense_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: s
     with torch.no_grad():
         for det, meta in zip(dets, fwd.metas):
             out_hw = output_size(meta['ori_shape'][:2], map_size)
-            det.heatmaps = fwd.feats[0].new_zeros(len(det), *out_hw)
+            preds = InstanceData(**{k: det.get(k) for k in ('img', 'level', 'prior', 'labels',
+                                                             'bboxes')})
+            heatmaps = fwd.feats[0].new_empty(len(det), *out_hw)  # every row is written
             for level in det.level.unique().tolist():
                 idx = (det.level == level).nonzero()[:, 0]
+                stride = float(adapter.stride(det.level[idx[:1]], heatmaps)[0])
                 for part in idx.split(CHUNK):
-                    maps = level_maps(adapter, fwd, level, det[part], method, target, smooth,
-                                      modes[level], scale)
-                    stride = float(adapter.stride(det.level[part[:1]], maps)[0])
+                    maps = level_maps(adapter, fwd, level, preds[part], method, target,
+                                      smooth, modes[level], scale)
                     for j in range(0, len(part), RESIZE_CHUNK):  # (n, H, W) temporaries
-                        det.heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
+                        heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
                             maps[j:j + RESIZE_CHUNK], stride, meta['img_shape'][:2], out_hw)
+            det.heatmaps = heatmaps
 
 
 def odam_nms_candidates(adapter, fwd, nms_cfg: dict) -> list:

@@ -27,7 +27,8 @@ __all__ = ['SIGMA_PER_BOX_SIZE', 'box_sigma', 'gaussian_kernels', 'gaussian_smoo
 SIGMA_PER_BOX_SIZE = 0.125
 
 
-def box_sigma(boxes: torch.Tensor, stride: float | torch.Tensor) -> torch.Tensor:
+def box_sigma(boxes: torch.Tensor, stride: float | torch.Tensor,
+              max_sigma: float | None = None) -> torch.Tensor:
     """Gaussian width for each prediction: ``0.125 * sqrt(w * h) / stride`` cells.
 
     Rule: the gradient of one prediction is spatially noisy at the scale of the 3x3 convs
@@ -40,12 +41,17 @@ def box_sigma(boxes: torch.Tensor, stride: float | torch.Tensor) -> torch.Tensor
     Args:
         boxes: (N, 4) x1y1x2y2 in the pixels of the network input.
         stride: the feature map's stride (scalar or (N,)).
+        max_sigma: an upper bound (e.g. the map's size: a wider Gaussian only flattens it);
+            also what a box of infinite size (an untrained regression) gets. NaN boxes get 0.
     Returns:
         (N,) sigma in feature-map cells.
     """
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)  # [N, 2]
-    return SIGMA_PER_BOX_SIZE * torch.sqrt(wh[:, 0] * wh[:, 1]) / torch.as_tensor(
+    sigma = SIGMA_PER_BOX_SIZE * torch.sqrt(wh[:, 0] * wh[:, 1]) / torch.as_tensor(
         stride, dtype=boxes.dtype, device=boxes.device)
+    if max_sigma is None:
+        return sigma.nan_to_num(0.0)
+    return sigma.nan_to_num(0.0, posinf=max_sigma).clamp(max=max_sigma)
 
 
 def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
@@ -198,7 +204,8 @@ def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
 
     The map is cropped to the cells that cover the unpadded network input
     (``ceil(input / stride)``), upsampled bilinearly by ``stride``, cropped to the input size
-    and resized bilinearly to ``out_hw`` (e.g. the original image). Values stay >= 0.
+    and resized bilinearly to ``out_hw`` (e.g. the original image). Both steps take convex
+    combinations of cells, so maps >= 0 stay >= 0.
 
     Args:
         maps: (N, h, w) on a feature map of the given stride (padded batch size allowed).
@@ -219,11 +226,11 @@ def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
                           mode='bilinear', align_corners=False)[..., :input_hw[0], :input_hw[1]]
         if tuple(x.shape[-2:]) != tuple(out_hw):
             x = F.interpolate(x, size=tuple(out_hw), mode='bilinear', align_corners=False)
-        return x[:, 0].clamp(min=0)
+        return x[:, 0]
     # a small output (e.g. Odam-NMS's short edge 50): one matrix per axis
     rows = _resize_matrix(hc, stride, input_hw[0], out_hw[0], maps)  # [H, hc]
     cols = _resize_matrix(wc, stride, input_hw[1], out_hw[1], maps)  # [W, wc]
-    return (rows @ maps[:, :hc, :wc] @ cols.T).clamp(min=0)
+    return rows @ maps[:, :hc, :wc] @ cols.T
 
 
 def _resize_matrix(cells: int, stride: float, size_in: int, size_out: int,

@@ -165,7 +165,7 @@ def fpn_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str
             sigma = None
             if method == 'odam' and smooth == 'gaussian':
                 sigma = box_sigma(preds.bboxes[part] * scale[preds.img[part]].repeat(1, 2),
-                                  strides[lvl])
+                                  strides[lvl], max_sigma=max(g.shape[-2:]))
             maps = explanation_maps(method, g, fwd.levels[lvl].detach()[preds.img[part]],
                                     sigma)
             for j, p in enumerate(part.tolist()):

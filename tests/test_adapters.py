@@ -19,7 +19,7 @@ from odamtrain.explain.dense_gradients import dense_forward, exact_grads, window
 from odamtrain.explain.heatmap import odam_heatmap, paste_roi_maps, resize_maps
 from odamtrain.explain.roi_gradients import roi_grads
 
-from .zoo import DENSE, TWO_STAGE, build_zoo_detector, zoo_batch
+from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
 FAST = ['retinanet', 'atss', 'gfl', 'fcos', 'autoassign', 'foveabox', 'rtmdet', 'yolox']
@@ -298,17 +298,20 @@ def test_cascade_maps_sum_the_stages(two_stage):
 @pytest.mark.parametrize('config, head', [('paa/paa_r50_fpn_1x_coco.py', 'PAAHead'),
                                           ('centernet/centernet_r18_8xb16-crop512-140e_coco.py',
                                            'CenterNetHead'),
-                                          ('detr/detr_r50_8xb2-150e_coco.py', 'DETRHead')])
+                                          ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
+                                           'RepPointsHead')])
 def test_unsupported_head_is_one_clear_error_before_any_work(config, head):
     from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
     from mmengine.hub import get_config
+    register_all_modules()
     cfg = get_config(f'mmdet::{config}')
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model).eval()
     with pytest.raises(UnsupportedDetectorError) as e:
         explain_batch(model, torch.zeros(1, 3, 64, 64), [])
-    assert head in str(e.value) and 'FCOSHead' in str(e.value) and 'CascadeRoIHead' in str(
-        e.value)
+    assert head in str(e.value)
+    assert all(name in str(e.value) for name in ('FCOSHead', 'CascadeRoIHead', 'DETRHead'))
 
 
 def test_subclass_with_another_post_processing_is_refused():
@@ -337,7 +340,7 @@ def test_tood_explains_exactly_with_a_log_line(monkeypatch):
 
 
 # ------------------------------------------------------------------- black box
-@pytest.mark.parametrize('name', DENSE + TWO_STAGE)
+@pytest.mark.parametrize('name', DENSE + TWO_STAGE + list(DETR_ZOO))
 def test_drise_and_vps_take_every_family_as_a_black_box(name):
     """D-RISE's map of a detection == its definition computed here from mmdet's own
     predictions of the masked images (sum_i w_i M_i / N, w_i = max IoU x score of the

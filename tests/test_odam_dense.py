@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmdet.models.dense_heads import FCOSHead
 from mmengine.structures import InstanceData
 
-from odamtrain.explain import build_adapter
+from odamtrain.explain import ExplanationSettings, build_adapter
 from odamtrain.explain.adapters import FCOSAdapter
 from odamtrain.explain.conv_towers import frozen_norm_stats, paste_windows
 from odamtrain.explain.dense_gradients import (
@@ -158,8 +158,7 @@ def test_windowed_smoothing_matches_full_map_computation(fcos, setup):
         grads = truth(fcos.bbox_head, fwd, level, det, 'score', scale, frozen=True)
         sigma = box_sigma(det.bboxes * 0.8, fcos.bbox_head.strides[level])
         expected = odam_heatmap(grads, fwd.feats[level], sigma)
-        got = level_maps(adapter, fwd, level, det, 'odam', 'score', 'gaussian', 'windows',
-                         scale)
+        got = level_maps(adapter, fwd, level, det, ExplanationSettings(), 'windows', scale)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6 * expected.max())
 
 
@@ -193,14 +192,15 @@ def test_hand_computed_toy_head():
         fwd = dense_forward(adapter, [a], [])
     for mode in ('windows', 'exact'):
         for target, expected in (('logit', logit_map), ('score', score_map)):
-            got = level_maps(adapter, fwd, 0, det, 'odam', target, None, mode, scale)
+            got = level_maps(adapter, fwd, 0, det, ExplanationSettings(target=target, smooth=None),
+                             mode, scale)
             torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-7)
 
 
 def test_model_randomisation_changes_maps(fcos, setup):
     """Adebayo et al.'s sanity check: maps must depend on the weights being explained."""
     adapter, fwd, preds, scale = setup
-    args = (0, preds[0], 'odam', 'logit', 'gaussian', 'windows', scale)
+    args = (0, preds[0], ExplanationSettings(target='logit'), 'windows', scale)
     before = level_maps(adapter, fwd, *args)
     torch.testing.assert_close(before, level_maps(adapter, fwd, *args))
     state = {k: v.clone() for k, v in fcos.bbox_head.state_dict().items()}

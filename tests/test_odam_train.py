@@ -423,3 +423,14 @@ def test_anchor_positives_are_the_samplers(name):
     ious = bbox_overlaps(pos.bboxes, torch.stack([gts[int(i)].bboxes[int(j)] for i, j in
                                                   zip(pos.img, pos.gt_index)]), is_aligned=True)
     torch.testing.assert_close(pos.ious, ious)
+
+
+@pytest.mark.parametrize('name, why', [('autoassign', 'get_targets'), ('foveabox', 'positives'),
+                                       ('tood', 'positives'), ('rtmdet', 'positives'),
+                                       ('yolox', 'positives')])
+def test_heads_whose_positives_are_not_known_are_refused_when_built(name, why):
+    from odamtrain.models import install_odam
+    model = build_zoo_detector(name)
+    model.train_cfg = dict(odam_loss={})
+    with pytest.raises(ValueError, match=f'odam_loss: .*{type(model.bbox_head).__name__}.*{why}'):
+        install_odam(model)

@@ -114,6 +114,28 @@ def test_train_then_test(config, synthetic_root, tmp_path):
         h, w = cv2.imread(str(img)).shape[:2]
         assert maps['heatmaps'].shape == (3, h, w) and maps['bboxes'].shape == (3, 4)
         assert (maps['heatmaps'] >= 0).all() and (maps['scores'][:-1] >= maps['scores'][1:]).all()
+        # the combined picture is made of the same maps as the grid (PNG is lossless)
+        from odamtrain.visualization import render_combined
+        combined = cv2.imread(str(stem) + '_combined.png')
+        np.testing.assert_array_equal(combined, render_combined(cv2.imread(str(img)),
+                                                                maps['bboxes'],
+                                                                maps['heatmaps']))
+
+
+@pytest.mark.parametrize('config', ['configs/retinanet_odam_tiny_fpn_synthetic.py',
+                                    'configs/atss_odam_tiny_fpn_synthetic.py'])
+def test_other_families_train_with_odam_and_test_with_odam_nms(config, synthetic_root,
+                                                                tmp_path):
+    """The tiny RetinaNet / ATSS configs: Odam-Train's losses in training and Odam-NMS at
+    test time come from the config alone (one mechanism for every head)."""
+    work = tmp_path / 'work'
+    out = _ok(run_tool('tools/train.py', config, '--work-dir', str(work), '--cfg-options',
+                       *data_options(synthetic_root), 'train_cfg.max_epochs=1',
+                       'default_hooks.logger.interval=1'))
+    assert 'loss_odam_con' in out and 'loss_odam_sep' in out
+    out = _ok(run_tool('tools/test.py', config, str(work / 'epoch_1.pth'), '--work-dir',
+                       str(tmp_path / 'test'), '--cfg-options', *data_options(synthetic_root)))
+    assert any(line.split()[:1] == ['JI'] for line in out.splitlines())
 
 
 def test_resume_continues_from_last_complete_checkpoint(synthetic_root, tmp_path):

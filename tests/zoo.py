@@ -31,11 +31,37 @@ ZOO = {
 }
 DENSE = [k for k in ZOO if 'rcnn' not in k]
 TWO_STAGE = [k for k in ZOO if 'rcnn' in k]
+# DETR-like: transformers shrunk to 2 layers of 32 channels, 12 queries
+DETR_ZOO = {
+    'detr': 'detr/detr_r50_8xb2-150e_coco.py',
+    'conditional-detr': 'conditional_detr/conditional-detr_r50_8xb2-50e_coco.py',
+    'dab-detr': 'dab_detr/dab-detr_r50_8xb2-50e_coco.py',
+    'deformable-detr': 'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+    'dino': 'dino/dino-4scale_r50_8xb2-12e_coco.py',
+}
+# (Conditional DETR and DINO keep 256 channels: mmdet's coordinate_to_encoding is
+# hard-wired to 128 features per coordinate)
+WIDE = ('conditional-detr', 'dino')
+
+
+def _shrink(node, shrunk: dict):
+    """The transformer settings of a DETR config, small (in place)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in shrunk and isinstance(value, int):
+                node[key] = shrunk[key]
+            else:
+                _shrink(value, shrunk)
+    elif isinstance(node, list):
+        for value in node:
+            _shrink(value, shrunk)
 
 
 def zoo_config(name: str, num_classes: int = 3):
     """The tiny config of a zoo detector: its own test pipeline at 160 x 128 px, test-time
     thresholds that keep the low scores of a random model."""
+    if name in DETR_ZOO:
+        return _detr_config(name, num_classes)
     path, head_options = ZOO[name]
     cfg = get_config(f'mmdet::{path}')
     model = cfg.model
@@ -67,13 +93,37 @@ def zoo_config(name: str, num_classes: int = 3):
         model.test_cfg.update(score_thr=0.0, nms_pre=100, max_per_img=30)
         if model.bbox_head.type == 'YOLOXHead':  # YOLOX ignores max_per_img
             model.test_cfg.score_thr = 0.3
+    _tiny_pipeline(cfg)
+    return cfg
+
+
+def _detr_config(name: str, num_classes: int):
+    cfg = get_config(f'mmdet::{DETR_ZOO[name]}')
+    model = cfg.model
+    stages = model.backbone.out_indices
+    model.backbone = dict(NARROW_RESNET['backbone'], out_indices=stages)
+    model.neck.in_channels = [[8, 16, 32, 64][i] for i in stages]
+    dims = 256 if name in WIDE else 32
+    model.neck.out_channels = dims
+    if model.neck.get('norm_cfg'):
+        model.neck.norm_cfg = dict(type='GN', num_groups=8)
+    _shrink(model, dict(embed_dims=dims, num_feats=dims // 2, feedforward_channels=64,
+                        num_layers=2, num_heads=2 if dims == 32 else 8))
+    model.num_queries = 12
+    model.bbox_head.num_classes = num_classes
+    model.bbox_head.embed_dims = dims
+    model.test_cfg.max_per_img = 12
+    _tiny_pipeline(cfg)
+    return cfg
+
+
+def _tiny_pipeline(cfg):
     for t in cfg.test_dataloader.dataset.pipeline:
         if t['type'] == 'Resize':
             t.update(scale=(160, 128), keep_ratio=True)
         if t['type'] == 'Pad' and 'size' in t:
             t.update(size=(160, 128))
     cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
-    return cfg
 
 
 def build_zoo_detector(name: str, num_classes: int = 3, seed: int = 0, train: bool = False):
@@ -93,6 +143,8 @@ def _spread_outputs(model, seed):
     """Random weights everywhere in the head (not the zoo's near-constant initialisation),
     so that scores differ across locations and classes."""
     g = torch.Generator().manual_seed(seed + 1)
+    if hasattr(model, 'encoder'):  # DETR-like: their own initialisation
+        return
     head = model.roi_head if hasattr(model, 'roi_head') else model.bbox_head
     for p in head.parameters():
         if p.dim() > 1:

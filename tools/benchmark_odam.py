@@ -33,7 +33,10 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'yolox-l': 'mmdet::yolox/yolox_l_8xb8-300e_coco.py',
     'faster-rcnn': 'configs/faster-rcnn_r50_fpn_crowdhuman.py',
     'cascade-rcnn': 'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
+    'detr': 'mmdet::detr/detr_r50_8xb2-150e_coco.py',
+    'dino': 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
 }
+DEFAULT_N = dict(dino=300)  # DETR-like: all final detections (DINO keeps 300), else 100
 LOOP_SAMPLE = 10  # the per-prediction loop is timed on this many predictions
 
 
@@ -51,11 +54,14 @@ def build(family: str, n: int):
         osp.join(REPO, path))
     cfg.model.backbone.init_cfg = None
     keep_all = dict(type='nms', iou_threshold=1.0)
-    if 'roi_head' in cfg.model:
+    if 'encoder' in cfg.model:  # DETR-like: no NMS
+        cfg.model.test_cfg.max_per_img = n
+    elif 'roi_head' in cfg.model:
         cfg.model.test_cfg.rpn.update(nms_pre=max(1000, n), max_per_img=max(1000, n))
         cfg.model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=n, nms=keep_all)
-    else:
-        cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n, nms=keep_all)
+    else:  # (YOLOX ignores max_per_img: its NMS keeps at most n)
+        cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n,
+                                  nms=dict(keep_all, max_num=n))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).eval()
     model.cfg = cfg
@@ -78,10 +84,19 @@ def loop_maps(model, inputs, samples, dets) -> None:
     import torch
 
     from odamtrain.explain import build_adapter
-    from odamtrain.explain.adapters import DenseHeadAdapter
+    from odamtrain.explain.adapters import DenseHeadAdapter, DETRAdapter
     from odamtrain.explain.explainer import detector_forward
     from odamtrain.explain.heatmap import odam_heatmap
     adapter = build_adapter(model)
+    if isinstance(adapter, DETRAdapter):
+        fwd, _ = adapter.forward(inputs, samples)
+        with torch.enable_grad():
+            y = adapter.attribute('score', fwd, dets)
+        for i in range(len(dets)):
+            grads = torch.autograd.grad(y[i], fwd.leaves, retain_graph=True)
+            for g, a in zip(grads, fwd.levels):
+                odam_heatmap(g[:1], a[:1].detach())
+        return
     fwd = detector_forward(model, adapter, inputs, samples)
     scale = torch.ones(1, 2)
     with torch.enable_grad():
@@ -123,7 +138,8 @@ def worker(args):
         explained, = explain_batch(model, inputs, samples, mode=args.what)
         return len(explained)
 
-    slow = args.what == 'exact'  # minutes per run: one timed run, no warm-up
+    # minutes per run (exact mode, transformers' maps): one timed run, no warm-up
+    slow = args.what == 'exact' or (args.what == 'fast' and 'encoder' in model.cfg.model)
     n = None if slow else run()  # warm-up
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = []
@@ -230,7 +246,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--families', nargs='+', default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument('--sizes', nargs='+', type=int_at_least(64), default=[512, 800])
-    p.add_argument('--counts', nargs='+', type=int_at_least(1), default=[100])
+    p.add_argument('--counts', nargs='+', type=int_at_least(1), default=None,
+                   help='N per measurement (default 100; DINO 300, all its detections)')
     p.add_argument('--repeats', type=int_at_least(1), default=3)
     p.add_argument('--threads', type=int_at_least(1), default=2)
     p.add_argument('--exact', action='store_true', help='also time exact mode (one run)')
@@ -255,7 +272,7 @@ def main():
           f'{"fast MB":>9s}', flush=True)
     for family in args.families:
         for size in args.sizes:
-            for count in args.counts:
+            for count in args.counts or [DEFAULT_N.get(family, 100)]:
                 fwd = measure(family, size, count, 'forward', args)
                 fast = measure(family, size, count, 'fast', args)
                 exact = measure(family, size, count, 'exact', args) if args.exact else None
@@ -270,6 +287,9 @@ def main():
                            fast_peak_rss_mb=fast['rss_mb'], forward_peak_rss_mb=fwd['rss_mb'],
                            output_maps_mb=n * size * size * 4 / 2 ** 20)
                 rows.append(row)
+                if args.out:  # after every row: a long run that stops keeps what it measured
+                    from odamtrain.utils import atomic_write_text
+                    atomic_write_text(json.dumps(rows, indent=1), args.out)
                 print(f'{family:14s}{size:>7d}{n:>6d}{fwd["median_s"]:>11.3f}{fast_maps:>13.3f}'
                       f'{fast_maps / fwd["median_s"]:>10.2f}'
                       f'{(f"{exact_maps:.3f}" if exact else "-"):>14s}{loop_s:>10.2f}'
@@ -279,9 +299,6 @@ def main():
           f'detection itself, at the input size (min-max normalised). loop s = one backward '
           f'per prediction and its map, timed on {LOOP_SAMPLE} predictions and scaled to N. '
           f'fast MB = peak RSS of the fast run, incl. the model and the N output maps.')
-    if args.out:
-        from odamtrain.utils import atomic_write_text
-        atomic_write_text(json.dumps(rows, indent=1), args.out)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,9 @@
 """Explain every detection of a trained detector on an image or a folder of images.
 
 For each image it writes ``<name>_<method>_<target>.png`` (the detections, then one heat-map
-panel per explained detection) and ``<name>_<method>_<target>.npz`` (bboxes, scores, labels,
-heatmaps at the image size).
+panel per explained detection), ``<name>_<method>_<target>_combined.png`` (all the maps in
+one picture, each detection's map and box in its own colour: the ODAM paper's Fig. 3, right)
+and ``<name>_<method>_<target>.npz`` (bboxes, scores, labels, heatmaps at the image size).
 
     python tools/explain.py CONFIG CHECKPOINT IMAGE_OR_DIR [...] --out-dir DIR \
         [--method odam|gradcam|gradcampp] [--target score|logit|x1|y1|x2|y2] \
@@ -24,7 +25,7 @@ from _common import exit_on_data_error, float_between, int_at_least  # noqa: E40
 from odamtrain.apis import METHODS, explain_detector, init_detector  # noqa: E402
 from odamtrain.explain import MODES, TARGETS  # noqa: E402
 from odamtrain.utils import atomic_write_bytes  # noqa: E402
-from odamtrain.visualization import render_explanations  # noqa: E402
+from odamtrain.visualization import render_combined, render_explanations  # noqa: E402
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 
@@ -88,7 +89,8 @@ def main():
     images = list_images(args.images)[:args.max_images or None]
     suffix = f'_{args.method}_{args.target}'
     stems = [osp.join(args.out_dir, stem + suffix) for stem in output_stems(images)]
-    existing = [s + ext for s in stems for ext in ('.png', '.npz') if osp.exists(s + ext)]
+    existing = [s + ext for s in stems for ext in ('.png', '_combined.png', '.npz')
+                if osp.exists(s + ext)]
     with exit_on_data_error():
         model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -109,12 +111,14 @@ def main():
         maps = pred.heatmaps.cpu().numpy()
         picture = render_explanations(img, boxes, scores, maps)
         atomic_write_bytes(cv2.imencode('.png', picture)[1].tobytes(), stem + '.png')
+        combined = render_combined(img, boxes, maps)
+        atomic_write_bytes(cv2.imencode('.png', combined)[1].tobytes(), stem + '_combined.png')
         buf = io.BytesIO()
         np.savez_compressed(buf, bboxes=boxes, scores=scores, labels=pred.labels.cpu().numpy(),
                             heatmaps=maps.astype(np.float32))
         atomic_write_bytes(buf.getvalue(), stem + '.npz')
         bar.update()
-    print(f'\nwrote {len(images)} pictures and {len(images)} .npz files to {args.out_dir}')
+    print(f'\nwrote {len(images)} x 2 pictures and {len(images)} .npz files to {args.out_dir}')
 
 
 if __name__ == '__main__':

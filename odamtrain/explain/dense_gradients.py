@@ -29,6 +29,7 @@ from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
 from .adapters.dense import DenseHeadAdapter
+from .batched_autograd import batched_vjps
 from .conv_towers import (
     TowerRecord,
     gather_windows,
@@ -38,6 +39,7 @@ from .conv_towers import (
     window_backward,
 )
 from .heatmap import box_sigma, explanation_maps, odam_heatmap
+from .settings import ExplanationSettings
 
 __all__ = ['DenseForward', 'dense_forward', 'level_maps', 'window_radius',
            'EXACT_BELOW_WINDOWS', 'MODES']
@@ -164,22 +166,7 @@ def exact_grads(adapter, fwd: DenseForward, level: int, preds: InstanceData, tar
         outputs = adapter.head(feats)
         y = adapter.attribute(target, adapter.rows(outputs, preds), preds,
                               adapter.prior_coords(fwd.feats, preds), scale[preds.img])
-    eye = torch.eye(len(y), dtype=y.dtype, device=y.device)
-    batched = True
-    for start in range(0, len(y), chunk):
-        idx = torch.arange(start, min(start + chunk, len(y)), device=y.device)
-        if batched:
-            try:
-                g, = torch.autograd.grad(y, leaf, grad_outputs=eye[idx],
-                                         is_grads_batched=True, retain_graph=True)
-            except RuntimeError as e:  # an op without a batching rule (e.g. mmcv's DCN)
-                print_log(f'ODAM exact: {type(adapter.head).__name__} has an op that '
-                          f'autograd cannot batch ({str(e).splitlines()[0][:80]}); one '
-                          'backward per prediction', logger='current')
-                batched = False
-        if not batched:
-            g = torch.stack([torch.autograd.grad(y[i], leaf, retain_graph=True)[0]
-                             for i in idx.tolist()])
+    for idx, (g,) in batched_vjps(y, [leaf], chunk, type(adapter.head).__name__):
         yield idx, g[torch.arange(len(idx)), preds.img[idx]]  # g: [n, B, C, h, w]
 
 
@@ -219,11 +206,12 @@ def log_fallback(adapter, mode: str) -> None:
                   logger='current')
 
 
-def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData, method: str,
-               target: str, smooth: str | None, mode: str, scale: torch.Tensor,
+def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData,
+               settings: ExplanationSettings, mode: str, scale: torch.Tensor,
                create_graph: bool = False) -> torch.Tensor:
     """(n, h, w) maps on this level of its predictions (``img``, ``level``, ``prior``,
-    ``labels``, ``bboxes`` x1y1x2y2 in original pixels).
+    ``labels``, ``bboxes`` x1y1x2y2 in original pixels), by the settings' ``method``,
+    ``target`` and ``smooth``.
 
     Args:
         mode: :func:`level_mode`'s result for this level ('windows' or 'exact').
@@ -231,6 +219,7 @@ def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData, meth
         create_graph: ('windows') keep the gradients' graph to the head's weights.
     Under grad mode the maps keep ``feats``' graph (Odam-Train).
     """
+    method, target, smooth = settings.method, settings.target, settings.smooth
     feat = fwd.feats[level]
     h, w = feat.shape[-2:]
     b = preds.img

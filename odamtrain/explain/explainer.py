@@ -4,19 +4,21 @@ written once for every family."""
 from __future__ import annotations
 
 import torch
+from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
 from odamtrain.ops import is_odam_nms, odam_nms_keep, plain_nms_config
 from odamtrain.structures import target_predictions
 
-from .adapters import DenseHeadAdapter, build_adapter
+from .adapters import DenseHeadAdapter, DETRAdapter, build_adapter
 from .dense_gradients import dense_forward, level_maps, level_mode, log_fallback
+from .detr_gradients import detr_heatmaps
 from .heatmap import output_size, resize_maps
 from .roi_gradients import fpn_heatmaps, roi_heatmaps
 from .settings import GRADIENT_METHODS, ExplanationSettings
 
 __all__ = ['explain_gradients', 'detector_forward', 'dense_heatmaps', 'odam_nms_candidates',
-           'odam_nms_select', 'nms_config', 'ODAM_NMS_DEFAULTS']
+           'odam_nms_select', 'odam_nms_settings', 'nms_config', 'ODAM_NMS_DEFAULTS']
 
 # Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients
 ODAM_NMS_DEFAULTS = dict(target='logit', mode='fast', map_size=50)
@@ -33,18 +35,19 @@ def nms_config(adapter) -> tuple:
     return cfg, (cfg or {}).get('nms') or {}
 
 
-def dense_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str | None,
-                   mode: str, map_size='image') -> None:
-    """Set ``heatmaps`` (N, H, W) at ``map_size`` on each image's predictions (``img``,
-    ``level``, ``prior``, ``labels``, ``bboxes`` original pixels) of a dense head."""
+def dense_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> None:
+    """Set ``heatmaps`` (N, H, W) at the settings' ``map_size`` on each image's predictions
+    (``img``, ``level``, ``prior``, ``labels``, ``bboxes`` original pixels) of a dense
+    head."""
     scale = torch.tensor([m['scale_factor'][:2] for m in fwd.metas], dtype=fwd.feats[0].dtype,
                          device=fwd.feats[0].device)  # [B, 2] input / original (w, h)
-    modes = [level_mode(adapter, fwd, level, mode) for level in range(len(fwd.feats))]
+    modes = [level_mode(adapter, fwd, level, settings.mode)
+             for level in range(len(fwd.feats))]
     # no graph through the maps: it would keep every chunk alive (the gradient functions
     # record what they need themselves)
     with torch.no_grad():
         for det, meta in zip(dets, fwd.metas):
-            out_hw = output_size(meta['ori_shape'][:2], map_size)
+            out_hw = output_size(meta['ori_shape'][:2], settings.map_size)
             preds = InstanceData(**{k: det.get(k) for k in ('img', 'level', 'prior', 'labels',
                                                              'bboxes')})
             heatmaps = fwd.feats[0].new_empty(len(det), *out_hw)  # every row is written
@@ -52,8 +55,8 @@ def dense_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: s
                 idx = (det.level == level).nonzero()[:, 0]
                 stride = float(adapter.stride(det.level[idx[:1]], heatmaps)[0])
                 for part in idx.split(CHUNK):
-                    maps = level_maps(adapter, fwd, level, preds[part], method, target,
-                                      smooth, modes[level], scale)
+                    maps = level_maps(adapter, fwd, level, preds[part], settings,
+                                      modes[level], scale)
                     for j in range(0, len(part), RESIZE_CHUNK):  # (n, H, W) temporaries
                         heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
                             maps[j:j + RESIZE_CHUNK], stride, meta['img_shape'][:2], out_hw)
@@ -66,17 +69,22 @@ def odam_nms_candidates(adapter, fwd, nms_cfg: dict) -> list:
     original pixels) with the ODAM ``heatmaps`` Odam-NMS compares (``nms_cfg``'s
     ``target``, ``mode``, ``map_size``; :data:`ODAM_NMS_DEFAULTS`), from the forward
     ``fwd`` that made them."""
-    maps = {**ODAM_NMS_DEFAULTS, **{k: v for k, v in nms_cfg.items()
-                                    if k in ODAM_NMS_DEFAULTS}}
+    settings = odam_nms_settings(nms_cfg)
     cfg, _ = nms_config(adapter)
     if isinstance(adapter, DenseHeadAdapter):
         cands = adapter.predictions(fwd, plain_nms_config(cfg), with_nms=False)
-        dense_heatmaps(adapter, fwd, cands, 'odam', maps['target'], 'gaussian', maps['mode'],
-                       maps['map_size'])
+        dense_heatmaps(adapter, fwd, cands, settings)
     else:
         cands = adapter.candidates(fwd, cfg.score_thr)
-        roi_heatmaps(adapter, fwd, cands, 'odam', maps['target'], 'gaussian', maps['map_size'])
+        roi_heatmaps(adapter, fwd, cands, settings)
     return cands
+
+
+def odam_nms_settings(nms_cfg: dict) -> ExplanationSettings:
+    """The maps an ``odam_nms`` config asks for: ODAM with the paper's Gaussian Phi, its
+    ``target``, ``mode`` and ``map_size`` (:data:`ODAM_NMS_DEFAULTS`), validated."""
+    return ExplanationSettings(method='odam', smooth='gaussian', normalize=None, **{
+        k: nms_cfg.get(k, v) for k, v in ODAM_NMS_DEFAULTS.items()})
 
 
 def odam_nms_select(cands: list, nms_cfg: dict, max_per_img: int) -> list:
@@ -124,9 +132,10 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
         raise ValueError(f'explain_gradients: method must be one of {GRADIENT_METHODS}, got '
                          f'{settings.method!r}')
     adapter = build_adapter(model)
-    cfg, nms = nms_config(adapter)
-    odam_nms = targets is None and is_odam_nms(cfg)
+    if isinstance(adapter, DETRAdapter):
+        return _explain_detr(adapter, inputs, data_samples, settings, targets)
     s = settings
+    cfg, nms = nms_config(adapter)
     dense = isinstance(adapter, DenseHeadAdapter)
     if dense:
         log_fallback(adapter, s.mode)
@@ -134,14 +143,29 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
     if targets is not None:
         dets = [target_predictions(every, tgt)
                 for every, tgt in zip(adapter.every_prediction(fwd), targets)]
-    elif odam_nms:
+    elif is_odam_nms(cfg):
         dets = odam_nms_select(odam_nms_candidates(adapter, fwd, nms), nms,
                                cfg.get('max_per_img', -1))
     else:
         dets = adapter.predictions(fwd, plain_nms_config(cfg))
     if dense:
-        dense_heatmaps(adapter, fwd, dets, s.method, s.target, s.smooth, s.mode, s.map_size)
+        dense_heatmaps(adapter, fwd, dets, s)
     else:
-        paint = fpn_heatmaps if s.features == 'fpn' else roi_heatmaps
-        paint(adapter, fwd, dets, s.method, s.target, s.smooth, s.map_size)
+        (fpn_heatmaps if s.features == 'fpn' else roi_heatmaps)(adapter, fwd, dets, s)
+    return dets
+
+
+def _explain_detr(adapter, inputs, data_samples, s: ExplanationSettings, targets) -> list:
+    """:func:`explain_gradients` for DETR-like detectors (exact: attention is global)."""
+    if s.mode != 'exact':
+        print_log(f'ODAM: {s.mode} mode does not apply to {type(adapter.model).__name__} '
+                  '(every query attends to the whole map); using exact mode',
+                  logger='current')
+    fwd, mmdet_dets = adapter.forward(inputs, data_samples, s.features)
+    if targets is not None:
+        dets = [target_predictions(every, tgt)
+                for every, tgt in zip(adapter.every_prediction(fwd), targets)]
+    else:
+        dets = adapter.predictions(fwd, mmdet_dets)
+    detr_heatmaps(adapter, fwd, dets, s)
     return dets

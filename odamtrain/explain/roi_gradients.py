@@ -26,6 +26,7 @@ from .heatmap import (
     paste_roi_maps,
     resize_maps,
 )
+from .settings import ExplanationSettings
 
 __all__ = ['roi_grads', 'roi_heatmaps', 'fpn_rounds', 'roi_footprints', 'roi_fpn_grads',
            'fpn_heatmaps', 'roi_positives', 'roi_positive_maps']
@@ -64,10 +65,10 @@ def roi_grads(adapter, fwd, preds: InstanceData, target: str, scale: torch.Tenso
     return grads
 
 
-def roi_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str | None,
-                 map_size='image') -> None:
-    """Set ``heatmaps`` (N, H, W) on each image's predictions (``roi``, ``labels``,
-    ``img``) from the RoI features of every stage."""
+def roi_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> None:
+    """Set ``heatmaps`` (N, H, W) at the settings' ``map_size`` on each image's predictions
+    (``roi``, ``labels``, ``img``) from the RoI features of every stage."""
+    method, target, smooth = settings.method, settings.target, settings.smooth
     metas = fwd.metas
     scale = _scales(metas, fwd.feats[0])
     preds = InstanceData.cat(dets) if dets else InstanceData()
@@ -81,7 +82,7 @@ def roi_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str
             stage_maps.append(explanation_maps(method, g, feat.detach()[preds.roi], sigma))
         start = 0
         for i, (det, meta) in enumerate(zip(dets, metas)):
-            out_hw = output_size(meta['ori_shape'][:2], map_size)
+            out_hw = output_size(meta['ori_shape'][:2], settings.map_size)
             ori_h, ori_w = meta['ori_shape'][:2]
             # a RoI in input pixels -> original pixels -> the output map's pixels
             to_out = scale[i].new_tensor([out_hw[1] / ori_w, out_hw[0] / ori_h]) / scale[i]
@@ -147,9 +148,10 @@ def roi_fpn_grads(adapter, fwd, preds: InstanceData, target: str, scale: torch.T
             yield part, lvl, g * inside[:, None].to(g.dtype)
 
 
-def fpn_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str | None,
-                 map_size='image') -> None:
-    """Set ``heatmaps`` (N, H, W) on each image's predictions from the RoIs' FPN levels."""
+def fpn_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> None:
+    """Set ``heatmaps`` (N, H, W) at the settings' ``map_size`` on each image's predictions
+    from the RoIs' FPN levels."""
+    method, target, smooth = settings.method, settings.target, settings.smooth
     metas = fwd.metas
     scale = _scales(metas, fwd.levels[0])
     strides = adapter.extractor.featmap_strides
@@ -157,7 +159,7 @@ def fpn_heatmaps(adapter, fwd, dets: list, method: str, target: str, smooth: str
     offsets = torch.cumsum(torch.tensor([0] + [len(d) for d in dets]), 0)
     for det, meta in zip(dets, metas):
         det.heatmaps = fwd.levels[0].new_zeros(len(det), *output_size(meta['ori_shape'][:2],
-                                                                      map_size))
+                                                                      settings.map_size))
     if len(preds) == 0:
         return
     for part, lvl, g in roi_fpn_grads(adapter, fwd, preds, target, scale):

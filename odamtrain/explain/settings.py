@@ -10,7 +10,7 @@ METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'vps')
 GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp')
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
 MODES = ('fast', 'windows', 'exact')
-FEATURES = ('auto', 'fpn', 'roi')
+FEATURES = ('auto', 'fpn', 'roi', 'backbone', 'neck', 'memory')
 
 
 def _check(name: str, value, allowed) -> None:
@@ -75,7 +75,10 @@ class ExplanationSettings:
             levels exact), 'windows' (windows on every level) or 'exact'.
         map_size: 'image' (original image size) or an int, the maps' short edge.
         features: what A is: 'auto' (the FPN level for one-stage heads, the RoI features
-            for two-stage), 'roi' or 'fpn' (two-stage: the RoI's FPN level).
+            for two-stage, the backbone's last stage for DETR / Conditional DETR / DAB-DETR
+            and the neck's levels for Deformable DETR / DINO), 'roi' or 'fpn' (two-stage:
+            the RoI's FPN level), 'backbone', 'neck' or 'memory' (DETR-like: the encoder's
+            output).
     """
     method: str = 'odam'
     target: str = 'score'

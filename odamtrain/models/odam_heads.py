@@ -24,6 +24,7 @@ import contextlib
 import math
 
 import torch
+from mmdet.models.dense_heads import DETRHead
 from mmdet.models.roi_heads import CascadeRoIHead
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.structures.bbox import scale_boxes
@@ -33,6 +34,7 @@ from odamtrain.explain.dense_gradients import dense_forward, level_maps
 from odamtrain.explain.explainer import odam_nms_candidates, odam_nms_select
 from odamtrain.explain.heatmap import resample_maps
 from odamtrain.explain.roi_gradients import roi_positive_maps, roi_positives
+from odamtrain.explain.settings import ExplanationSettings
 from odamtrain.ops import is_odam_nms, plain_nms_config
 
 from .losses import cap_positives, odam_loss_config, odam_loss_dict
@@ -42,6 +44,9 @@ __all__ = ['install_odam', 'OdamDenseHeadMixin', 'OdamRoIHeadMixin', 'odam_nms_r
 
 # the authors' loss weights: one-stage (FCOS) 0.5, two-stage (Faster R-CNN) 0.2
 ODAM_LOSS_WEIGHTS = dict(dense=0.5, roi=0.2)
+# Odam-Train's maps of dense heads: the assigned class's logit, the paper's Phi, windows
+TRAIN_MAPS = ExplanationSettings(method='odam', target='logit', smooth='gaussian',
+                                 normalize=None, mode='windows')
 
 
 def odam_nms_results(kept: list, batch_img_metas: list, nms_cfg: dict,
@@ -116,8 +121,8 @@ class OdamDenseHeadMixin:
         scale = fwd.feats[0].new_ones(len(metas), 2)  # the positives' boxes: input pixels
         for level in pos.level.unique().tolist():
             idx = (pos.level == level).nonzero()[:, 0]
-            level_map = level_maps(adapter, fwd, level, pos[idx], 'odam', 'logit', 'gaussian',
-                                   'windows', scale, create_graph=cfg['second_order'])
+            level_map = level_maps(adapter, fwd, level, pos[idx], TRAIN_MAPS, 'windows', scale,
+                                   create_graph=cfg['second_order'])
             stride = float(adapter.stride(pos.level[idx[:1]], level_map)[0])
             maps[idx] = resample_maps(level_map, stride, cfg['map_stride'], grid)
         return pos, maps
@@ -196,6 +201,13 @@ def install_odam(model):
     else:
         return model
     train_cfg = getattr(model, 'train_cfg', None) or {}
+    if isinstance(head, DETRHead):
+        if train_cfg.get('odam_loss') is not None or is_odam_nms(head.test_cfg):
+            raise ValueError(f'{type(head).__name__}: DETR-like detectors make set '
+                             'predictions: there is no NMS for Odam-NMS to replace, and '
+                             'Odam-Train is not defined for them (the paper trains FCOS and '
+                             'Faster R-CNN); ODAM maps work')
+        return model
     odam_loss = odam_loss_config(train_cfg.get('odam_loss'), ODAM_LOSS_WEIGHTS[kind])
     if odam_loss is None and not is_odam_nms(head.test_cfg):
         return model

@@ -19,10 +19,11 @@ from .dense import (
     UnsupportedHeadError,
     YOLOXAdapter,
 )
+from .detr import DETRAdapter, DETRForward
 from .roi import ROI_ADAPTERS, CascadeRoIAdapter, RoIForward, StandardRoIAdapter
 
 __all__ = ['build_adapter', 'dense_adapter', 'roi_adapter', 'UnsupportedDetectorError',
-           'supported_heads', 'DenseHeadAdapter',
+           'supported_heads', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward',
            'DenseRows', 'StandardRoIAdapter', 'CascadeRoIAdapter', 'RoIForward', 'BOX_SIDES',
            'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter', 'AutoAssignAdapter',
            'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter']
@@ -35,7 +36,7 @@ class UnsupportedDetectorError(TypeError):
 def supported_heads() -> list[str]:
     """The mmdet head classes (and their subclasses that keep the post-processing) that
     have an adapter."""
-    return [a.head_type.__name__ for a in DENSE_ADAPTERS + ROI_ADAPTERS]
+    return [a.head_type.__name__ for a in DENSE_ADAPTERS + ROI_ADAPTERS + (DETRAdapter,)]
 
 
 def _unsupported(owner, head, why: str) -> UnsupportedDetectorError:
@@ -77,6 +78,11 @@ def build_adapter(model):
     """
     if hasattr(model, 'roi_head'):
         return roi_adapter(model.roi_head, model)
+    if isinstance(getattr(model, 'bbox_head', None), DETRAdapter.head_type):
+        try:
+            return DETRAdapter(model)
+        except UnsupportedHeadError as e:
+            raise _unsupported(model, model.bbox_head, str(e)) from None
     if hasattr(model, 'bbox_head'):
         return dense_adapter(model.bbox_head, model)
     raise UnsupportedDetectorError(

@@ -1,0 +1,209 @@
+"""Adapter of mmdet's DETR-like detectors (DETR, Conditional DETR, DAB-DETR, Deformable DETR,
+DINO): the only code that knows their internals.
+
+Shapes: B images, Q queries, K classes (K + 1 for DETR's softmax), n predictions, L levels.
+
+A prediction's provenance: ``img``, ``query`` and ``labels``. mmdet's detections come from its
+own ``bbox_head.predict`` (top-k over queries, or queries x classes for sigmoid heads), run
+while the class and box outputs of the last decoder layer are captured with their graph;
+the selection is recomputed from those outputs and checked against mmdet's labels.
+
+What A is (``features``):
+* 'backbone' (DETR, Conditional DETR, DAB-DETR by default, the paper: "features from the last
+  stage of ResNet50 are used to explain DETR because there is no detector neck"; mmdet's
+  ChannelMapper is a 1x1 projection of that stage): the backbone outputs the neck reads;
+* 'neck' (Deformable DETR, DINO by default): each level of the multi-scale neck output the
+  transformer reads; a detection's map is the sum of its levels' maps at image resolution;
+* 'memory': the encoder's output, split back into its levels.
+Queries interact through the decoder's self-attention, so every query's gradient takes the
+whole transformer into account: vectorised autograd over the predictions, chunked by memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from mmdet.models.dense_heads import DETRHead
+from mmdet.models.detectors import DeformableDETR
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+from mmengine.structures import InstanceData
+
+from .dense import BOX_SIDES, UnsupportedHeadError, resolved
+
+__all__ = ['DETRForward', 'DETRAdapter']
+
+
+@dataclass
+class DETRForward:
+    """One forward of a DETR-like detector from A: ``leaves`` (the tensors A is made of,
+    requiring grad), ``levels`` L x (B, C, h, w) A as maps (views of the leaves),
+    ``strides`` per level, ``cls`` (B, Q, K) and ``boxes`` (B, Q, 4) (normalised cx, cy,
+    w, h) of the last decoder layer with the graph to the leaves, and ``metas``."""
+    leaves: list
+    levels: list
+    strides: list
+    cls: torch.Tensor
+    boxes: torch.Tensor
+    metas: list
+
+
+class DETRAdapter:
+    """mmdet's ``DetectionTransformer`` detectors with a ``DETRHead`` (and its subclasses that
+    keep ``_predict_by_feat_single``)."""
+    head_type = DETRHead
+    features = ('auto', 'backbone', 'neck', 'memory')
+
+    def __init__(self, model):
+        self.model = model
+        self.head = model.bbox_head
+        own = resolved(type(self.head), '_predict_by_feat_single')
+        if own is not DETRHead._predict_by_feat_single:
+            raise UnsupportedHeadError(
+                f'{type(self.head).__name__}._predict_by_feat_single is {own.__qualname__}, '
+                f'not DETRHead\'s that {type(self).__name__} reproduces')
+        for name in ('forward_transformer', 'pre_transformer', 'forward_encoder',
+                     'pre_decoder', 'forward_decoder'):
+            if not hasattr(model, name):
+                raise UnsupportedHeadError(f'{type(model).__name__} has no {name} (expected '
+                                           'an mmdet DetectionTransformer)')
+
+    def default_features(self) -> str:
+        return 'neck' if isinstance(self.model, DeformableDETR) else 'backbone'
+
+    # ------------------------------------------------------------------ forward
+    @contextlib.contextmanager
+    def _captured_outputs(self, store: dict):
+        """Inside, the head's ``predict_by_feat`` stores the last layer's class and box
+        outputs (with their graph) before running."""
+        head, original = self.head, type(self.head).predict_by_feat
+
+        def predict_by_feat(layer_cls_scores, layer_bbox_preds, batch_img_metas, rescale=True):
+            store.update(cls=layer_cls_scores[-1], boxes=layer_bbox_preds[-1])
+            return original(head, layer_cls_scores, layer_bbox_preds, batch_img_metas,
+                            rescale)
+
+        head.predict_by_feat = predict_by_feat
+        try:
+            yield
+        finally:
+            del head.predict_by_feat
+
+    def forward(self, inputs: torch.Tensor, data_samples: list,
+                features: str = 'auto') -> tuple:
+        """The detector from A (leaves, grad enabled inside) -> (:class:`DETRForward`,
+        mmdet's detections of ``bbox_head.predict``)."""
+        if features not in self.features:
+            raise ValueError(f'{type(self.model).__name__}: features must be one of '
+                             f'{self.features}, got {features!r}')
+        features = self.default_features() if features == 'auto' else features
+        model, store = self.model, {}
+        metas = [s.metainfo for s in data_samples]
+        with torch.no_grad():
+            stages = model.backbone(inputs)
+            img_feats = model.neck(stages) if model.with_neck and features != 'backbone' \
+                else None
+        with torch.enable_grad(), self._captured_outputs(store):
+            if features == 'backbone':
+                leaves = [x.detach().requires_grad_(True) for x in stages]
+                levels = leaves
+                feats = model.neck(tuple(leaves)) if model.with_neck else tuple(leaves)
+                head_inputs = model.forward_transformer(feats, data_samples)
+            elif features == 'neck':
+                leaves = [x.detach().requires_grad_(True) for x in img_feats]
+                levels = leaves
+                head_inputs = model.forward_transformer(tuple(leaves), data_samples)
+            else:
+                leaves, levels, head_inputs = self._from_memory(img_feats, data_samples)
+            dets = model.bbox_head.predict(**head_inputs, batch_data_samples=data_samples,
+                                           rescale=True)
+        strides = [_stride(inputs.shape[-2], lv.shape[-2]) for lv in levels]
+        return DETRForward(leaves, levels, strides, store['cls'], store['boxes'], metas), dets
+
+    def _from_memory(self, img_feats, data_samples):
+        """mmdet's ``forward_transformer`` with the encoder's output as the leaf."""
+        model = self.model
+        enc_in, dec_in = model.pre_transformer(img_feats, data_samples)
+        with torch.no_grad():
+            enc_out = model.forward_encoder(**enc_in)
+        leaf = enc_out['memory'].detach().requires_grad_(True)  # [B, tokens, C]
+        enc_out['memory'] = leaf
+        tmp_dec_in, head_inputs = model.pre_decoder(**enc_out)
+        dec_in.update(tmp_dec_in)
+        head_inputs.update(model.forward_decoder(**dec_in))
+        levels, start = [], 0
+        for f in img_feats:  # the memory is the levels' tokens, flattened in order
+            b, c, h, w = f.shape
+            levels.append(leaf[:, start:start + h * w].transpose(1, 2).reshape(b, c, h, w))
+            start += h * w
+        return [leaf], levels, head_inputs
+
+    # -------------------------------------------------------------- predictions
+    def _selected(self, cls: torch.Tensor, max_per_img: int) -> tuple:
+        """(query, label) of the detections mmdet's ``_predict_by_feat_single`` keeps from
+        one image's class outputs (Q, K)."""
+        if self.head.loss_cls.use_sigmoid:
+            _, index = cls.sigmoid().reshape(-1).topk(max_per_img)
+            k = self.head.num_classes
+            return index // k, index % k
+        scores, labels = F.softmax(cls, dim=-1)[..., :-1].max(-1)
+        _, query = scores.topk(max_per_img)
+        return query, labels[query]
+
+    def predictions(self, fwd: DETRForward, dets: list) -> list:
+        """mmdet's detections (from :meth:`forward`) with ``query`` and ``img``."""
+        out = []
+        for i, det in enumerate(dets):
+            max_per_img = self.head.test_cfg.get('max_per_img', fwd.cls.shape[1])
+            query, labels = self._selected(fwd.cls[i].detach(), max_per_img)
+            if not torch.equal(labels, det.labels):
+                raise RuntimeError(f'{type(self.head).__name__}: the recomputed selection '
+                                   'differs from its own')
+            det = det.clone()
+            det.bboxes, det.scores = det.bboxes.detach(), det.scores.detach()
+            det.query, det.img = query, torch.full_like(query, i)
+            out.append(det)
+        return out
+
+    def every_prediction(self, fwd: DETRForward) -> list:
+        """Every (query, class) of every image (to find the one that explains a target)."""
+        out = []
+        q, k, device = fwd.cls.shape[1], self.head.num_classes, fwd.cls.device
+        for i in range(len(fwd.metas)):
+            query = torch.arange(q, device=device).repeat_interleave(k)
+            labels = torch.arange(k, device=device).repeat(q)
+            preds = InstanceData(query=query, labels=labels, img=torch.full_like(query, i))
+            with torch.no_grad():
+                preds.scores = self.attribute('score', fwd, preds)
+                preds.bboxes = torch.stack([self.attribute(s, fwd, preds) for s in BOX_SIDES],
+                                           1)
+            out.append(preds)
+        return out
+
+    # ---------------------------------------------------------------- attribute
+    def attribute(self, target: str, fwd: DETRForward, preds: InstanceData) -> torch.Tensor:
+        """Y (n,) of predictions (``img``, ``query``, ``labels``) with the graph to A:
+        'score' (mmdet's: sigmoid, or softmax with the no-object class left out), 'logit',
+        or a box side 'x1' | 'y1' | 'x2' | 'y2' in original pixels (not clipped)."""
+        cls = fwd.cls[preds.img, preds.query]  # [n, K]
+        if target == 'logit':
+            return cls.gather(1, preds.labels[:, None])[:, 0]
+        if target == 'score':
+            probs = cls.sigmoid() if self.head.loss_cls.use_sigmoid else cls.softmax(-1)
+            return probs.gather(1, preds.labels[:, None])[:, 0]
+        if target in BOX_SIDES:
+            i = BOX_SIDES.index(target)
+            box = bbox_cxcywh_to_xyxy(fwd.boxes[preds.img, preds.query])[:, i]
+            size = torch.tensor([[m['img_shape'][1 - i % 2] / m['scale_factor'][i % 2]]
+                                 for m in fwd.metas], dtype=box.dtype, device=box.device)
+            return box * size[preds.img, 0]
+        raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
+                         f'got {target!r}')
+
+
+def _stride(input_size: int, level_size: int) -> int:
+    """The power-of-two stride of a level of ``level_size`` cells over an input of
+    ``input_size`` pixels (unpadded inputs need not divide)."""
+    return 2 ** round(math.log2(input_size / level_size))

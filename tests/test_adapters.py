@@ -343,8 +343,9 @@ def test_tood_explains_exactly_with_a_log_line(monkeypatch):
 @pytest.mark.parametrize('name', DENSE + TWO_STAGE + list(DETR_ZOO))
 def test_drise_and_vps_take_every_family_as_a_black_box(name):
     """D-RISE's map of a detection == its definition computed here from mmdet's own
-    predictions of the masked images (sum_i w_i M_i / N, w_i = max IoU x score of the
-    detection's class); VPS runs its forward budget. No adapter is involved."""
+    predictions of the masked images (sum_i w_i M_i / sum_i M_i, w_i = max IoU x score of
+    the detection's class; masks over the image, the input's padding left alone); VPS runs
+    its forward budget. No adapter is involved."""
     from mmdet.structures.bbox import bbox_overlaps
 
     from odamtrain.explain.drise import drise_grids, drise_masks
@@ -356,19 +357,22 @@ def test_drise_and_vps_take_every_family_as_a_black_box(name):
     kw = dict(num_masks=6, grid=4, keep_prob=0.5, batch_size=3, seed=0)
     det, = explain_batch(model, inputs, samples, method='drise', normalize=None,
                          targets=[target], drise=kw)
-    h, w = inputs.shape[-2:]
+    h, w = meta['img_shape'][:2]
     cells, shifts = drise_grids(6, 4, 0.5, (h, w), torch.Generator().manual_seed(0))
     masks = drise_masks(cells, shifts, (h, w))
     black = pixel_to_input(model, inputs.new_zeros(3))[:, None, None]
-    want = torch.zeros(h, w)
+    weighted = torch.zeros(h, w)
     for m in masks:
-        masked = inputs * m + black * (1 - m)
+        masked = inputs.clone()
+        masked[..., :h, :w] = inputs[..., :h, :w] * m + black * (1 - m)
         with torch.no_grad():
             out = model.predict(masked, samples)[0].pred_instances
         same = out.labels == target.labels[0]
         sim = bbox_overlaps(target.bboxes, out.bboxes)[0] * out.scores * same
-        want += (float(sim.max()) if len(sim) else 0.0) * m
-    want = resize_maps((want / 6)[None], 1, meta['img_shape'][:2], meta['ori_shape'][:2])[0]
+        weighted += (float(sim.max()) if len(sim) else 0.0) * m
+    coverage = masks.sum(0)
+    want = torch.where(coverage > 0, weighted / coverage.clamp(min=1e-12), 0.)
+    want = resize_maps(want[None], 1, (h, w), meta['ori_shape'][:2])[0]
     torch.testing.assert_close(det.heatmaps[0], want, rtol=1e-4, atol=1e-6)
     vps, = explain_batch(model, inputs, samples, method='vps', normalize=None,
                          targets=[target], vps=dict(regions=4, max_steps=1))

@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from odamtrain.explain.drise import drise_grids, drise_masks, drise_saliency
+from odamtrain.explain.drise import (
+    drise_accumulate,
+    drise_estimate,
+    drise_grids,
+    drise_masks,
+    drise_saliency,
+)
 
 HW = (48, 64)
 REGION = (slice(8, 20), slice(30, 46))  # what the toy detector looks at (rows, cols)
@@ -30,29 +36,77 @@ def test_masks_shape_range_and_keep_probability():
     assert m.max() > 0.9 and 21 <= int(m.argmax()) // HW[1] <= 26
 
 
-def test_saliency_equals_direct_sum_over_masks_and_does_not_depend_on_batching():
+@pytest.mark.parametrize('estimator', ['mean', 'coverage'])
+def test_saliency_equals_direct_sum_over_masks_and_does_not_depend_on_batching(estimator):
     inputs = torch.ones(1, 3, *HW)
     got = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), num_masks=50,
-                         grid=8, batch_size=16, seed=3)
+                         grid=8, batch_size=16, seed=3, estimator=estimator)
     cells, shifts = drise_grids(50, 8, 0.5, HW, torch.Generator().manual_seed(3))
     masks = drise_masks(cells, shifts, HW)
-    want = sum(float(m[REGION].mean()) * m for m in masks) / 50  # IoU 1, class 1, score
+    weighted = sum(float(m[REGION].mean()) * m for m in masks)  # IoU 1, class 1, score
+    want = weighted / (50 if estimator == 'mean' else masks.sum(0))
     torch.testing.assert_close(got[0], want)
     one_by_one = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]),
-                                num_masks=50, grid=8, batch_size=1, seed=3)
+                                num_masks=50, grid=8, batch_size=1, seed=3,
+                                estimator=estimator)
     torch.testing.assert_close(one_by_one, got)
 
 
-def test_recovers_the_region_the_detector_looks_at():
+def test_coverage_estimator_equals_xaitk_saliency():
+    """Peer: xaitk-saliency's per-pixel coverage normalisation (DRISEScoring's
+    ``weight_regions_by_scalar(..., inv_masks=False)``) on the same masks and weights."""
+    from xaitk_saliency.utils.masking import weight_regions_by_scalar
+    g = torch.Generator().manual_seed(0)
+    cells, shifts = drise_grids(40, 6, 0.4, HW, g)
+    masks = drise_masks(cells, shifts, HW).double()
+    weights = torch.rand(40, 3, generator=g, dtype=torch.float64)
+    weighted = torch.einsum('mt,mhw->thw', weights, masks)
+    got = drise_estimate(weighted, masks.sum(0), 40, 'coverage')
+    want = weight_regions_by_scalar(weights.numpy(), masks.numpy(), inv_masks=False)
+    torch.testing.assert_close(got, torch.from_numpy(want))
+    with pytest.raises(ValueError, match='estimator must be one of'):
+        drise_estimate(weighted, masks.sum(0), 40, 'median')
+
+
+@pytest.mark.parametrize('estimator, away', [('mean', 0.25), ('coverage', 0.5)])
+def test_recovers_the_region_the_detector_looks_at(estimator, away):
     inputs = torch.ones(1, 3, *HW)
     sal = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), num_masks=400,
-                         grid=8, batch_size=64, seed=0)[0]
+                         grid=8, batch_size=64, seed=0, estimator=estimator)[0]
     inside = torch.zeros(HW, dtype=torch.bool)
     inside[REGION] = True
     assert inside.flatten()[sal.argmax()]
-    # E[w m(x)] = E[w] E[m] = 0.25 away from the region, more inside it
+    # away from the region w and m(x) are independent: E[w m(x)] = E[w] E[m] = 0.25 (mean)
+    # and E[w m(x)] / E[m(x)] = E[w] = 0.5 (coverage); more inside it
     assert sal[inside].mean() > sal[~inside].mean() + 0.02
-    assert abs(float(sal[~inside].mean()) - 0.25) < 0.01
+    assert abs(float(sal[~inside].mean()) - away) < 0.015
+
+
+def test_masks_leave_the_padding_of_the_input_alone():
+    """Only the image (top-left image_hw) is masked: the detector sees the padding as it
+    was, and the saliency covers the image."""
+    inputs = torch.rand(1, 3, *HW, generator=torch.Generator().manual_seed(1))
+    image_hw = (40, 50)
+    seen = []
+
+    def predict(masked):
+        seen.append(masked)
+        return region_detector(masked)
+
+    sal = drise_saliency(predict, inputs, BOX, torch.tensor([0]), num_masks=10, grid=4,
+                         batch_size=4, fill=-1.0, seed=0, image_hw=image_hw)
+    assert sal.shape == (1, *image_hw)
+    masked = torch.cat(seen)
+    assert torch.equal(masked[:, :, 40:], inputs[:, :, 40:].expand(10, -1, -1, -1))
+    assert torch.equal(masked[:, :, :, 50:], inputs[:, :, :, 50:].expand(10, -1, -1, -1))
+    cells, shifts = drise_grids(10, 4, 0.5, image_hw, torch.Generator().manual_seed(0))
+    masks = drise_masks(cells, shifts, image_hw)[:, None]
+    torch.testing.assert_close(masked[:, :, :40, :50], -1 + (inputs[:, :, :40, :50] + 1) * masks)
+    weighted, coverage = drise_accumulate(region_detector, inputs, BOX, torch.tensor([0]),
+                                          cells, shifts, image_hw, torch.full((3, 1, 1), -1.),
+                                          batch_size=3)
+    torch.testing.assert_close(coverage, masks[:, 0].sum(0))
+    torch.testing.assert_close(sal, drise_estimate(weighted, coverage, 10))
 
 
 def test_seed_reproduces_and_changes():

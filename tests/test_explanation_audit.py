@@ -5,17 +5,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from mmdet.structures.bbox import HorizontalBoxes
 from mmengine.dataset import pseudo_collate
 from mmengine.structures import InstanceData
 
 from odamtrain.apis import explain_batch
 from odamtrain.datasets import render_scene
 from odamtrain.evaluation.explanation_audit import (
+    AuditSettings,
     collect_explanation_scores,
     localisation_scores,
     merge_scores,
     summarize_scores,
 )
+from odamtrain.evaluation.functional import match_detections
 from odamtrain.inference.batch import _source, _test_pipeline
 from odamtrain.visualization import format_audit_table
 
@@ -92,14 +95,91 @@ def test_shards_merge_to_the_whole(fcos):
 
 
 def test_bad_settings_are_refused(fcos):
-    with pytest.raises(ValueError, match='sets must be among'):
+    with pytest.raises(ValueError, match='audit sets must be a non-empty list'):
         collect_explanation_scores(fcos, [], sets=('lost',))
-    with pytest.raises(ValueError, match="extent must be 'box' or 'image'"):
+    with pytest.raises(ValueError, match='audit extent must be one of'):
         collect_explanation_scores(fcos, [], extent='all')
+    with pytest.raises(ValueError, match="unknown audit settings \\['iou_threshold'\\]"):
+        collect_explanation_scores(fcos, [], iou_threshold=0.5)
+    with pytest.raises(ValueError, match='vps: unknown settings'):
+        AuditSettings(vps=dict(step=3))
+    with pytest.raises(ValueError, match='audit score_thr must be a number in'):
+        AuditSettings(score_thr=3)
 
 
-def test_summary_of_an_empty_metric_is_nan():
+def test_the_hook_checks_its_settings_when_the_config_is_built():
+    """A misspelt key or method fails when mmengine builds the hook (Runner set-up, before
+    training), not when the audit runs after it."""
+    from mmengine.registry import HOOKS
+
+    import odamtrain.engine  # noqa: F401  (registers the hook)
+    hook = HOOKS.build(dict(type='ExplanationAuditHook', methods=('odam', 'vps'),
+                            vps=dict(regions=8), max_images=2))
+    assert hook.settings.methods == ('odam', 'vps') and hook.settings.vps.regions == 8
+    with pytest.raises(ValueError, match='audit methods must be'):
+        HOOKS.build(dict(type='ExplanationAuditHook', methods=('odam', 'gradcam++')))
+    with pytest.raises(TypeError, match='deletion_step'):
+        HOOKS.build(dict(type='ExplanationAuditHook', deletion_step=10))
+    with pytest.raises(ValueError, match='drise.num_masks must be an integer'):
+        HOOKS.build(dict(type='ExplanationAuditHook', drise=dict(num_masks=0)))
+
+
+def test_one_forward_per_image_and_method_and_detected_maps_are_the_detections_maps(fcos):
+    """Matching and maps come from one explain_batch call per image and gradient method:
+    the backbone runs once each (no separate model.predict); the detected objects' maps are
+    explain_batch's maps of the matched detections."""
+    data = loader(fcos, [0, 1])
+    settings = dict(methods=('odam', 'gradcam'), sets=('detected', 'missed'),
+                    score_thr=0.0065, iou_thr=0.5)
+    cfg = fcos.bbox_head.test_cfg
+    cfg.score_thr, was = 0.0, cfg.score_thr  # the random-init head scores ~0.01
+    calls = []
+    try:
+        for batch in data:  # GT: three of the detections (tiny boxes) and the scene's people
+            b = fcos.data_preprocessor(batch, False)
+            det = fcos.predict(b['inputs'], [x.clone() for x in b['data_samples']])[0]
+            det = det.pred_instances
+            gt = batch['data_samples'][0].gt_instances
+            batch['data_samples'][0].gt_instances = InstanceData(
+                bboxes=HorizontalBoxes(torch.cat([det.bboxes[[0, 3, 6]], gt.bboxes.tensor])),
+                labels=torch.cat([det.labels[[0, 3, 6]], gt.labels]))
+        original = fcos.extract_feat
+        fcos.extract_feat = lambda *a, **k: calls.append(1) or original(*a, **k)
+        try:
+            raw = collect_explanation_scores(fcos, data, **settings)
+        finally:
+            del fcos.extract_feat
+        check_detected_maps(fcos, data, settings, raw)
+    finally:
+        cfg.score_thr = was
+    assert len(calls) == 2 * 2  # images x methods
+
+
+def check_detected_maps(fcos, data, settings, raw):
+    detected = 0
+    for image, batch in zip([0, 1], data):  # img_id = the scene's seed
+        b = fcos.data_preprocessor(batch, False)
+        gt = b['data_samples'][0].gt_instances
+        for method in settings['methods']:
+            det = explain_batch(fcos, b['inputs'], b['data_samples'], method=method,
+                                normalize=None)[0]
+            di, gi = match_detections(det.bboxes, det.scores, gt.bboxes, 0.5)
+            got = raw['sets']['detected'][method]
+            mine = [k for k, (i, _) in enumerate(got['gt_index']) if i == image]
+            assert [got['gt_index'][k][1] for k in mine] == gi.tolist()
+            want = localisation_scores(det.heatmaps[di], gt.bboxes, gi)
+            for name, values in want.items():
+                np.testing.assert_allclose([got[name][k] for k in mine], values)
+            detected += len(di)
+    assert detected >= 2 * 2 * 3  # the case is not empty
+    assert all(len(raw['sets']['missed'][m]['odi']) > 0 for m in settings['methods'])
+
+
+def test_summary_skips_and_counts_undefined_values():
     raw = dict(images=1, examples=[], sets={'missed': {'odam': dict(
-        odi=[math.nan], pointing_game=[1.0], curves={'deletion': [], 'insertion': []})}})
+        odi=[math.nan, math.nan], pointing_game=[1.0, math.nan], compactness=[0.5, 0.25],
+        curves={'deletion': [], 'insertion': []})}})
     row = summarize_scores(raw)['missed']['odam']
-    assert math.isnan(row['odi']) and row['pointing_game'] == 1 and row['objects'] == 1
+    assert math.isnan(row['odi']) and row['pointing_game'] == 1 and row['objects'] == 2
+    assert row['compactness'] == 0.375
+    assert row['undefined'] == {'odi': 2, 'pointing_game': 1}

@@ -67,3 +67,43 @@ def test_odi_counts_overlap_as_the_target():
     other = (20, 5, 50, 25)
     assert object_discrimination_index(h, BOX, [other]) == pytest.approx(3 / 4)
     assert object_discrimination_index(h, BOX, torch.zeros(0, 4)) == 0.0
+
+
+METRICS = (pointing_game, energy_pointing_game, compactness)
+SUB_PIXEL = (10.6, 5, 11.4, 6)  # covers no pixel centre
+
+
+@pytest.mark.parametrize('heatmap', ['peak_outside', 'uniform', 'zero'])
+def test_one_nan_policy_for_a_box_without_pixels_and_a_zero_map(heatmap):
+    """Every metric is NaN for a box that covers no pixel centre and for an all-zero map,
+    whatever the map (Quantus returns NaN there too); a box with pixels and a map with
+    energy is always defined."""
+    h = {'peak_outside': torch.zeros(HW).index_put_((torch.tensor([30]), torch.tensor([50])),
+                                                    torch.tensor([1.0])),
+         'uniform': torch.ones(HW), 'zero': torch.zeros(HW)}[heatmap]
+    for fn in METRICS:
+        assert math.isnan(fn(h, SUB_PIXEL)), fn.__name__
+    assert math.isnan(object_discrimination_index(h, SUB_PIXEL, [(40, 5, 55, 30)]))
+    defined = heatmap != 'zero'
+    for fn in METRICS:
+        assert math.isnan(fn(h, BOX)) != defined, fn.__name__
+    # ODI with energy only off every object box: 0 / 0, NaN
+    if heatmap == 'peak_outside':
+        assert math.isnan(object_discrimination_index(h, BOX, [(0, 30, 5, 35)]))
+
+
+def test_every_audit_metric_declares_its_direction_and_paper():
+    from odamtrain.evaluation.explanation_audit import (
+        FAITHFULNESS_METRICS,
+        LOCALISATION_METRICS,
+        METRIC_DIRECTIONS,
+    )
+    want = dict(pointing_game='higher', energy_pointing_game='higher', compactness='lower',
+                odi='lower', deletion_auc='lower', insertion_auc='higher',
+                highest_score='higher', success='higher')
+    assert METRIC_DIRECTIONS == want
+    for fn in {**LOCALISATION_METRICS, **FAITHFULNESS_METRICS}.values():
+        assert fn.paper and any(str(y) in fn.paper for y in range(2012, 2027)), fn.__name__
+    with pytest.raises(ValueError, match='direction must be one of'):
+        from odamtrain.evaluation.functional import metric
+        metric('up', 'x')

@@ -1,5 +1,6 @@
 """End to end through tools/train.py and tools/test.py on a tiny synthetic CrowdHuman."""
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -86,13 +87,20 @@ def test_train_then_test(config, synthetic_root, tmp_path):
             assert set(table) == {'odam', 'gradcam', 'drise', 'vps'}
             for row in table.values():
                 assert row['images'] == 2 and row['objects'] == table['odam']['objects']
-                if row['objects']:  # NaN: undefined on every object (e.g. an all-zero
-                    # D-RISE map from 8 masks), never out of range
-                    for key in ('pointing_game', 'odi', 'deletion_auc', 'insertion_auc',
-                                'success'):
-                        assert not row[key] < 0 and not row[key] > 1, key
-            if table['odam']['objects']:
+                undefined = row.get('undefined', {})
+                for key in ('pointing_game', 'energy_pointing_game', 'odi', 'deletion_auc',
+                            'insertion_auc', 'highest_score', 'success'):
+                    # a mean in range, or NaN only where every object is undefined (the
+                    # metrics' NaN policy: e.g. an all-zero map), and counted as such
+                    if math.isnan(row[key]):
+                        assert undefined.get(key) == row['objects'], (key, row)
+                    else:
+                        assert 0 <= row[key] <= 1, (key, row)
+                        assert undefined.get(key, 0) < row['objects'], (key, row)
+                assert math.isnan(row['compactness']) or row['compactness'] >= 0
+            if table['odam']['objects']:  # ODAM's maps are never all zero
                 assert 0 <= table['odam']['pointing_game'] <= 1
+                assert 'pointing_game' not in table['odam'].get('undefined', {})
         table = tables['detected']
         if table['odam']['objects']:
             assert cv2.imread(str(audit / 'audit_curves.png')) is not None

@@ -2,14 +2,19 @@
 only looks at one region."""
 import itertools
 
+import numpy as np
+import pytest
 import torch
+from skimage.segmentation import slic
 
 from odamtrain.explain.vps import (
     greedy_order,
     grid_regions,
     rank_attribution,
+    slico_regions,
     vps_forward_count,
     vps_saliency,
+    windowed_order,
 )
 
 HW = (24, 32)
@@ -72,3 +77,78 @@ def test_toy_detector_looking_at_one_region_ranks_it_first():
     assert sal[regions[target]].min() > sal[~regions[target]].max()
     assert forwards == 2 * (1 + 12 + 11 + 10)  # the empty set, then 3 greedy steps
     assert vps_forward_count(12, 3) == forwards and vps_forward_count(12) == 2 + 12 * 13
+
+
+def coverage_function(n=9, items=14, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    covers = torch.rand(n, items, generator=g) < 0.3
+    weight = torch.rand(items, generator=g)
+    calls = []
+
+    def f(sets):
+        calls.append(len(sets))
+        return (sets.float() @ covers.float()).clamp(max=1) @ weight
+    return f, calls
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_windowed_search_with_a_full_window_is_the_greedy_search(seed):
+    f, _ = coverage_function(seed=seed)
+    assert windowed_order(f, 9, window=9) == greedy_order(f, 9)
+    assert windowed_order(f, 9, window=9, max_steps=4) == greedy_order(f, 9, max_steps=4)
+
+
+def test_windowed_search_evaluates_the_window_of_highest_known_gains():
+    """A modular function (gains never change): any window finds the greedy order, each
+    step after the first evaluating exactly min(window, remaining) sets."""
+    w = torch.tensor([0.3, 2.0, -1.0, 0.7, 1.1, 0.05, 0.9])
+    calls = []
+
+    def f(sets):
+        calls.append(len(sets))
+        return (sets.float() * w).sum(1)
+    order, values = windowed_order(f, 7, window=2, start=0.0)
+    assert order == greedy_order(f, 7)[0] == [1, 4, 6, 3, 0, 5, 2]
+    assert calls[0] == 7 and calls[1:7] == [2, 2, 2, 2, 2, 1]
+    assert 2 + 2 * sum(calls[:7]) == vps_forward_count(7, search='windowed', window=2)
+    # on a coverage function a small window may differ from greedy, but stays a valid order
+    f, calls = coverage_function()
+    order, values = windowed_order(f, 9, window=3)
+    assert sorted(order) == list(range(9)) and calls == [1, 9, 3, 3, 3, 3, 3, 3, 2, 1]
+    torch.testing.assert_close(torch.tensor(values[-1]), f(torch.ones(1, 9, dtype=torch.bool))[0])
+
+
+def test_vps_saliency_windowed_counts_its_forwards():
+    regions = grid_regions(HW, 12)
+    box = torch.tensor([0., 0., 10., 10.])
+
+    def predict(images):
+        return [(box[None], torch.tensor([0]), img[0][regions[5]].mean().reshape(1))
+                for img in images]
+    _, order, _, forwards = vps_saliency(predict, torch.ones(1, 3, *HW), box, 0, regions,
+                                         torch.zeros(3, *HW), search='windowed', window=4)
+    assert order[0] == 5 and sorted(order) == list(range(12))
+    assert forwards == vps_forward_count(12, search='windowed', window=4) \
+        == 2 + 2 * (12 + 4 * 8 + 3 + 2 + 1)
+    with pytest.raises(ValueError, match='search must be one of'):
+        vps_forward_count(12, search='beam')
+
+
+def test_slico_regions_are_scikit_image_superpixels_partitioning_the_image():
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = 200  # two flat halves plus noise
+    image = (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
+    regions = slico_regions(image, 12)
+    assert regions.dtype == torch.bool and regions.shape[1:] == (40, 60)
+    assert (regions.sum(0) == 1).all() and regions.flatten(1).any(1).all()
+    # the same partition as scikit-image's SLICO, numbered in raster order
+    labels = slic(image, n_segments=12, slic_zero=True, start_label=0, channel_axis=-1)
+    ours = regions.float().argmax(0).numpy()
+    pairs = set(zip(labels.ravel().tolist(), ours.ravel().tolist()))
+    assert len(pairs) == len(np.unique(labels)) == len(regions)
+    first = [int(np.flatnonzero(ours.ravel() == k)[0]) for k in range(len(regions))]
+    assert first == sorted(first)
+    # superpixels follow the image: none straddles the edge between the halves
+    assert all(not (r[:, 29].any() and r[:, 30].any()) or r[:, :30].sum() * r[:, 30:].sum() == 0
+               for r in regions)

@@ -9,10 +9,13 @@ prints one table per object set.
         [--methods odam gradcam gradcampp drise vps] [--target score] [--iou-thr 0.9]
         [--sets detected missed misclassified] [--score-thr 0.3] [--max-images 0]
         [--deletion-steps 0] [--evidence odam|vps|class|iou] [--extent box|image]
-        [--drise-masks 1000] [--vps-regions 64] [--vps-steps N] [--cfg-options ...]
+        [--drise-masks 1000] [--drise-estimator coverage|mean] [--vps-regions 64]
+        [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-window 6]
+        [--vps-steps N] [--cfg-options ...]
 
-Budgets: D-RISE runs --drise-masks masked images per image; VPS about 2 x regions x steps
-per object (regions x (regions + 1) without --vps-steps).
+Budgets: D-RISE runs --drise-masks masked images per image; VPS per object 2 x regions +
+2 x window x (regions - 1) images windowed, regions x (regions + 1) + 2 greedy
+(odamtrain.explain.vps_forward_count).
 """
 import argparse
 import os.path as osp
@@ -22,9 +25,19 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import exit_on_data_error, float_between, int_at_least, test_loader  # noqa: E402
 
 from odamtrain.apis import METHODS, init_detector  # noqa: E402
-from odamtrain.evaluation.explanation_audit import SETS, collect_explanation_scores  # noqa: E402
+from odamtrain.evaluation.explanation_audit import (  # noqa: E402
+    EXTENTS,
+    SETS,
+    AuditSettings,
+    collect_explanation_scores,
+)
 from odamtrain.evaluation.functional import EVIDENCES  # noqa: E402
-from odamtrain.explain import TARGETS  # noqa: E402
+from odamtrain.explain import (  # noqa: E402
+    DRISE_ESTIMATORS,
+    TARGETS,
+    VPS_SEARCHES,
+    VPS_SEGMENTATIONS,
+)
 from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
 
 
@@ -49,14 +62,23 @@ def parse_args():
                    help='> 0: deletion / insertion AUCs with this many steps (paper: 100)')
     p.add_argument('--evidence', default='odam', choices=EVIDENCES,
                    help='what deletion / insertion measure (see faithfulness.py)')
-    p.add_argument('--extent', default='box', choices=('box', 'image'),
+    p.add_argument('--extent', default='box', choices=EXTENTS,
                    help='pixels changed in all: the GT box area (ODAM) or the image (VPS)')
     p.add_argument('--drise-masks', type=int_at_least(1), default=1000,
                    help='D-RISE masks (paper 5000)')
+    p.add_argument('--drise-estimator', default='coverage', choices=DRISE_ESTIMATORS,
+                   help="D-RISE: per-pixel mean over the masks that keep it ('coverage') "
+                   "or the paper's sum / N ('mean')")
     p.add_argument('--vps-regions', type=int_at_least(2), default=64,
-                   help='VPS sub-regions (grid)')
+                   help='VPS sub-regions, about')
+    p.add_argument('--vps-segmentation', default='slico', choices=VPS_SEGMENTATIONS,
+                   help='VPS sub-regions: SLICO superpixels or a grid')
+    p.add_argument('--vps-search', default='windowed', choices=VPS_SEARCHES,
+                   help="VPS search: 'greedy' (the paper) or 'windowed' (budgeted)")
+    p.add_argument('--vps-window', type=int_at_least(1), default=6,
+                   help='windowed VPS: regions re-evaluated per step')
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,
-                   help='VPS greedy steps (default: all regions)')
+                   help='VPS search steps (default: all regions)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cpu')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -70,19 +92,22 @@ def main():
         model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
         loader = test_loader(model)
     n = min(len(loader.dataset), args.max_images or len(loader.dataset))
-    settings = dict(target=args.target, iou_thr=args.iou_thr, sets=args.sets,
-                    score_thr=args.score_thr, max_images=args.max_images,
-                    deletion_steps=args.deletion_steps, evidence=args.evidence,
-                    extent=args.extent,
-                    drise=dict(num_masks=args.drise_masks, seed=args.seed),
-                    vps=dict(regions=args.vps_regions, max_steps=args.vps_steps),
-                    seed=args.seed)
+    settings = AuditSettings(
+        methods=args.methods, target=args.target, iou_thr=args.iou_thr, sets=args.sets,
+        score_thr=args.score_thr, deletion_steps=args.deletion_steps, evidence=args.evidence,
+        extent=args.extent,
+        drise=dict(num_masks=args.drise_masks, estimator=args.drise_estimator,
+                   seed=args.seed),
+        vps=dict(regions=args.vps_regions, segmentation=args.vps_segmentation,
+                 search=args.vps_search, window=args.vps_window, max_steps=args.vps_steps),
+        seed=args.seed)
     if osp.exists(osp.join(args.out_dir, 'audit.json')):
         print(f'replacing the audit of an earlier run in {args.out_dir}')
-    raw = collect_explanation_scores(model, loader, args.methods, progress=ProgressBar(n),
-                                     **settings)
-    table = write_audit_report(raw, args.out_dir, dict(config=args.config,
-                                                       checkpoint=args.checkpoint, **settings))
+    raw = collect_explanation_scores(model, loader, settings, max_images=args.max_images,
+                                     progress=ProgressBar(n))
+    table = write_audit_report(raw, args.out_dir, dict(
+        config=args.config, checkpoint=args.checkpoint, max_images=args.max_images,
+        **settings.to_dict()))
     print('\n' + format_audit_table(table))
 
 

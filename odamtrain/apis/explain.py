@@ -5,6 +5,7 @@ import contextlib
 from dataclasses import asdict
 
 import torch
+from mmengine.structures import InstanceData
 
 from odamtrain.explain import (
     ExplanationSettings,
@@ -32,7 +33,7 @@ def _eval_mode(model):
 
 def explain_batch(model, inputs: torch.Tensor, data_samples: list,
                   settings: ExplanationSettings | dict | None = None,
-                  targets: list | None = None, **overrides) -> list:
+                  targets: list | None = None, choose=None, **overrides) -> list:
     """Detections and heat maps for a preprocessed batch (``model.data_preprocessor``
     output). Returns per image an InstanceData with ``bboxes`` (N, 4) x1y1x2y2 original
     pixels, ``scores`` (N,), ``labels`` (N,) and ``heatmaps`` (N, H, W) float >= 0,
@@ -49,28 +50,38 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
             (:func:`odamtrain.structures.best_candidates`: its box and its score for the
             target's class are returned); D-RISE and VPS explain the targets themselves
             (``scores`` are then 0).
+        choose: instead of ``targets``, what to explain picked from each image's
+            detections of the same forward: ``choose(image_index, detections)`` returns
+            (det_index (K,) int64, targets InstanceData or None); the image's result is then
+            those K detections followed by the T targets' rows (explained as ``targets``
+            are). The audit picks its objects this way.
     """
     settings = ExplanationSettings.build(settings, **overrides)
     if targets is not None and len(targets) != len(data_samples):
         raise ValueError(f'targets: expected one InstanceData per image '
                          f'({len(data_samples)}), got {len(targets)}')
+    if targets is not None and choose is not None:
+        raise ValueError('explain_batch: give targets or choose, not both')
     with _eval_mode(model):
         if settings.method in BLACK_BOX:
-            dets = _explain_black_box(model, inputs, data_samples, settings, targets)
+            dets = _explain_black_box(model, inputs, data_samples, settings, targets, choose)
         else:
             with torch.no_grad():  # the gradient steps enable grad where they need it
-                dets = explain_gradients(model, inputs, data_samples, settings, targets)
+                dets = explain_gradients(model, inputs, data_samples, settings, targets,
+                                         choose)
     for det in dets:  # the maps are ours: normalise in place
         det.heatmaps = normalize_maps(det.heatmaps.detach(), settings.normalize, inplace=True)
     return dets
 
 
-def _explain_black_box(model, inputs, data_samples, settings, targets):
-    """mmdet's detections (or the ``targets``) of each image with their D-RISE / VPS maps
-    (any mmdet detector: only ``model.predict`` is used)."""
+def _explain_black_box(model, inputs, data_samples, settings, targets, choose):
+    """mmdet's detections (or the ``targets``, or what ``choose`` picks) of each image with
+    their D-RISE / VPS maps (any mmdet detector: only ``model.predict`` is used)."""
     if targets is None:
         with torch.no_grad():
             targets = [r.pred_instances for r in model.predict(inputs, data_samples)]
+        if choose is not None:
+            targets = [_chosen_targets(i, det, choose) for i, det in enumerate(targets)]
     method = settings.method
     options = asdict(getattr(settings, method))
     dets = []
@@ -82,6 +93,19 @@ def _explain_black_box(model, inputs, data_samples, settings, targets):
                                          det.labels, settings.map_size, **options)
         dets.append(det)
     return dets
+
+
+def _chosen_targets(i: int, det, choose):
+    """The detections ``choose`` picks (with their scores) followed by its extra targets
+    (score 0), as the targets of a black-box method."""
+    index, extra = choose(i, det)
+    rows = det[index.to(det.labels.device)]
+    rows = InstanceData(bboxes=rows.bboxes, labels=rows.labels, scores=rows.scores)
+    if extra is None or not len(extra):
+        return rows
+    return InstanceData.cat([rows, InstanceData(
+        bboxes=extra.bboxes.to(rows.bboxes), labels=extra.labels.to(rows.labels),
+        scores=rows.scores.new_zeros(len(extra)))])
 
 
 def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = None,

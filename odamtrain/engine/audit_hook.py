@@ -11,7 +11,11 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from mmengine.utils import ProgressBar
 
-from odamtrain.evaluation.explanation_audit import collect_explanation_scores, merge_scores
+from odamtrain.evaluation.explanation_audit import (
+    AuditSettings,
+    collect_explanation_scores,
+    merge_scores,
+)
 from odamtrain.visualization import format_audit_table, write_audit_report
 
 __all__ = ['ExplanationAuditHook']
@@ -30,21 +34,34 @@ class ExplanationAuditHook(Hook):
     (one table per object set).
 
     Args:
-        methods: e.g. ('odam', 'gradcam', 'drise', 'vps').
         after_train / after_test: when to run.
         max_images: at most this many images in all (0: all).
-        **settings: the other arguments of ``collect_explanation_scores`` (target, iou_thr,
-            sets, score_thr, deletion_steps, evidence, extent, drise, vps, seed).
+        methods, target, sets, iou_thr, score_thr, deletion_steps, evidence, extent, drise,
+            vps, seed: the :class:`~odamtrain.evaluation.explanation_audit.AuditSettings`,
+            checked when the hook is built (a misspelt key or method fails with the config,
+            before training).
     """
     priority = 'LOW'
 
-    def __init__(self, methods=('odam',), after_train: bool = True, after_test: bool = True,
-                 max_images: int = 0, **settings):
-        self.methods = tuple(methods)
+    def __init__(self, after_train: bool = True, after_test: bool = True,
+                 max_images: int = 0, *, methods=AuditSettings.methods,
+                 target: str = AuditSettings.target, sets=AuditSettings.sets,
+                 iou_thr: float = AuditSettings.iou_thr,
+                 score_thr: float = AuditSettings.score_thr,
+                 deletion_steps: int = AuditSettings.deletion_steps,
+                 evidence: str = AuditSettings.evidence, extent: str = AuditSettings.extent,
+                 drise: dict | None = None, vps: dict | None = None,
+                 seed: int = AuditSettings.seed):
+        if type(max_images) is not int or max_images < 0:
+            raise ValueError(f'ExplanationAuditHook: max_images must be an integer >= 0, '
+                             f'got {max_images!r}')
+        self.settings = AuditSettings(
+            methods=methods, target=target, sets=sets, iou_thr=iou_thr, score_thr=score_thr,
+            deletion_steps=deletion_steps, evidence=evidence, extent=extent, drise=drise,
+            vps=vps, seed=seed)
         self.run_after_train = after_train
         self.run_after_test = after_test
         self.max_images = max_images
-        self.settings = settings
 
     def after_train(self, runner) -> None:
         if self.run_after_train:
@@ -62,15 +79,14 @@ class ExplanationAuditHook(Hook):
         # this rank's images, one per batch, collated as mmdet's dataloaders do
         batches = (pseudo_collate([dataset[i]]) for i in range(rank, count, world))
         mine = len(range(rank, count, world))
-        print_log(f'explanation audit ({stage}): {", ".join(self.methods)} on {count} '
-                  f'images', logger='current')
+        print_log(f'explanation audit ({stage}): {", ".join(self.settings.methods)} on '
+                  f'{count} images', logger='current')
         was_training = model.training
         model.eval()
         try:
-            raw = collect_explanation_scores(model, batches, self.methods,
+            raw = collect_explanation_scores(model, batches, self.settings,
                                              progress=ProgressBar(mine)
-                                             if is_main_process() else None,
-                                             **self.settings)
+                                             if is_main_process() else None)
         finally:
             model.train(was_training)
         parts = all_gather_object(raw) if world > 1 else [raw]
@@ -78,6 +94,6 @@ class ExplanationAuditHook(Hook):
             merged = merge_scores(parts)
             out_dir = osp.join(runner.work_dir, f'audit_{stage}')
             table = write_audit_report(merged, out_dir, dict(
-                methods=list(self.methods), images=merged['images'], **self.settings))
+                images=merged['images'], **self.settings.to_dict()))
             print_log('explanation audit:\n' + format_audit_table(table)
                       + f'\n(written to {out_dir})', logger='current')

@@ -2,25 +2,36 @@
 the objects they explain and how faithful they are (the ODAM paper's Tables 1, 3a, 4; the
 VPS paper's Tables 1 and 3).
 
-Object sets (every method explains the same objects of a set):
-* ``detected``: detections matched one-to-one to GT boxes with IoU > ``iou_thr`` (0.9:
-  "well detected"), explained as detections;
-* ``missed``: GT objects no detection with score >= ``score_thr`` overlaps with IoU > 0.5;
-* ``misclassified``: GT objects such detections overlap, none of the GT's class (empty on
-  one-class data such as CrowdHuman);
-the failure sets are explained as targets (GT box + class; :func:`odamtrain.apis.
-explain_batch`'s ``targets``). Each map is scored against its GT box and the image's other
-GT boxes (:mod:`odamtrain.evaluation.functional.localisation`) and, optionally, by deleting /
-inserting its pixels in heat order (:mod:`~odamtrain.evaluation.functional.faithfulness`):
-AUCs, the highest evidence along insertion (VPS's average highest score with the default
-evidence, [IoU > 0.5] x class score) and success (that highest score reaches
-``score_thr``: the explanation's top pixels alone make the detector find the object; the
-success rate is VPS's explanation success rate on the failure sets).
+Three steps per image and method, from ONE call of :func:`odamtrain.apis.explain_batch`
+(one forward of the detector; its ``choose`` picks the objects from that forward's
+detections, which are mmdet's detections):
+
+1. choose the objects (:func:`choose_objects`), per object set:
+
+   * ``detected``: detections matched one-to-one to GT boxes with IoU > ``iou_thr`` (0.9:
+     "well detected"), explained as detections;
+   * ``missed``: GT objects no detection with score >= ``score_thr`` overlaps with IoU > 0.5;
+   * ``misclassified``: GT objects such detections overlap, none of the GT's class (empty
+     on one-class data such as CrowdHuman);
+
+   the failure sets are explained as targets (GT box + class; ``explain_batch``'s
+   ``targets``);
+2. explain them (the same call: the gradient methods with one batched backward, D-RISE with
+   one set of masks for all of them, VPS one search each);
+3. score them (:func:`score_objects`): each map against its GT box and the image's other GT
+   boxes (:mod:`odamtrain.evaluation.functional.localisation`) and, optionally, by deleting /
+   inserting its pixels in heat order (:mod:`~odamtrain.evaluation.functional.faithfulness`):
+   AUCs, the highest evidence along insertion (VPS's average highest score with the default
+   evidence, [IoU > 0.5] x class score) and success (that highest score reaches
+   ``score_thr``; the success rate is VPS's explanation success rate on the failure sets).
+
+Undefined values are NaN (the metrics' one policy); means skip them.
 """
 from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -28,36 +39,143 @@ import torch.nn.functional as F
 from mmengine.structures import InstanceData
 
 from odamtrain.apis import explain_batch, pixel_to_input, predict_fn
+from odamtrain.explain import METHODS, DriseSettings, ExplanationSettings, VpsSettings
 
 from .functional import (
+    EVIDENCES,
     compactness,
+    deletion_auc,
     deletion_insertion,
     energy_pointing_game,
+    explanation_success,
     failure_sets,
+    highest_score,
+    insertion_auc,
     match_detections,
     object_discrimination_index,
     pointing_game,
 )
 
-__all__ = ['SETS', 'LOCALISATION_METRICS', 'METRIC_DIRECTIONS', 'localisation_scores',
-           'collect_explanation_scores', 'merge_scores', 'summarize_scores',
-           'audit_explanations']
+__all__ = ['SETS', 'EXTENTS', 'LOCALISATION_METRICS', 'FAITHFULNESS_METRICS',
+           'METRIC_DIRECTIONS', 'AuditSettings', 'choose_objects', 'localisation_scores',
+           'score_objects', 'collect_explanation_scores', 'merge_scores', 'summarize_scores']
 
 SETS = ('detected', 'missed', 'misclassified')
+EXTENTS = ('box', 'image')
 
-# name -> (function of (heatmap, box, other_boxes), better direction)
-LOCALISATION_METRICS = {
-    'pointing_game': (lambda h, b, o: pointing_game(h, b), 'higher'),
-    'energy_pointing_game': (lambda h, b, o: energy_pointing_game(h, b), 'higher'),
-    'compactness': (lambda h, b, o: compactness(h, b), 'lower'),
-    'odi': (object_discrimination_index, 'lower'),
-}
-FAITHFULNESS_METRICS = {'deletion_auc': 'lower', 'insertion_auc': 'higher',
-                        'highest_score': 'higher', 'success': 'higher'}
-
+# name -> metric function (declares .direction and .paper)
+LOCALISATION_METRICS = {'pointing_game': pointing_game,
+                        'energy_pointing_game': energy_pointing_game,
+                        'compactness': compactness, 'odi': object_discrimination_index}
+FAITHFULNESS_METRICS = {'deletion_auc': deletion_auc, 'insertion_auc': insertion_auc,
+                        'highest_score': highest_score, 'success': explanation_success}
 # every metric of the audit -> which way is better
-METRIC_DIRECTIONS = {**{name: d for name, (_, d) in LOCALISATION_METRICS.items()},
-                     **FAITHFULNESS_METRICS}
+METRIC_DIRECTIONS = {name: fn.direction for name, fn in
+                     {**LOCALISATION_METRICS, **FAITHFULNESS_METRICS}.items()}
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """What the audit explains and scores (module), validated when built.
+
+    Args:
+        methods: of :data:`odamtrain.explain.METHODS`; every method explains the same
+            objects.
+        target: the explained attribute of the gradient methods (ExplanationSettings).
+        sets: of :data:`SETS`; ``iou_thr`` defines ``detected``, ``score_thr`` the failures
+            and the success.
+        deletion_steps: > 0 adds deletion / insertion AUCs, highest score and success
+            (``steps`` forwards per curve and object, batched) with ``evidence``; deleted
+            pixels become uniform noise (seeded by ``seed`` and the image, so a shard of the
+            images scores them as the whole), insertion starts from black; ``extent`` 'box'
+            changes area(GT box) pixels in all (ODAM paper), 'image' the whole image (VPS).
+        drise / vps: :class:`~odamtrain.explain.DriseSettings` / ``VpsSettings`` or dicts.
+    """
+    methods: tuple = ('odam',)
+    target: str = 'score'
+    sets: tuple = ('detected',)
+    iou_thr: float = 0.9
+    score_thr: float = 0.3
+    deletion_steps: int = 0
+    evidence: str = 'odam'
+    extent: str = 'box'
+    drise: DriseSettings | dict | None = None
+    vps: VpsSettings | dict | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (('methods', METHODS), ('sets', SETS)):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            value = tuple(value)
+            unknown = [v for v in value if v not in allowed]
+            if unknown or not value:
+                raise ValueError(f'audit {name} must be a non-empty list of {allowed}, got '
+                                 f'{list(value)!r}')
+            object.__setattr__(self, name, value)
+        for name, allowed in (('evidence', EVIDENCES), ('extent', EXTENTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f'audit {name} must be one of {allowed}, got '
+                                 f'{getattr(self, name)!r}')
+        for name in ('iou_thr', 'score_thr'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f'audit {name} must be a number in [0, 1], got {value!r}')
+        for name in ('deletion_steps', 'seed'):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f'audit {name} must be an integer >= 0, got {value!r}')
+        # the explainers' own checks (target, drise, vps) run here, before any work
+        checked = ExplanationSettings(target=self.target, drise=self.drise, vps=self.vps)
+        object.__setattr__(self, 'drise', checked.drise)
+        object.__setattr__(self, 'vps', checked.vps)
+
+    @classmethod
+    def build(cls, settings=None, **overrides) -> AuditSettings:
+        """``settings`` (an AuditSettings, a dict or None) with keyword overrides."""
+        if isinstance(settings, AuditSettings):
+            settings = {f.name: getattr(settings, f.name) for f in fields(cls)}
+        settings = {**(settings or {}), **overrides}
+        unknown = set(settings) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f'unknown audit settings {sorted(unknown)}; expected '
+                             f'{[f.name for f in fields(cls)]}')
+        return cls(**settings)
+
+    def explanation(self, method: str) -> ExplanationSettings:
+        """The ExplanationSettings of one method (unnormalised maps at image size)."""
+        return ExplanationSettings(method=method, target=self.target, normalize=None,
+                                   drise=self.drise, vps=self.vps)
+
+    def to_dict(self) -> dict:
+        """Plain values (for the report)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def choose_objects(det: InstanceData, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                   settings: AuditSettings) -> dict:
+    """Step 1 for one image: {set: (det_index (K,) int64 or None, gt_index (K,) int64)}.
+
+    Args:
+        det: the image's detections (``bboxes`` (N, 4) x1y1x2y2 original pixels,
+            ``scores``, ``labels``); gt_boxes: (M, 4) same pixels, gt_labels: (M,).
+    Returns:
+        ``detected``: the matched detections and their GT; the failure sets: None and the
+        GT objects (explained as targets); only the sets of ``settings.sets``.
+    """
+    objects = {}
+    if 'detected' in settings.sets:
+        objects['detected'] = match_detections(det.bboxes, det.scores, gt_boxes.to(det.bboxes),
+                                               settings.iou_thr)
+    if 'missed' in settings.sets or 'misclassified' in settings.sets:
+        missed, wrong = failure_sets(det.bboxes, det.labels, det.scores, gt_boxes, gt_labels,
+                                     settings.score_thr)
+        objects.update({name: (None, idx) for name, idx in
+                        (('missed', missed), ('misclassified', wrong))
+                        if name in settings.sets})
+    return objects
 
 
 def localisation_scores(heatmaps: torch.Tensor, gt_boxes: torch.Tensor,
@@ -73,104 +191,98 @@ def localisation_scores(heatmaps: torch.Tensor, gt_boxes: torch.Tensor,
     out = {name: [] for name in LOCALISATION_METRICS}
     for k, g in enumerate(gt_index.tolist()):
         others = torch.cat([gt_boxes[:g], gt_boxes[g + 1:]])
-        for name, (fn, _) in LOCALISATION_METRICS.items():
-            out[name].append(fn(heatmaps[k], gt_boxes[g], others))
+        for name, fn in LOCALISATION_METRICS.items():
+            out[name].append(fn(heatmaps[k], gt_boxes[g], others) if name == 'odi'
+                             else fn(heatmaps[k], gt_boxes[g]))
     return out
 
 
-def collect_explanation_scores(model, dataloader, methods=('odam',), target: str = 'score',
-                               iou_thr: float = 0.9, sets=('detected',),
-                               score_thr: float = 0.3, max_images: int = 0,
-                               deletion_steps: int = 0, evidence: str = 'odam',
-                               extent: str = 'box', drise: dict | None = None,
-                               vps: dict | None = None, seed: int = 0, progress=None) -> dict:
-    """Explanation metrics of each method on the objects of ``sets`` (see module) of the
+def score_objects(model, inputs: torch.Tensor, meta: dict, maps: torch.Tensor,
+                  gt_boxes: torch.Tensor, gt_index: torch.Tensor, labels: torch.Tensor,
+                  settings: AuditSettings) -> dict:
+    """Step 3: {metric: K floats, 'curves': {'deletion': K curves, 'insertion': ...}} of K
+    maps (K, H_ori, W_ori) explaining the GT boxes ``gt_index`` with class ``labels``;
+    faithfulness only with ``settings.deletion_steps`` (module)."""
+    out = localisation_scores(maps, gt_boxes, gt_index)
+    out['curves'] = {'deletion': [], 'insertion': []}
+    if not settings.deletion_steps:
+        return out
+    out.update({name: [] for name in FAITHFULNESS_METRICS})
+    noise = pixel_to_input(model, torch.rand(
+        3, *inputs.shape[-2:], generator=_image_generator(settings.seed, meta)) * 255)
+    black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))
+    on_input = _maps_on_input(maps, meta, inputs.shape[-2:])
+    scale = inputs.new_tensor(meta['scale_factor'][:2])
+    h, w = meta['img_shape'][:2]
+    for k, (g, label) in enumerate(zip(gt_index.tolist(), labels.tolist())):
+        box = gt_boxes[g]
+        area = float(((box[2:] - box[:2]) * scale).prod()) if settings.extent == 'box' \
+            else h * w
+        curves = deletion_insertion(predict_fn(model, meta), inputs[0], on_input[k], box,
+                                    label, area, noise, black, settings.deletion_steps,
+                                    settings.evidence)
+        for mode in ('deletion', 'insertion'):
+            out['curves'][mode].append(curves[mode])
+        out['deletion_auc'].append(deletion_auc(curves['deletion']))
+        out['insertion_auc'].append(insertion_auc(curves['insertion']))
+        out['highest_score'].append(highest_score(curves['insertion']))
+        out['success'].append(explanation_success(curves['insertion'], settings.score_thr))
+    return out
+
+
+def collect_explanation_scores(model, dataloader, settings: AuditSettings | dict | None = None,
+                               max_images: int = 0, progress=None, **overrides) -> dict:
+    """Explanation metrics of each method on the objects of the chosen sets (module) of the
     dataloader's images (test pipeline with GT: ``gt_instances`` in original pixels), batch
     size 1.
 
     Args:
-        methods: :data:`odamtrain.apis.METHODS` entries; every method explains the same
-            objects (detections: mmdet's, or the Odam-NMS ones when the config uses it).
-        sets: of :data:`SETS`; ``score_thr`` defines the failures and the success.
-        deletion_steps: > 0 adds deletion / insertion AUCs, highest score and success
-            (:func:`deletion_insertion`, ``steps`` forwards per curve and object, batched)
-            with ``evidence``; deleted pixels become uniform noise (seeded by ``seed`` and
-            the image, so a shard of the images scores them as the whole), insertion starts
-            from black; ``extent`` 'box' changes area(GT box) pixels in all (ODAM paper),
-            'image' the whole image (VPS paper).
-        drise / vps: settings of those explainers (:func:`odamtrain.apis.explain_batch`).
+        settings / overrides: :class:`AuditSettings` (or its fields), checked first.
+        max_images: at most this many images (0: all).
+        progress: an object with ``update(1)`` per image.
     Returns:
-        raw scores: {'images': n, 'sets': {set: {method: {metric: [per object], 'curves':
-        {'deletion': [[...]], 'insertion': [[...]]}}}}, 'examples': [(img_path, boxes
-        (K, 4), {method: maps (K, H, W)})] for the first image with detected objects}.
-        Summarise with :func:`summarize_scores`; raw scores of several ranks merge with
-        :func:`merge_scores`.
+        raw scores: {'images': n, 'sets': {set: {method: {metric: [per object], 'gt_index':
+        [(img_id, GT index) per object], 'curves': {'deletion': [[...]], 'insertion': [[...]]}}}},
+        'examples': [(img_path, boxes (K, 4), {method: maps (K, H, W)})] for the first image
+        with detected objects}. Summarise with :func:`summarize_scores`; raw scores of
+        several ranks merge with :func:`merge_scores`.
     """
-    unknown = set(sets) - set(SETS)
-    if unknown:
-        raise ValueError(f'sets must be among {SETS}, got {sorted(unknown)}')
-    if extent not in ('box', 'image'):
-        raise ValueError(f"extent must be 'box' or 'image', got {extent!r}")
-    metrics = list(LOCALISATION_METRICS) + (list(FAITHFULNESS_METRICS) if deletion_steps
+    s = AuditSettings.build(settings, **overrides)
+    metrics = list(LOCALISATION_METRICS) + (list(FAITHFULNESS_METRICS) if s.deletion_steps
                                             else [])
-    scores = {s: {m: dict({name: [] for name in metrics},
-                          curves={'deletion': [], 'insertion': []}) for m in methods}
-              for s in sets}
+    scores = {name: {m: dict({k: [] for k in metrics}, gt_index=[],
+                             curves={'deletion': [], 'insertion': []}) for m in s.methods}
+              for name in s.sets}
     examples = []
     images = 0
     for data in dataloader:
         batch = model.data_preprocessor(data, False)
         inputs, samples = batch['inputs'], batch['data_samples']
         if len(samples) != 1:
-            raise ValueError('audit_explanations needs a dataloader with batch_size=1')
+            raise ValueError('the explanation audit needs a dataloader with batch_size=1')
         meta = samples[0].metainfo
+        image_id = meta.get('img_id', meta.get('img_path'))
         gt = samples[0].gt_instances
         gt_boxes = (gt.bboxes.tensor if hasattr(gt.bboxes, 'tensor') else gt.bboxes).to(inputs)
         gt_labels = gt.labels.to(inputs.device)
-        with torch.no_grad():
-            det = model.predict(inputs, [s.clone() for s in samples])[0].pred_instances
-        objects = {}  # set -> (targets to explain or None (detections), their GT index)
-        if 'detected' in sets:
-            di, gi = match_detections(det.bboxes, det.scores, gt_boxes, iou_thr)
-            objects['detected'] = (di, gi)
-        if 'missed' in sets or 'misclassified' in sets:
-            missed, wrong = failure_sets(det.bboxes, det.labels, det.scores, gt_boxes,
-                                         gt_labels, score_thr)
-            objects.update({name: (None, idx) for name, idx in
-                            (('missed', missed), ('misclassified', wrong)) if name in sets})
-        noise = pixel_to_input(model, torch.rand(
-            3, *inputs.shape[-2:], generator=_image_generator(seed, meta)) * 255)
-        black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))
-        for method in methods:
-            detections = None
-            for name, (di, gi) in objects.items():
-                if len(gi) == 0:
-                    continue
-                if di is None:  # a failure set: explain the GT objects as targets
-                    labels = gt_labels[gi]
-                    targets = InstanceData(bboxes=gt_boxes[gi], labels=labels)
-                    maps = _explain(model, inputs, samples, method, target, drise, vps,
-                                    targets)
-                else:
-                    labels = det.labels[di]
-                    if method in ('drise', 'vps'):  # black box: only the matched ones
-                        maps = _explain(model, inputs, samples, method, target, drise, vps,
-                                        det[di])
-                    else:  # gradient methods explain every detection in one batch
-                        if detections is None:
-                            detections = _explain(model, inputs, samples, method, target,
-                                                  drise, vps)
-                        maps = detections[di]
+        for method in s.methods:
+            objects, rows = _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s,
+                                             method)
+            for name, (gi, maps, labels) in rows.items():
+                out = scores[name][method]
+                for key, values in score_objects(model, inputs, meta, maps, gt_boxes, gi,
+                                                 labels, s).items():
+                    if key == 'curves':
+                        for mode in values:
+                            out['curves'][mode] += values[mode]
+                    else:
+                        out[key] += values
+                out['gt_index'] += [(image_id, g) for g in gi.tolist()]
+                if name == 'detected' and len(gi):
                     if not examples:
                         examples.append((meta.get('img_path'), gt_boxes[gi].cpu(), {}))
                     if examples[0][0] == meta.get('img_path'):
                         examples[0][2][method] = maps.cpu()
-                out = scores[name][method]
-                for metric, values in localisation_scores(maps, gt_boxes, gi).items():
-                    out[metric] += values
-                if deletion_steps:
-                    _faithfulness(model, inputs, meta, maps, gt_boxes[gi], labels, noise,
-                                  black, deletion_steps, evidence, extent, score_thr, out)
         images += 1
         if progress is not None:
             progress.update(1)
@@ -179,35 +291,35 @@ def collect_explanation_scores(model, dataloader, methods=('odam',), target: str
     return dict(images=images, sets=scores, examples=examples)
 
 
+def _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s: AuditSettings,
+                     method: str):
+    """Steps 1 and 2 for one image and method in one ``explain_batch`` call: (the chosen
+    objects, {set: (gt_index (K,), maps (K, H, W), labels (K,))})."""
+    objects = {}
+    failures = [name for name in ('missed', 'misclassified') if name in s.sets]
+
+    def choose(i, det):
+        objects.update(choose_objects(det, gt_boxes, gt_labels, s))
+        det_index = objects['detected'][0] if 'detected' in objects \
+            else torch.zeros(0, dtype=torch.long)
+        gi = torch.cat([objects[name][1] for name in failures]) if failures \
+            else torch.zeros(0, dtype=torch.long)
+        return det_index, InstanceData(bboxes=gt_boxes[gi], labels=gt_labels[gi])
+
+    res = explain_batch(model, inputs, samples, s.explanation(method), choose=choose)[0]
+    rows, start = {}, 0
+    for name in (n for n in SETS if n in s.sets):  # the detected first, then the failures
+        gi = objects[name][1]
+        sl = slice(start, start + len(gi))
+        rows[name] = (gi, res.heatmaps[sl], res.labels[sl])
+        start += len(gi)
+    return objects, rows
+
+
 def _image_generator(seed: int, meta: dict) -> torch.Generator:
     """A generator seeded by ``seed`` and the image (its path, else its id)."""
     key = str(meta.get('img_path', meta.get('img_id', ''))).encode()
     return torch.Generator().manual_seed(seed * 2 ** 32 + zlib.crc32(key))
-
-
-def _explain(model, inputs, samples, method, target, drise, vps, targets=None):
-    """(K, H, W) unnormalised maps of the detections (``targets`` None) or the targets."""
-    return explain_batch(model, inputs, samples, method=method, target=target, normalize=None,
-                         drise=drise, vps=vps,
-                         targets=None if targets is None else [targets])[0].heatmaps
-
-
-def _faithfulness(model, inputs, meta, maps, boxes, labels, noise, black, steps, evidence,
-                  extent, score_thr, out) -> None:
-    """Append each map's deletion / insertion scores and curves to ``out``."""
-    on_input = _maps_on_input(maps, meta, inputs.shape[-2:])
-    scale = inputs.new_tensor(meta['scale_factor'][:2])
-    h, w = meta['img_shape'][:2]
-    for k, (box, label) in enumerate(zip(boxes, labels.tolist())):
-        area = float(((box[2:] - box[:2]) * scale).prod()) if extent == 'box' else h * w
-        curves = deletion_insertion(predict_fn(model, meta), inputs[0], on_input[k], box,
-                                    label, area, noise, black, steps, evidence)
-        highest = max(curves['insertion'])
-        for mode in ('deletion', 'insertion'):
-            out[f'{mode}_auc'].append(curves[f'{mode}_auc'])
-            out['curves'][mode].append(curves[mode])
-        out['highest_score'].append(highest)
-        out['success'].append(float(highest >= score_thr))
 
 
 def merge_scores(parts: list) -> dict:
@@ -231,21 +343,22 @@ def merge_scores(parts: list) -> dict:
 
 def summarize_scores(raw: dict) -> dict:
     """{set: {method: {metric: mean over objects (NaN-skipping), 'objects': K,
-    'images': n}}}."""
+    'undefined': {metric: NaN count} (where > 0), 'images': n}}}."""
     table = {}
     for name, per_method in raw['sets'].items():
         table[name] = {}
         for method, per_metric in per_method.items():
+            values = {k: np.asarray(v, dtype=float) for k, v in per_metric.items()
+                      if k in METRIC_DIRECTIONS}
             row = {k: (float(np.nanmean(v)) if np.isfinite(v).any() else math.nan)
-                   for k, v in per_metric.items() if k != 'curves'}
+                   for k, v in values.items()}
+            undefined = {k: int(np.isnan(v).sum()) for k, v in values.items()
+                         if np.isnan(v).any()}
             row.update(objects=len(per_metric['odi']), images=raw['images'])
+            if undefined:
+                row['undefined'] = undefined
             table[name][method] = row
     return table
-
-
-def audit_explanations(model, dataloader, methods=('odam',), **kwargs) -> dict:
-    """:func:`summarize_scores` of :func:`collect_explanation_scores` (same arguments)."""
-    return summarize_scores(collect_explanation_scores(model, dataloader, methods, **kwargs))
 
 
 def _maps_on_input(maps: torch.Tensor, meta: dict, pad_hw) -> torch.Tensor:

@@ -18,10 +18,13 @@ from .heatmap import (
     resize_maps,
 )
 from .settings import (
+    DRISE_ESTIMATORS,
     GRADIENT_METHODS,
     METHODS,
     MODES,
     TARGETS,
+    VPS_SEARCHES,
+    VPS_SEGMENTATIONS,
     DriseSettings,
     ExplanationSettings,
     VpsSettings,
@@ -29,7 +32,8 @@ from .settings import (
 from .vps import vps_forward_count, vps_saliency, vps_target_maps
 
 __all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
-           'GRADIENT_METHODS', 'TARGETS', 'MODES', 'build_adapter', 'supported_heads',
+           'GRADIENT_METHODS', 'TARGETS', 'MODES', 'DRISE_ESTIMATORS', 'VPS_SEGMENTATIONS',
+           'VPS_SEARCHES', 'build_adapter', 'supported_heads',
            'UnsupportedDetectorError', 'explain_gradients', 'dense_heatmaps',
            'odam_nms_candidates', 'odam_nms_select', 'box_sigma', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',

@@ -1,20 +1,28 @@
 """D-RISE (Petsiuk et al., CVPR'21): black-box saliency of detections from random masks.
 
-Shapes: M masks, T target detections, D detections of one masked image, (H, W) the network
-input.
+Shapes: M masks, T target detections, D detections of one masked image, (h, w) the image
+inside the network input (the padding is never masked), (H, W) the network input.
 
 For each random mask m (an s x s binary grid, cells kept with probability p, upsampled
-bilinearly to (s + 1) cells and cropped at a random shift of less than one cell), the
-detector runs on the masked image; the mask's weight for target t is the best similarity
-between t and a detection d of the masked image,
+bilinearly to (s + 1) cells and cropped at a random shift of less than one cell, as RISE;
+at the outer half cell the bilinear upsampling repeats the edge cell where RISE's
+scikit-image resize reflects), the detector runs on the masked image; the mask's weight for
+target t is the best similarity between t and a detection d of the masked image,
 
     w_t(m) = max_d IoU(t, d) * [label(d) = label(t)] * score(d),
 
 (D-RISE's IoU x cosine(class probabilities) x objectness with mmdet's outputs: a detection
 carries one label and one score, so the class vector is one-hot and the score plays the
-objectness; :func:`odamtrain.evaluation.functional.best_candidates`), and the saliency of
-t is sum_m w_t(m) * m / M. Masks go through the detector in batches and are accumulated
-online; every target of an image shares the same masks.
+objectness; :func:`odamtrain.structures.best_candidates`). Two estimators of the saliency:
+
+* ``'coverage'`` (default): sum_m w_t(m) m / sum_m m, per pixel (xaitk-saliency's
+  ``DRISEScoring``): the mean weight of the masks that kept the pixel. It divides out how
+  often each pixel happened to be kept, the noise that dominates the paper's estimator at a
+  few hundred masks (docs/benchmarks.md: split-half self-agreement vs the number of masks);
+* ``'mean'``: sum_m w_t(m) m / M, the paper's (RISE's) estimator.
+
+Masks go through the detector in batches and are accumulated online; every target of an
+image shares the same masks.
 """
 from __future__ import annotations
 
@@ -28,8 +36,12 @@ from odamtrain.inference import pixel_to_input, predict_fn
 from odamtrain.structures import best_candidates
 
 from .heatmap import output_size, resize_maps
+from .settings import DRISE_ESTIMATORS
 
-__all__ = ['drise_grids', 'drise_masks', 'drise_saliency', 'drise_target_maps']
+__all__ = ['ESTIMATORS', 'drise_grids', 'drise_masks', 'drise_accumulate', 'drise_estimate',
+           'drise_saliency', 'drise_target_maps']
+
+ESTIMATORS = DRISE_ESTIMATORS
 
 
 def drise_grids(num: int, grid: int, keep_prob: float, hw: tuple[int, int],
@@ -57,10 +69,58 @@ def drise_masks(cells: torch.Tensor, shifts: torch.Tensor, hw: tuple[int, int]) 
                         for i, (y, x) in enumerate(shifts.tolist())])
 
 
+def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
+                     target_labels: torch.Tensor, cells: torch.Tensor, shifts: torch.Tensor,
+                     image_hw: tuple[int, int], fill: torch.Tensor, batch_size: int = 32,
+                     progress: Callable | None = None):
+    """Run the masks of ``cells`` / ``shifts`` (:func:`drise_grids`) through the detector.
+
+    Args:
+        predict: masked inputs (b, 3, H, W) -> b detections, each (boxes (D, 4), labels (D,),
+            scores (D,)) in the pixels of ``target_boxes``.
+        inputs: (1, 3, H, W); the masks cover its top-left ``image_hw`` (the image), the
+            rest (padding) is left as it is.
+        target_boxes: (T, 4) x1y1x2y2, target_labels: (T,).
+        fill: (3, 1, 1) what a masked pixel becomes, in ``inputs``' units.
+    Returns:
+        (weighted (T, h, w) = sum_m w_t(m) m, coverage (h, w) = sum_m m).
+    """
+    h, w = image_hw
+    image = inputs[:, :, :h, :w]
+    diff = image - fill  # masked = fill + (image - fill) * mask: one fused op per batch
+    weighted = inputs.new_zeros(len(target_boxes), h, w)
+    coverage = inputs.new_zeros(h, w)
+    for start in range(0, len(cells), batch_size):
+        sl = slice(start, start + batch_size)
+        masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
+        masked = inputs.repeat(len(masks), 1, 1, 1)
+        masked[:, :, :h, :w] = torch.addcmul(fill, diff, masks[:, None])
+        weights = torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
+                               for det in predict(masked)])  # [b, T]
+        weighted += torch.einsum('bt,bhw->thw', weights.to(masks), masks)
+        coverage += masks.sum(0)
+        if progress is not None:
+            progress(len(masks))
+    return weighted, coverage
+
+
+def drise_estimate(weighted: torch.Tensor, coverage: torch.Tensor, num_masks: int,
+                   estimator: str = 'coverage') -> torch.Tensor:
+    """(T, h, w) saliency from :func:`drise_accumulate`'s sums (see module): 'coverage'
+    divides by each pixel's coverage (0 where no mask kept it), 'mean' by ``num_masks``."""
+    if estimator == 'mean':
+        return weighted / num_masks
+    if estimator == 'coverage':
+        return torch.where(coverage > 0, weighted / coverage.clamp(min=1e-12), 0.)
+    raise ValueError(f'estimator must be one of {ESTIMATORS}, got {estimator!r}')
+
+
 def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
                    target_labels: torch.Tensor, num_masks: int = 5000, grid: int = 16,
                    keep_prob: float = 0.5, batch_size: int = 32, fill: float | torch.Tensor = 0.,
-                   seed: int = 0, progress: Callable | None = None) -> torch.Tensor:
+                   seed: int = 0, estimator: str = 'coverage',
+                   image_hw: tuple[int, int] | None = None,
+                   progress: Callable | None = None) -> torch.Tensor:
     """D-RISE saliency of T targets of one image.
 
     Args:
@@ -71,39 +131,37 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
         fill: what a masked pixel becomes (a value or a (3,) per channel, in ``inputs``'
             units; D-RISE multiplies the image by the mask, i.e. black).
         seed: the masks' random generator (same seed, same masks).
+        estimator: 'coverage' or 'mean' (module).
+        image_hw: the image's (h, w) inside ``inputs`` (the rest is padding, not masked);
+            None: all of it.
         progress: called with the number of masks done after each batch.
     Returns:
-        (T, H, W) saliency, sum_m w_t(m) m / num_masks.
+        (T, h, w) saliency.
     """
-    h, w = inputs.shape[-2:]
-    cells, shifts = drise_grids(num_masks, grid, keep_prob, (h, w),
+    if estimator not in ESTIMATORS:
+        raise ValueError(f'estimator must be one of {ESTIMATORS}, got {estimator!r}')
+    hw = tuple(image_hw or inputs.shape[-2:])
+    cells, shifts = drise_grids(num_masks, grid, keep_prob, hw,
                                 torch.Generator().manual_seed(seed))
     fill = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).reshape(-1, 1, 1)
-    diff = inputs - fill  # masked = fill + (image - fill) * mask: one fused op per batch
-    saliency = inputs.new_zeros(len(target_boxes), h, w)
-    for start in range(0, num_masks, batch_size):
-        sl = slice(start, start + batch_size)
-        masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
-        masked = torch.addcmul(fill, diff, masks[:, None])
-        weights = torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
-                               for det in predict(masked)])  # [b, T]
-        saliency += torch.einsum('bt,bhw->thw', weights.to(masks), masks)
-        if progress is not None:
-            progress(len(masks))
-    return saliency / num_masks
+    weighted, coverage = drise_accumulate(predict, inputs, target_boxes, target_labels, cells,
+                                          shifts, hw, fill, batch_size, progress)
+    return drise_estimate(weighted, coverage, num_masks, estimator)
 
 
 def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
                       labels: torch.Tensor, map_size='image', num_masks: int = 5000,
                       grid: int = 16, keep_prob: float = 0.5, batch_size: int = 32,
-                      seed: int = 0, progress: Callable | None = None) -> torch.Tensor:
+                      seed: int = 0, estimator: str = 'coverage',
+                      progress: Callable | None = None) -> torch.Tensor:
     """D-RISE maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels
     + labels: detections, or GT boxes to explain missed objects) of one preprocessed image
-    (1, 3, H, W) of an mmdet detector; masked pixels become black. Cost: ``num_masks /
-    batch_size`` batched forwards, shared by the targets."""
+    (1, 3, H, W) of an mmdet detector; masked pixels become black, the padding of the input
+    stays as it is. Cost: ``num_masks / batch_size`` batched forwards, shared by the
+    targets."""
     fill = pixel_to_input(model, inputs.new_zeros(3))
+    hw = tuple(meta['img_shape'][:2])
     with torch.no_grad():
         sal = drise_saliency(predict_fn(model, meta), inputs, boxes, labels, num_masks, grid,
-                             keep_prob, batch_size, fill, seed, progress)
-    return resize_maps(sal, 1, meta['img_shape'][:2],
-                       output_size(meta['ori_shape'][:2], map_size))
+                             keep_prob, batch_size, fill, seed, estimator, hw, progress)
+    return resize_maps(sal, 1, hw, output_size(meta['ori_shape'][:2], map_size))

@@ -17,8 +17,9 @@ from .heatmap import output_size, resize_maps
 from .roi_gradients import fpn_heatmaps, roi_heatmaps
 from .settings import GRADIENT_METHODS, ExplanationSettings
 
-__all__ = ['explain_gradients', 'detector_forward', 'dense_heatmaps', 'odam_nms_candidates',
-           'odam_nms_select', 'odam_nms_settings', 'nms_config', 'ODAM_NMS_DEFAULTS']
+__all__ = ['explain_gradients', 'chosen_rows', 'detector_forward', 'dense_heatmaps',
+           'odam_nms_candidates', 'odam_nms_select', 'odam_nms_settings', 'nms_config',
+           'ODAM_NMS_DEFAULTS']
 
 # Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients
 ODAM_NMS_DEFAULTS = dict(target='logit', mode='fast', map_size=50)
@@ -112,8 +113,34 @@ def detector_forward(model, adapter, inputs: torch.Tensor, data_samples: list,
     return adapter.forward(feats, proposals, metas, 'roi' if features == 'auto' else features)
 
 
+def chosen_rows(detections: list, choose, every_prediction) -> list:
+    """Per image the rows ``choose`` picks (see :func:`explain_gradients`): the chosen
+    detections, then the predictions that best find its extra targets.
+
+    Args:
+        detections: per image mmdet's detections (InstanceData).
+        choose: (image index, detections) -> (det_index (K,) int64, targets InstanceData
+            with ``bboxes`` (T, 4) original pixels and ``labels`` (T,), or None).
+        every_prediction: () -> per image every prediction (called once, only if some
+            image has targets).
+    """
+    out, every = [], None
+    for i, det in enumerate(detections):
+        index, targets = choose(i, det)
+        rows = det[index.to(det.labels.device)]
+        if targets is not None and len(targets):
+            every = every_prediction() if every is None else every
+            found = target_predictions(every[i], targets)
+            keys = [k for k in rows.keys() if k in found]
+            rows = InstanceData.cat([InstanceData(**{k: rows.get(k) for k in keys}),
+                                     InstanceData(**{k: found.get(k) for k in keys})])
+        out.append(rows)
+    return out
+
+
 def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
-                      settings: ExplanationSettings, targets: list | None = None) -> list:
+                      settings: ExplanationSettings, targets: list | None = None,
+                      choose=None) -> list:
     """mmdet's detections (or, with ``targets``, the predictions that best find them) of a
     preprocessed batch and their gradient heat maps, unnormalised.
 
@@ -123,6 +150,9 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
         targets: None or per image an InstanceData (``bboxes`` (T, 4) original pixels,
             ``labels`` (T,)): each is explained by the prediction, before score threshold
             and NMS, that finds it best (:func:`odamtrain.structures.best_candidates`).
+        choose: instead of ``targets``, a function of each image's detections that picks
+            what to explain from the same forward (:func:`chosen_rows`): some detections
+            and extra targets (e.g. the audit's matched detections and missed GT objects).
     Returns:
         Per image an InstanceData: ``bboxes`` (N, 4) x1y1x2y2 original pixels, ``scores``,
         ``labels``, provenance fields and ``heatmaps`` (N, H, W) >= 0 at ``map_size``.
@@ -131,9 +161,11 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
     if settings.method not in GRADIENT_METHODS:
         raise ValueError(f'explain_gradients: method must be one of {GRADIENT_METHODS}, got '
                          f'{settings.method!r}')
+    if targets is not None and choose is not None:
+        raise ValueError('explain_gradients: give targets or choose, not both')
     adapter = build_adapter(model)
     if isinstance(adapter, DETRAdapter):
-        return _explain_detr(adapter, inputs, data_samples, settings, targets)
+        return _explain_detr(adapter, inputs, data_samples, settings, targets, choose)
     s = settings
     cfg, nms = nms_config(adapter)
     dense = isinstance(adapter, DenseHeadAdapter)
@@ -148,6 +180,8 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
                                cfg.get('max_per_img', -1))
     else:
         dets = adapter.predictions(fwd, plain_nms_config(cfg))
+    if choose is not None:
+        dets = chosen_rows(dets, choose, lambda: adapter.every_prediction(fwd))
     if dense:
         dense_heatmaps(adapter, fwd, dets, s)
     else:
@@ -155,7 +189,8 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
     return dets
 
 
-def _explain_detr(adapter, inputs, data_samples, s: ExplanationSettings, targets) -> list:
+def _explain_detr(adapter, inputs, data_samples, s: ExplanationSettings, targets,
+                  choose) -> list:
     """:func:`explain_gradients` for DETR-like detectors (exact: attention is global)."""
     if s.mode != 'exact':
         print_log(f'ODAM: {s.mode} mode does not apply to {type(adapter.model).__name__} '
@@ -167,5 +202,7 @@ def _explain_detr(adapter, inputs, data_samples, s: ExplanationSettings, targets
                 for every, tgt in zip(adapter.every_prediction(fwd), targets)]
     else:
         dets = adapter.predictions(fwd, mmdet_dets)
+        if choose is not None:
+            dets = chosen_rows(dets, choose, lambda: adapter.every_prediction(fwd))
     detr_heatmaps(adapter, fwd, dets, s)
     return dets

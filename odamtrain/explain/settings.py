@@ -4,13 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 __all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
-           'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES']
+           'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
+           'VPS_SEGMENTATIONS', 'VPS_SEARCHES']
 
 METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'vps')
 GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp')
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
 MODES = ('fast', 'windows', 'exact')
 FEATURES = ('auto', 'fpn', 'roi', 'backbone', 'neck', 'memory')
+DRISE_ESTIMATORS = ('coverage', 'mean')
+VPS_SEGMENTATIONS = ('slico', 'grid')
+VPS_SEARCHES = ('greedy', 'windowed')
 
 
 def _check(name: str, value, allowed) -> None:
@@ -26,14 +30,18 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 @dataclass(frozen=True)
 class DriseSettings:
     """D-RISE (Petsiuk et al., CVPR'21): ``num_masks`` random ``grid`` x ``grid`` masks,
-    cells kept with ``keep_prob``, ``batch_size`` masked images per forward, ``seed``."""
+    cells kept with ``keep_prob``, ``batch_size`` masked images per forward, ``seed``;
+    ``estimator`` 'coverage' (per-pixel mean weight of the masks that keep it, as
+    xaitk-saliency: stable with fewer masks) or 'mean' (the paper's sum / N)."""
     num_masks: int = 5000
     grid: int = 16
     keep_prob: float = 0.5
     batch_size: int = 32
     seed: int = 0
+    estimator: str = 'coverage'
 
     def __post_init__(self):
+        _check('drise.estimator', self.estimator, DRISE_ESTIMATORS)
         _positive_int('drise.num_masks', self.num_masks)
         _positive_int('drise.grid', self.grid)
         _positive_int('drise.batch_size', self.batch_size)
@@ -45,14 +53,24 @@ class DriseSettings:
 
 @dataclass(frozen=True)
 class VpsSettings:
-    """VPS (Chen et al., CVPR'25): about ``regions`` sub-regions, at most ``max_steps``
-    greedy steps (None: all), ``batch_size`` images per forward."""
+    """VPS (Chen et al., CVPR'25): about ``regions`` sub-regions made by ``segmentation``
+    ('slico': the authors' SLICO superpixels (scikit-image), 'grid': a grid of cells), a
+    ``search`` 'greedy' (the paper: every remaining region at every step) or 'windowed'
+    (the ``window`` most promising regions re-evaluated per step; about a fifth of the
+    forwards at 64 regions and window 6), at most ``max_steps`` steps (None: all),
+    ``batch_size`` images per forward."""
     regions: int = 64
+    segmentation: str = 'slico'
+    search: str = 'windowed'
+    window: int = 6
     max_steps: int | None = None
     batch_size: int = 32
 
     def __post_init__(self):
         _positive_int('vps.regions', self.regions, minimum=2)
+        _check('vps.segmentation', self.segmentation, VPS_SEGMENTATIONS)
+        _check('vps.search', self.search, VPS_SEARCHES)
+        _positive_int('vps.window', self.window)
         _positive_int('vps.batch_size', self.batch_size)
         if self.max_steps is not None:
             _positive_int('vps.max_steps', self.max_steps)

@@ -1,4 +1,12 @@
 """Detector input / output: images -> preprocessed batches, black-box predictions."""
-from .batch import pixel_to_input, plain_nms, predict_fn, prepare_batch, prepare_train_batch
+from .batch import (
+    input_to_rgb,
+    pixel_to_input,
+    plain_nms,
+    predict_fn,
+    prepare_batch,
+    prepare_train_batch,
+)
 
-__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input', 'plain_nms']
+__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input',
+           'input_to_rgb', 'plain_nms']

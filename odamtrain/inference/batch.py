@@ -10,7 +10,8 @@ from mmcv.transforms import Compose
 from mmdet.structures import DetDataSample
 from mmdet.utils import get_test_pipeline_cfg
 
-__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input', 'plain_nms']
+__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input',
+           'input_to_rgb', 'plain_nms']
 
 
 def _test_pipeline(model, img, with_annotations: bool) -> Compose:
@@ -92,6 +93,18 @@ def plain_nms(model):
         yield
     finally:
         cfg.nms = nms
+
+
+def input_to_rgb(model, inputs: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) network input -> (H, W, 3) uint8 RGB pixels (the inverse of the data
+    preprocessor's normalisation and channel order), e.g. for superpixels."""
+    prep = model.data_preprocessor
+    pixels = inputs
+    if getattr(prep, '_enable_normalize', False):
+        pixels = pixels * prep.std.reshape(3, 1, 1) + prep.mean.reshape(3, 1, 1)
+    if not getattr(prep, '_channel_conversion', False):  # mmdet loads BGR
+        pixels = pixels.flip(0)
+    return pixels.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
 
 
 def pixel_to_input(model, pixels: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,7 @@ def _plot_curves(axes, name: str, curves: dict) -> None:
             mean = np.mean(np.array(c[mode], dtype=float), 0)
             x = np.linspace(0, 1, len(mean))
             ax.plot(x, mean, label=f'{method} ({curve_auc(mean.tolist()):.3f})')
-        ax.set_title(f'{name}: {mode} ({"lower" if mode == "deletion" else "higher"} '
-                     'is better)')
+        ax.set_title(f'{name}: {mode} ({METRIC_DIRECTIONS[mode + "_auc"]} is better)')
         ax.set_xlabel('fraction of the pixels changed')
         ax.set_ylabel('evidence')
         ax.legend(fontsize=8)

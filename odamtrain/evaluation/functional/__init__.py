@@ -8,7 +8,16 @@ from odamtrain.structures import (
 )
 
 from .crowd_recall import crowd_mask, set_recalls
-from .faithfulness import curve_auc, deletion_insertion, perturbed_images
+from .declaration import DIRECTIONS, metric
+from .faithfulness import (
+    curve_auc,
+    deletion_auc,
+    deletion_insertion,
+    explanation_success,
+    highest_score,
+    insertion_auc,
+    perturbed_images,
+)
 from .localisation import (
     box_mask,
     compactness,
@@ -21,4 +30,5 @@ __all__ = ['crowd_mask', 'set_recalls', 'box_mask', 'pointing_game', 'energy_poi
            'compactness', 'object_discrimination_index', 'match_detections',
            'best_candidates', 'target_predictions', 'failure_sets',
            'EVIDENCES', 'detection_evidence', 'perturbed_images', 'curve_auc',
-           'deletion_insertion']
+           'deletion_insertion', 'deletion_auc', 'insertion_auc', 'highest_score',
+           'explanation_success', 'DIRECTIONS', 'metric']

@@ -12,8 +12,10 @@ Protocols:
   ``max_d score(d) * [same class] * [IoU(d, target) > 0.5]`` (``evidence='odam'``).
 * VPS (Chen et al., CVPR'25): evidence ``max_d IoU(d, target) * score(d) * [same class]``
   (``'vps'``), or its class-only / IoU-only parts (``'class'``, ``'iou'``).
-AUC: trapezoid over the fraction of the steps done, in [0, 1]. Deletion: lower is better;
-insertion: higher is better.
+AUC: trapezoid over the fraction of the steps done, in [0, 1]. The metrics of the curves
+declare their direction and paper (:func:`deletion_auc`, :func:`insertion_auc`,
+:func:`highest_score`, :func:`explanation_success`); NaN where undefined (a curve of fewer
+than two points).
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ import torch
 
 from odamtrain.structures import detection_evidence
 
-__all__ = ['perturbed_images', 'curve_auc', 'deletion_insertion']
+from .declaration import metric
+
+__all__ = ['perturbed_images', 'curve_auc', 'deletion_insertion', 'deletion_auc',
+           'insertion_auc', 'highest_score', 'explanation_success']
 
 def perturbed_images(image: torch.Tensor, order: torch.Tensor, counts: list[int],
                      baseline: torch.Tensor, mode: str) -> torch.Tensor:
@@ -48,6 +53,33 @@ def curve_auc(values: list[float]) -> float:
         return math.nan
     v = torch.tensor(values, dtype=torch.float64)
     return float(((v[1:] + v[:-1]) / 2).mean())
+
+
+@metric('lower', 'Petsiuk et al., RISE, BMVC 2018 (deletion); protocol of Zhao & Chan, '
+                 'ODAM, TPAMI 2024, Sec. 5.1')
+def deletion_auc(deletion_curve: list[float]) -> float:
+    """Area under the deletion curve (evidence as the top pixels are removed)."""
+    return curve_auc(deletion_curve)
+
+
+@metric('higher', 'Petsiuk et al., RISE, BMVC 2018 (insertion); protocol of Zhao & Chan, '
+                  'ODAM, TPAMI 2024, Sec. 5.1')
+def insertion_auc(insertion_curve: list[float]) -> float:
+    """Area under the insertion curve (evidence as the top pixels are restored)."""
+    return curve_auc(insertion_curve)
+
+
+@metric('higher', "Chen et al., VPS, CVPR 2025 (average highest confidence)")
+def highest_score(insertion_curve: list[float]) -> float:
+    """The highest evidence along insertion (NaN for an empty curve)."""
+    return max(insertion_curve) if insertion_curve else math.nan
+
+
+@metric('higher', "Chen et al., VPS, CVPR 2025 (explanation success rate)")
+def explanation_success(insertion_curve: list[float], score_thr: float) -> float:
+    """1.0 if the highest evidence along insertion reaches ``score_thr`` (the top pixels
+    alone make the detector find the object), else 0.0; NaN for an empty curve."""
+    return float(max(insertion_curve) >= score_thr) if insertion_curve else math.nan
 
 
 def deletion_insertion(predict: Callable, image: torch.Tensor, heatmap: torch.Tensor,

@@ -9,8 +9,9 @@ model = dict(
     test_cfg=dict(nms=dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
                            corr_high=0.8)))
 # The explanation audit after training and testing (papers' settings, 500 val images):
-# well-detected people (IoU > 0.9) and the people missed at score 0.3. VPS (64 regions:
-# 4162 forwards per object) is left to tools/audit.py on a subset.
+# well-detected people (IoU > 0.9) and the people missed at score 0.3. VPS (64 SLICO
+# regions: ~850 forwards per object windowed, 4162 greedy) is left to tools/audit.py on a
+# subset.
 custom_hooks = [
     dict(type='ExplanationAuditHook', methods=('odam', 'gradcam', 'gradcampp', 'drise'),
          max_images=500, iou_thr=0.9, sets=('detected', 'missed'), score_thr=0.3,

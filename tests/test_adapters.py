@@ -354,7 +354,7 @@ def test_drise_and_vps_take_every_family_as_a_black_box(name):
     inputs, samples = zoo_batch(model)
     target = model.predict(inputs, samples)[0].pred_instances[:1]
     meta = samples[0].metainfo
-    kw = dict(num_masks=6, grid=4, keep_prob=0.5, batch_size=3, seed=0)
+    kw = dict(num_masks=6, grid=4, keep_prob=0.5, batch_size=3, seed=0, estimator='coverage')
     det, = explain_batch(model, inputs, samples, method='drise', normalize=None,
                          targets=[target], drise=kw)
     h, w = meta['img_shape'][:2]

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from odamtrain.explain.drise import (
+    DriseSums,
     drise_accumulate,
     drise_estimate,
     drise_grids,
@@ -36,16 +37,26 @@ def test_masks_shape_range_and_keep_probability():
     assert m.max() > 0.9 and 21 <= int(m.argmax()) // HW[1] <= 26
 
 
-@pytest.mark.parametrize('estimator', ['mean', 'coverage'])
+@pytest.mark.parametrize('estimator', ['mean', 'coverage', 'contrast'])
 def test_saliency_equals_direct_sum_over_masks_and_does_not_depend_on_batching(estimator):
     inputs = torch.ones(1, 3, *HW)
     got = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), num_masks=50,
                          grid=8, batch_size=16, seed=3, estimator=estimator)
     cells, shifts = drise_grids(50, 8, 0.5, HW, torch.Generator().manual_seed(3))
-    masks = drise_masks(cells, shifts, HW)
-    weighted = sum(float(m[REGION].mean()) * m for m in masks)  # IoU 1, class 1, score
-    want = weighted / (50 if estimator == 'mean' else masks.sum(0))
-    torch.testing.assert_close(got[0], want)
+    masks = drise_masks(cells, shifts, HW).double()
+    w = torch.tensor([float(m[REGION].mean()) for m in masks],  # IoU 1, class 1, score
+                     dtype=torch.float64)
+    if estimator == 'contrast':  # least squares, pixel by pixel: slope of w on m(x)
+        want = torch.zeros(HW, dtype=torch.float64)
+        for y in range(HW[0]):
+            for x in range(HW[1]):
+                design = torch.stack([torch.ones(50, dtype=torch.float64), masks[:, y, x]], 1)
+                want[y, x] = torch.linalg.lstsq(design, w[:, None]).solution[1, 0]
+        want = want.clamp(min=0)
+    else:
+        weighted = (w[:, None, None] * masks).sum(0)
+        want = weighted / (50 if estimator == 'mean' else masks.sum(0))
+    torch.testing.assert_close(got[0].double(), want, rtol=1e-4, atol=1e-5)
     one_by_one = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]),
                                 num_masks=50, grid=8, batch_size=1, seed=3,
                                 estimator=estimator)
@@ -60,15 +71,17 @@ def test_coverage_estimator_equals_xaitk_saliency():
     cells, shifts = drise_grids(40, 6, 0.4, HW, g)
     masks = drise_masks(cells, shifts, HW).double()
     weights = torch.rand(40, 3, generator=g, dtype=torch.float64)
-    weighted = torch.einsum('mt,mhw->thw', weights, masks)
-    got = drise_estimate(weighted, masks.sum(0), 40, 'coverage')
+    sums = DriseSums(torch.einsum('mt,mhw->thw', weights, masks), masks.sum(0),
+                     (masks * masks).sum(0), weights.sum(0), 40)
+    got = drise_estimate(sums, 'coverage')
     want = weight_regions_by_scalar(weights.numpy(), masks.numpy(), inv_masks=False)
     torch.testing.assert_close(got, torch.from_numpy(want))
     with pytest.raises(ValueError, match='estimator must be one of'):
-        drise_estimate(weighted, masks.sum(0), 40, 'median')
+        drise_estimate(sums, 'median')
 
 
-@pytest.mark.parametrize('estimator, away', [('mean', 0.25), ('coverage', 0.5)])
+@pytest.mark.parametrize('estimator, away', [('mean', 0.25), ('coverage', 0.5),
+                                             ('contrast', 0.0)])
 def test_recovers_the_region_the_detector_looks_at(estimator, away):
     inputs = torch.ones(1, 3, *HW)
     sal = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), num_masks=400,
@@ -76,10 +89,15 @@ def test_recovers_the_region_the_detector_looks_at(estimator, away):
     inside = torch.zeros(HW, dtype=torch.bool)
     inside[REGION] = True
     assert inside.flatten()[sal.argmax()]
-    # away from the region w and m(x) are independent: E[w m(x)] = E[w] E[m] = 0.25 (mean)
-    # and E[w m(x)] / E[m(x)] = E[w] = 0.5 (coverage); more inside it
+    # away from the region w and m(x) are independent: E[w m(x)] = E[w] E[m] = 0.25 (mean),
+    # E[w m(x)] / E[m(x)] = E[w] = 0.5 (coverage), Cov(w, m(x)) = 0 (contrast); more
+    # inside it
     assert sal[inside].mean() > sal[~inside].mean() + 0.02
-    assert abs(float(sal[~inside].mean()) - away) < 0.015
+    far = torch.ones(HW, dtype=torch.bool)  # two mask cells (6 x 8 px) away from the region
+    far[0:32, 14:62] = False
+    assert abs(float(sal[far].mean()) - away) < 0.015
+    if estimator == 'contrast':  # no offset: about 0 far away, the signal in the region
+        assert sal[inside].mean() > 10 * sal[far].mean()
 
 
 def test_masks_leave_the_padding_of_the_input_alone():
@@ -102,11 +120,11 @@ def test_masks_leave_the_padding_of_the_input_alone():
     cells, shifts = drise_grids(10, 4, 0.5, image_hw, torch.Generator().manual_seed(0))
     masks = drise_masks(cells, shifts, image_hw)[:, None]
     torch.testing.assert_close(masked[:, :, :40, :50], -1 + (inputs[:, :, :40, :50] + 1) * masks)
-    weighted, coverage = drise_accumulate(region_detector, inputs, BOX, torch.tensor([0]),
-                                          cells, shifts, image_hw, torch.full((3, 1, 1), -1.),
-                                          batch_size=3)
-    torch.testing.assert_close(coverage, masks[:, 0].sum(0))
-    torch.testing.assert_close(sal, drise_estimate(weighted, coverage, 10))
+    sums = drise_accumulate(region_detector, inputs, BOX, torch.tensor([0]), cells, shifts,
+                            image_hw, torch.full((3, 1, 1), -1.), batch_size=3)
+    torch.testing.assert_close(sums.coverage, masks[:, 0].double().sum(0))
+    assert sums.count == 10 and sums.weighted.dtype == torch.float64
+    torch.testing.assert_close(sal, drise_estimate(sums).float())
 
 
 def test_seed_reproduces_and_changes():

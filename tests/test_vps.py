@@ -11,6 +11,7 @@ from odamtrain.explain.vps import (
     greedy_order,
     grid_regions,
     rank_attribution,
+    search_windows,
     slico_regions,
     vps_forward_count,
     vps_saliency,
@@ -152,3 +153,34 @@ def test_slico_regions_are_scikit_image_superpixels_partitioning_the_image():
     # superpixels follow the image: none straddles the edge between the halves
     assert all(not (r[:, 29].any() and r[:, 30].any()) or r[:, :30].sum() * r[:, 30:].sum() == 0
                for r in regions)
+
+
+def test_windowed_search_with_a_greedy_head_and_no_window():
+    """head greedy steps, then (window 0) the rest in the order of their gains at the last
+    evaluated step, F estimated as the running sum of those gains; no more evaluations."""
+    f, calls = coverage_function(n=8)
+    greedy, _ = greedy_order(f, 8)
+    assert windowed_order(f, 8, window=0, head=8, start=0.0) == greedy_order(f, 8)
+    calls.clear()
+    order, values = windowed_order(f, 8, window=0, head=2, start=0.0)
+    assert calls == [8, 7] and order[:2] == greedy[:2] and sorted(order) == list(range(8))
+    # the tail: gains w.r.t. the first pick, evaluated at step 2
+    first = torch.zeros(1, 8, dtype=torch.bool)
+    first[0, order[0]] = True
+    base = float(f(first)[0])
+    gains = {}
+    for r in range(8):
+        if r != order[0]:
+            s = first.clone()
+            s[0, r] = True
+            gains[r] = float(f(s)[0]) - base
+    tail = sorted((r for r in gains if r != order[1]), key=lambda r: (-gains[r], r))
+    assert order[2:] == tail
+    torch.testing.assert_close(torch.tensor(values[2:], dtype=torch.float64),
+                               values[1] + torch.cumsum(torch.tensor(
+                                   [gains[r] for r in tail], dtype=torch.float64), 0))
+    assert search_windows(8, 0, 2) == [8, 7]
+    assert search_windows(64, 6, 1)[:3] == [64, 6, 6] and search_windows(64, 6, 1)[-1] == 1
+    assert vps_forward_count(8, search='windowed', window=0, head=2) == 2 + 2 * 15
+    assert vps_forward_count(64, search='windowed', window=6, head=1) == 2 + 2 * sum(
+        [64] + [min(64 - k, 6) for k in range(1, 64)])

@@ -9,13 +9,14 @@ prints one table per object set.
         [--methods odam gradcam gradcampp drise vps] [--target score] [--iou-thr 0.9]
         [--sets detected missed misclassified] [--score-thr 0.3] [--max-images 0]
         [--deletion-steps 0] [--evidence odam|vps|class|iou] [--extent box|image]
-        [--drise-masks 1000] [--drise-estimator coverage|mean] [--vps-regions 64]
-        [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-window 6]
+        [--drise-masks 1000] [--drise-estimator contrast|coverage|mean] [--vps-regions 64]
+        [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-head 1]
+        [--vps-window 6]
         [--vps-steps N] [--cfg-options ...]
 
-Budgets: D-RISE runs --drise-masks masked images per image; VPS per object 2 x regions +
-2 x window x (regions - 1) images windowed, regions x (regions + 1) + 2 greedy
-(odamtrain.explain.vps_forward_count).
+Budgets: D-RISE runs --drise-masks masked images per image; VPS per object
+odamtrain.explain.vps_forward_count images: 2 x regions + 2 x window x (regions - 1)
+windowed (head 1), regions x (regions + 1) + 2 greedy.
 """
 import argparse
 import os.path as osp
@@ -66,17 +67,21 @@ def parse_args():
                    help='pixels changed in all: the GT box area (ODAM) or the image (VPS)')
     p.add_argument('--drise-masks', type=int_at_least(1), default=1000,
                    help='D-RISE masks (paper 5000)')
-    p.add_argument('--drise-estimator', default='coverage', choices=DRISE_ESTIMATORS,
-                   help="D-RISE: per-pixel mean over the masks that keep it ('coverage') "
-                   "or the paper's sum / N ('mean')")
+    p.add_argument('--drise-estimator', default='contrast', choices=DRISE_ESTIMATORS,
+                   help="D-RISE: mean weight of the masks that keep a pixel minus that of "
+                   "those that remove it ('contrast'), of those that keep it ('coverage', "
+                   "xaitk) or the paper's sum / N ('mean')")
     p.add_argument('--vps-regions', type=int_at_least(2), default=64,
                    help='VPS sub-regions, about')
     p.add_argument('--vps-segmentation', default='slico', choices=VPS_SEGMENTATIONS,
                    help='VPS sub-regions: SLICO superpixels or a grid')
     p.add_argument('--vps-search', default='windowed', choices=VPS_SEARCHES,
                    help="VPS search: 'greedy' (the paper) or 'windowed' (budgeted)")
-    p.add_argument('--vps-window', type=int_at_least(1), default=6,
-                   help='windowed VPS: regions re-evaluated per step')
+    p.add_argument('--vps-head', type=int_at_least(1), default=1,
+                   help='windowed VPS: greedy steps first')
+    p.add_argument('--vps-window', type=int_at_least(0), default=6,
+                   help='windowed VPS: regions re-evaluated per step after the head '
+                   '(0: the rest by their last gains)')
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,
                    help='VPS search steps (default: all regions)')
     p.add_argument('--seed', type=int, default=0)
@@ -99,7 +104,8 @@ def main():
         drise=dict(num_masks=args.drise_masks, estimator=args.drise_estimator,
                    seed=args.seed),
         vps=dict(regions=args.vps_regions, segmentation=args.vps_segmentation,
-                 search=args.vps_search, window=args.vps_window, max_steps=args.vps_steps),
+                 search=args.vps_search, head=args.vps_head, window=args.vps_window,
+                 max_steps=args.vps_steps),
         seed=args.seed)
     if osp.exists(osp.join(args.out_dir, 'audit.json')):
         print(f'replacing the audit of an earlier run in {args.out_dir}')

@@ -266,8 +266,7 @@ def collect_explanation_scores(model, dataloader, settings: AuditSettings | dict
         gt_boxes = (gt.bboxes.tensor if hasattr(gt.bboxes, 'tensor') else gt.bboxes).to(inputs)
         gt_labels = gt.labels.to(inputs.device)
         for method in s.methods:
-            objects, rows = _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s,
-                                             method)
+            rows = _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s, method)
             for name, (gi, maps, labels) in rows.items():
                 out = scores[name][method]
                 for key, values in score_objects(model, inputs, meta, maps, gt_boxes, gi,
@@ -293,8 +292,8 @@ def collect_explanation_scores(model, dataloader, settings: AuditSettings | dict
 
 def _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s: AuditSettings,
                      method: str):
-    """Steps 1 and 2 for one image and method in one ``explain_batch`` call: (the chosen
-    objects, {set: (gt_index (K,), maps (K, H, W), labels (K,))})."""
+    """Steps 1 and 2 for one image and method in one ``explain_batch`` call:
+    {set: (gt_index (K,), maps (K, H, W), labels (K,))}."""
     objects = {}
     failures = [name for name in ('missed', 'misclassified') if name in s.sets]
 
@@ -313,7 +312,7 @@ def _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s: AuditSettin
         sl = slice(start, start + len(gi))
         rows[name] = (gi, res.heatmaps[sl], res.labels[sl])
         start += len(gi)
-    return objects, rows
+    return rows
 
 
 def _image_generator(seed: int, meta: dict) -> torch.Generator:

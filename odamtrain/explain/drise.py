@@ -13,13 +13,21 @@ target t is the best similarity between t and a detection d of the masked image,
 
 (D-RISE's IoU x cosine(class probabilities) x objectness with mmdet's outputs: a detection
 carries one label and one score, so the class vector is one-hot and the score plays the
-objectness; :func:`odamtrain.structures.best_candidates`). Two estimators of the saliency:
+objectness; :func:`odamtrain.structures.best_candidates`). Three estimators of the
+saliency, per pixel x, from the same masks and weights:
 
-* ``'coverage'`` (default): sum_m w_t(m) m / sum_m m, per pixel (xaitk-saliency's
-  ``DRISEScoring``): the mean weight of the masks that kept the pixel. It divides out how
-  often each pixel happened to be kept, the noise that dominates the paper's estimator at a
-  few hundred masks (docs/benchmarks.md: split-half self-agreement vs the number of masks);
-* ``'mean'``: sum_m w_t(m) m / M, the paper's (RISE's) estimator.
+* ``'mean'``: sum_m w(m) m(x) / M, the paper's (RISE's) estimator. It carries how often
+  each pixel happened to be kept (its coverage) as noise, which dominates at a few hundred
+  masks;
+* ``'coverage'``: sum_m w(m) m(x) / sum_m m(x) (xaitk-saliency's ``DRISEScoring``): the mean
+  weight of the masks that kept x; the coverage divided out, plus a constant offset (the
+  mean weight) over the whole image;
+* ``'contrast'`` (default): ReLU of the least-squares slope of w on m(x),
+  Cov(w, m(x)) / Var(m(x)); for binary masks E[w | x kept] - E[w | x masked]. It uses the
+  masks that removed x as well as those that kept it (about twice the signal-to-noise of
+  'coverage' at the same M) and has no offset: 0 where keeping x does not raise the score.
+
+docs/benchmarks.md measures their split-half self-agreement against M, beside xaitk's.
 
 Masks go through the detector in batches and are accumulated online; every target of an
 image shares the same masks.
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +47,8 @@ from odamtrain.structures import best_candidates
 from .heatmap import output_size, resize_maps
 from .settings import DRISE_ESTIMATORS
 
-__all__ = ['ESTIMATORS', 'drise_grids', 'drise_masks', 'drise_accumulate', 'drise_estimate',
-           'drise_saliency', 'drise_target_maps']
+__all__ = ['ESTIMATORS', 'DriseSums', 'drise_grids', 'drise_masks', 'drise_accumulate',
+           'drise_estimate', 'drise_saliency', 'drise_target_maps']
 
 ESTIMATORS = DRISE_ESTIMATORS
 
@@ -69,6 +78,17 @@ def drise_masks(cells: torch.Tensor, shifts: torch.Tensor, hw: tuple[int, int]) 
                         for i, (y, x) in enumerate(shifts.tolist())])
 
 
+class DriseSums(NamedTuple):
+    """What the estimators need, accumulated in float64 over M masks m and weights w (T
+    targets): ``weighted`` (T, h, w) sum w m, ``coverage`` (h, w) sum m, ``squares`` (h, w)
+    sum m^2, ``weight_sum`` (T,) sum w, ``count`` M."""
+    weighted: torch.Tensor
+    coverage: torch.Tensor
+    squares: torch.Tensor
+    weight_sum: torch.Tensor
+    count: int
+
+
 def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
                      target_labels: torch.Tensor, cells: torch.Tensor, shifts: torch.Tensor,
                      image_hw: tuple[int, int], fill: torch.Tensor, batch_size: int = 32,
@@ -83,13 +103,15 @@ def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torc
         target_boxes: (T, 4) x1y1x2y2, target_labels: (T,).
         fill: (3, 1, 1) what a masked pixel becomes, in ``inputs``' units.
     Returns:
-        (weighted (T, h, w) = sum_m w_t(m) m, coverage (h, w) = sum_m m).
+        :class:`DriseSums` of these masks.
     """
     h, w = image_hw
     image = inputs[:, :, :h, :w]
     diff = image - fill  # masked = fill + (image - fill) * mask: one fused op per batch
-    weighted = inputs.new_zeros(len(target_boxes), h, w)
-    coverage = inputs.new_zeros(h, w)
+    sums = dict(dtype=torch.float64, device=inputs.device)  # contrast subtracts large sums
+    weighted = torch.zeros(len(target_boxes), h, w, **sums)
+    coverage, squares = torch.zeros(h, w, **sums), torch.zeros(h, w, **sums)
+    weight_sum = torch.zeros(len(target_boxes), **sums)
     for start in range(0, len(cells), batch_size):
         sl = slice(start, start + batch_size)
         masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
@@ -97,28 +119,37 @@ def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torc
         masked[:, :, :h, :w] = torch.addcmul(fill, diff, masks[:, None])
         weights = torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
                                for det in predict(masked)])  # [b, T]
-        weighted += torch.einsum('bt,bhw->thw', weights.to(masks), masks)
+        weights, masks = weights.double(), masks.double()
+        weighted += torch.einsum('bt,bhw->thw', weights, masks)
         coverage += masks.sum(0)
+        squares += (masks * masks).sum(0)
+        weight_sum += weights.sum(0)
         if progress is not None:
             progress(len(masks))
-    return weighted, coverage
+    return DriseSums(weighted, coverage, squares, weight_sum, len(cells))
 
 
-def drise_estimate(weighted: torch.Tensor, coverage: torch.Tensor, num_masks: int,
-                   estimator: str = 'coverage') -> torch.Tensor:
-    """(T, h, w) saliency from :func:`drise_accumulate`'s sums (see module): 'coverage'
-    divides by each pixel's coverage (0 where no mask kept it), 'mean' by ``num_masks``."""
+def drise_estimate(sums: DriseSums, estimator: str = 'contrast') -> torch.Tensor:
+    """(T, h, w) saliency from :func:`drise_accumulate`'s sums (see module): 'mean'
+    divides by the number of masks, 'coverage' by each pixel's coverage, 'contrast' is
+    the ReLU of the slope of w on m(x); 0 where a pixel was never kept (or always)."""
+    weighted, coverage, n = sums.weighted, sums.coverage, sums.count
     if estimator == 'mean':
-        return weighted / num_masks
+        return weighted / n
     if estimator == 'coverage':
         return torch.where(coverage > 0, weighted / coverage.clamp(min=1e-12), 0.)
+    if estimator == 'contrast':
+        covariance = weighted - sums.weight_sum[:, None, None] * coverage / n
+        variance = sums.squares - coverage * coverage / n
+        slope = covariance / variance.clamp(min=1e-12)
+        return torch.where(variance > 1e-9 * n, slope, 0.).clamp(min=0)
     raise ValueError(f'estimator must be one of {ESTIMATORS}, got {estimator!r}')
 
 
 def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
                    target_labels: torch.Tensor, num_masks: int = 5000, grid: int = 16,
                    keep_prob: float = 0.5, batch_size: int = 32, fill: float | torch.Tensor = 0.,
-                   seed: int = 0, estimator: str = 'coverage',
+                   seed: int = 0, estimator: str = 'contrast',
                    image_hw: tuple[int, int] | None = None,
                    progress: Callable | None = None) -> torch.Tensor:
     """D-RISE saliency of T targets of one image.
@@ -131,7 +162,7 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
         fill: what a masked pixel becomes (a value or a (3,) per channel, in ``inputs``'
             units; D-RISE multiplies the image by the mask, i.e. black).
         seed: the masks' random generator (same seed, same masks).
-        estimator: 'coverage' or 'mean' (module).
+        estimator: 'contrast', 'coverage' or 'mean' (module).
         image_hw: the image's (h, w) inside ``inputs`` (the rest is padding, not masked);
             None: all of it.
         progress: called with the number of masks done after each batch.
@@ -144,15 +175,15 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
     cells, shifts = drise_grids(num_masks, grid, keep_prob, hw,
                                 torch.Generator().manual_seed(seed))
     fill = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).reshape(-1, 1, 1)
-    weighted, coverage = drise_accumulate(predict, inputs, target_boxes, target_labels, cells,
-                                          shifts, hw, fill, batch_size, progress)
-    return drise_estimate(weighted, coverage, num_masks, estimator)
+    sums = drise_accumulate(predict, inputs, target_boxes, target_labels, cells, shifts, hw,
+                            fill, batch_size, progress)
+    return drise_estimate(sums, estimator).to(inputs.dtype)
 
 
 def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
                       labels: torch.Tensor, map_size='image', num_masks: int = 5000,
                       grid: int = 16, keep_prob: float = 0.5, batch_size: int = 32,
-                      seed: int = 0, estimator: str = 'coverage',
+                      seed: int = 0, estimator: str = 'contrast',
                       progress: Callable | None = None) -> torch.Tensor:
     """D-RISE maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels
     + labels: detections, or GT boxes to explain missed objects) of one preprocessed image

@@ -12,7 +12,7 @@ GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp')
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
 MODES = ('fast', 'windows', 'exact')
 FEATURES = ('auto', 'fpn', 'roi', 'backbone', 'neck', 'memory')
-DRISE_ESTIMATORS = ('coverage', 'mean')
+DRISE_ESTIMATORS = ('contrast', 'coverage', 'mean')
 VPS_SEGMENTATIONS = ('slico', 'grid')
 VPS_SEARCHES = ('greedy', 'windowed')
 
@@ -31,14 +31,15 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 class DriseSettings:
     """D-RISE (Petsiuk et al., CVPR'21): ``num_masks`` random ``grid`` x ``grid`` masks,
     cells kept with ``keep_prob``, ``batch_size`` masked images per forward, ``seed``;
-    ``estimator`` 'coverage' (per-pixel mean weight of the masks that keep it, as
-    xaitk-saliency: stable with fewer masks) or 'mean' (the paper's sum / N)."""
+    ``estimator`` 'contrast' (mean weight of the masks that keep a pixel minus that of the
+    masks that remove it: the most stable at few masks), 'coverage' (the masks that keep
+    it, as xaitk-saliency) or 'mean' (the paper's sum / N); see ``drise.py``."""
     num_masks: int = 5000
     grid: int = 16
     keep_prob: float = 0.5
     batch_size: int = 32
     seed: int = 0
-    estimator: str = 'coverage'
+    estimator: str = 'contrast'
 
     def __post_init__(self):
         _check('drise.estimator', self.estimator, DRISE_ESTIMATORS)
@@ -56,12 +57,13 @@ class VpsSettings:
     """VPS (Chen et al., CVPR'25): about ``regions`` sub-regions made by ``segmentation``
     ('slico': the authors' SLICO superpixels (scikit-image), 'grid': a grid of cells), a
     ``search`` 'greedy' (the paper: every remaining region at every step) or 'windowed'
-    (the ``window`` most promising regions re-evaluated per step; about a fifth of the
-    forwards at 64 regions and window 6), at most ``max_steps`` steps (None: all),
-    ``batch_size`` images per forward."""
+    (``head`` greedy steps, then the ``window`` most promising regions re-evaluated per
+    step, 0: the rest ordered by their last gains; see ``vps.py``), at most ``max_steps``
+    steps (None: all), ``batch_size`` images per forward."""
     regions: int = 64
     segmentation: str = 'slico'
     search: str = 'windowed'
+    head: int = 1
     window: int = 6
     max_steps: int | None = None
     batch_size: int = 32
@@ -70,7 +72,8 @@ class VpsSettings:
         _positive_int('vps.regions', self.regions, minimum=2)
         _check('vps.segmentation', self.segmentation, VPS_SEGMENTATIONS)
         _check('vps.search', self.search, VPS_SEARCHES)
-        _positive_int('vps.window', self.window)
+        _positive_int('vps.head', self.head)
+        _positive_int('vps.window', self.window, minimum=0)
         _positive_int('vps.batch_size', self.batch_size)
         if self.max_steps is not None:
             _positive_int('vps.max_steps', self.max_steps)

@@ -14,11 +14,14 @@ become the baseline, e.g. black). The search orders the regions:
 * ``'greedy'`` (the paper): S grows by the region that maximises F; each step evaluates
   every remaining region in batched forwards (2 images per candidate): n (n + 1) + 2
   images for the full order;
-* ``'windowed'``: the first step evaluates every region; each later step re-evaluates only
-  the ``window`` remaining regions of highest last-known marginal gain F(S + r) - F(S) and
-  adds the best of them (lazy greedy, Minoux 1978, with a fixed window; in the spirit of
-  PhaseWin's windowed phases and LiMA's cheaper search). 2 n + 2 window (n - 1) images about;
-  with ``window`` >= n it is the greedy search exactly.
+* ``'windowed'``: the first ``head`` steps are the greedy search's (every remaining region
+  evaluated); then each step re-evaluates only the ``window`` remaining regions of highest
+  last-known marginal gain F(S + r) - F(S) and adds the best (lazy greedy, Minoux 1978,
+  with a fixed window; defaults ``head`` 1, ``window`` 6); with ``window`` 0 the regions
+  left follow in the order of their gains at the last step, with no further forwards. In
+  the spirit of PhaseWin's phases and LiMA's cheaper search. Images: 2 (head n -
+  head (head - 1) / 2 + window (n - head)) + 2 about; with ``head`` or ``window`` >= n it is
+  the greedy search exactly.
 
 ``max_steps`` bounds either. Attribution: the k-th region of the order gets the sum of the
 absolute marginal gains |F(S_j) - F(S_{j-1})| of steps j >= k (decreasing with rank, > 0
@@ -39,7 +42,7 @@ from odamtrain.structures import detection_evidence
 from .heatmap import output_size, resize_maps
 from .settings import VPS_SEARCHES, VPS_SEGMENTATIONS
 
-__all__ = ['grid_regions', 'slico_regions', 'greedy_order', 'windowed_order',
+__all__ = ['grid_regions', 'slico_regions', 'greedy_order', 'search_windows', 'windowed_order',
            'rank_attribution', 'vps_forward_count', 'vps_saliency', 'vps_target_maps']
 
 
@@ -90,21 +93,37 @@ def greedy_order(objective: Callable, n: int, max_steps: int | None = None):
     return order, values
 
 
-def windowed_order(objective: Callable, n: int, window: int,
+def search_windows(n: int, window: int, head: int, steps: int | None = None) -> list[int]:
+    """How many remaining regions each step of the windowed search evaluates: all of them
+    in the first ``head`` steps (exact greedy: they decide the head of the ranking, which
+    the insertion and deletion curves weigh most), then ``window`` (never more than
+    remain); with ``window`` 0 the search stops evaluating after the head."""
+    out = []
+    for k in range(n if steps is None else min(n, steps)):
+        size = n - k if k < max(head, 1) else min(n - k, window)
+        if size == 0:
+            break
+        out.append(size)
+    return out
+
+
+def windowed_order(objective: Callable, n: int, window: int, head: int = 1,
                    max_steps: int | None = None, start: float | None = None):
-    """Windowed lazy greedy (module): like :func:`greedy_order`, but after the first step
-    only the ``window`` remaining elements of highest last-known marginal gain (ties: the
-    lower index) are evaluated per step. ``start``: the objective of the empty set (None:
-    evaluated here). ``window >= n`` gives :func:`greedy_order`'s result. Returns (order,
+    """Windowed lazy greedy (module): like :func:`greedy_order` for the first ``head``
+    steps, then each step evaluates only the ``window`` remaining elements of highest
+    last-known marginal gain (ties: the lower index). With ``window`` 0 the elements left
+    after the head follow in the order of their last gains, F estimated as the running sum
+    of those gains. ``start``: the objective of the empty set (None: evaluated here).
+    ``window >= n`` or ``head >= n`` give :func:`greedy_order`'s result. Returns (order,
     values)."""
     chosen = torch.zeros(n, dtype=torch.bool)
     gain = torch.zeros(n, dtype=torch.float64)
     current = float(objective(chosen[None])[0]) if start is None else float(start)
     order, values = [], []
-    for step in range(n if max_steps is None else min(n, max_steps)):
+    for size in search_windows(n, window, head, max_steps):
         rest = (~chosen).nonzero()[:, 0]
-        if step and len(rest) > window:
-            top = torch.argsort(-gain[rest], stable=True)[:window]
+        if size < len(rest):
+            top = torch.argsort(-gain[rest], stable=True)[:size]
             rest = rest[top.sort().values]  # ascending index: ties as greedy
         cand = chosen.repeat(len(rest), 1)
         cand[torch.arange(len(rest)), rest] = True
@@ -115,6 +134,12 @@ def windowed_order(objective: Callable, n: int, window: int,
         current = float(f[best])
         order.append(int(rest[best]))
         values.append(current)
+    steps = n if max_steps is None else min(n, max_steps)
+    if len(order) < steps:  # window 0: the rest by their last gains, without forwards
+        rest = (~chosen).nonzero()[:, 0]
+        rest = rest[torch.argsort(-gain[rest], stable=True)][:steps - len(order)]
+        order += rest.tolist()
+        values += (current + torch.cumsum(gain[rest], 0)).tolist()
     return order, values
 
 
@@ -131,29 +156,29 @@ def rank_attribution(order: list[int], values: list[float], n: int,
 
 
 def vps_forward_count(regions: int, max_steps: int | None = None, search: str = 'greedy',
-                      window: int = 6) -> int:
+                      window: int = 6, head: int = 1) -> int:
     """Images one VPS search runs through the detector: 2 for the empty set, then 2 per
     evaluated region at each step (greedy: every remaining one, regions (regions + 1) for
-    the full order; windowed: all at the first step, at most ``window`` after)."""
+    the full order; windowed: :func:`search_windows`)."""
     if search not in VPS_SEARCHES:
         raise ValueError(f'search must be one of {VPS_SEARCHES}, got {search!r}')
+    if search == 'windowed':
+        return 2 + 2 * sum(search_windows(regions, window, head, max_steps))
     steps = regions if max_steps is None else min(regions, max_steps)
-    per_step = [regions - k if search == 'greedy' or k == 0 else min(regions - k, window)
-                for k in range(steps)]
-    return 2 + 2 * sum(per_step)
+    return 2 + 2 * sum(regions - k for k in range(steps))
 
 
 def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tensor,
                  target_label: int, regions: torch.Tensor, baseline: torch.Tensor,
                  max_steps: int | None = None, batch_size: int = 32, search: str = 'greedy',
-                 window: int = 6):
+                 window: int = 6, head: int = 1):
     """VPS map of one target.
 
     Args:
         predict: images (b, 3, H, W) -> b detections (boxes, labels, scores) in the pixels of
             ``target_box``.
         inputs: (1, 3, H, W); regions: (n, H, W) bool; baseline: (3, H, W) removed pixels.
-        search / window: the search (module).
+        search / window / head: the search (module).
     Returns:
         (saliency (H, W) >= 0, order, values, forwards): the map (attribution of each region
         spread over its pixels), the search order, F after each step and the number of
@@ -185,7 +210,7 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
     if search == 'greedy':
         order, values = greedy_order(objective, len(regions), max_steps)
     else:
-        order, values = windowed_order(objective, len(regions), window, max_steps,
+        order, values = windowed_order(objective, len(regions), window, head, max_steps,
                                        float(empty))
     attribution = rank_attribution(order, values, len(regions), float(empty))
     saliency = (attribution.to(masks)[:, None, None] * masks).sum(0)
@@ -195,7 +220,8 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
 def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
                     labels: torch.Tensor, map_size='image', regions: int = 64,
                     segmentation: str = 'slico', search: str = 'windowed', window: int = 6,
-                    max_steps: int | None = None, batch_size: int = 32) -> torch.Tensor:
+                    head: int = 1, max_steps: int | None = None,
+                    batch_size: int = 32) -> torch.Tensor:
     """VPS maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels +
     labels: detections, or GT boxes to explain missed objects) of one preprocessed image
     (1, 3, H, W) of an mmdet detector. Sub-regions: about ``regions`` SLICO superpixels or
@@ -219,5 +245,5 @@ def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor
     with torch.no_grad():
         for box, label in zip(boxes, labels.tolist()):
             maps.append(vps_saliency(predict_fn(model, meta), inputs, box, label, masks, baseline,
-                                     max_steps, batch_size, search, window)[0])
+                                     max_steps, batch_size, search, window, head)[0])
     return resize_maps(torch.stack(maps), 1, (h, w), out_hw)

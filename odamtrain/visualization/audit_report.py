@@ -39,6 +39,11 @@ def format_audit_table(table: dict) -> str:
         for method, row in rows.items():
             lines.append(f'{method:14s}' + ''.join(f'{row[k]:12.4f}' for k in names)
                          + f'{row["objects"]:9d}')
+        for method, row in rows.items():  # the NaN policy: say what a mean skipped
+            if row.get('undefined'):
+                lines.append(f'  {method}: undefined (all-zero map or box without pixels), '
+                             'not in the mean: ' + ', '.join(
+                                 f'{SHORT[k]} {n}' for k, n in row['undefined'].items()))
         blocks.append('\n'.join(lines))
     return '\n'.join(blocks)
 

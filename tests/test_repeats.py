@@ -1,0 +1,86 @@
+"""Aggregation over seeds (tools/repeat.py's tables) on hand-computed cases, and the tool
+itself on two seeds of the tiny FCOS for one epoch (slow)."""
+import json
+import math
+
+import pytest
+import torch
+
+from odamtrain.evaluation.repeats import (
+    format_seed_table,
+    mean_std,
+    paired_differences,
+    summarize_over_seeds,
+)
+
+from .conftest import run_tool
+
+RUNS = {  # seed -> variant -> metric
+    0: {'NMS': {'JI': 0.50, 'AP50': 0.70}, 'Odam': {'JI': 0.52, 'AP50': 0.69}},
+    1: {'NMS': {'JI': 0.46, 'AP50': 0.72}, 'Odam': {'JI': 0.49, 'AP50': 0.73}},
+    2: {'NMS': {'JI': 0.54, 'AP50': 0.68}, 'Odam': {'JI': 0.55, 'AP50': 0.66}},
+}
+
+
+def test_mean_and_sample_std_hand_computed():
+    s = mean_std([0.50, 0.46, 0.54])
+    assert s['mean'] == pytest.approx(0.50) and s['n'] == 3
+    assert s['std'] == pytest.approx(0.04)  # sqrt((0 + .0016 + .0016) / 2)
+    one = mean_std([0.3])
+    assert one['mean'] == 0.3 and math.isnan(one['std'])
+    assert mean_std([math.nan, 1.0, None])['n'] == 1
+    assert math.isnan(mean_std([])['mean'])
+
+
+def test_summary_and_paired_differences_hand_computed():
+    summary = summarize_over_seeds(RUNS)
+    assert summary['Odam']['JI']['mean'] == pytest.approx((0.52 + 0.49 + 0.55) / 3)
+    assert summary['NMS']['AP50']['std'] == pytest.approx(0.02)
+    diff = paired_differences(RUNS, 'Odam', 'NMS')
+    # JI: +.02, +.03, +.01 -> mean .02, std .01: shown; AP50: -.01, +.01, -.02 -> not shown
+    assert diff['JI']['mean'] == pytest.approx(0.02) and diff['JI']['std'] == pytest.approx(0.01)
+    assert diff['JI']['shown'] is True
+    assert diff['AP50']['mean'] == pytest.approx(-0.02 / 3)
+    assert diff['AP50']['std'] == pytest.approx(0.015275, abs=1e-6)
+    assert diff['AP50']['shown'] is False
+    # one seed never shows a difference; a seed without the variant is left out
+    assert paired_differences({0: RUNS[0]}, 'Odam', 'NMS')['JI']['shown'] is False
+    partial = {**RUNS, 3: {'NMS': {'JI': 0.9}}}
+    assert paired_differences(partial, 'Odam', 'NMS')['JI']['n'] == 3
+    table = format_seed_table(summary, ['JI', 'AP50'])
+    assert '| Odam | 0.520 +- 0.030 | 0.693 +- 0.035 | 3 |' in table
+
+
+@pytest.mark.slow
+def test_repeat_tool_two_seeds_resumable(synthetic_root, tmp_path):
+    from .test_train_test_e2e import _ok, data_options
+    work = tmp_path / 'repeat'
+    opts = data_options(synthetic_root)
+    cmd = ['tools/repeat.py', 'configs/fcos_tiny_fpn_synthetic.py', '--seeds', '3', '4',
+           '--work-dir', str(work), '--train-options', *opts, 'train_cfg.max_epochs=1',
+           'train_cfg.val_interval=1', '--test-options', *opts]
+    out = _ok(run_tool(*cmd))
+    assert out.count('training') == 2
+    report = json.loads((work / 'repeat.json').read_text())
+    entry = report['configs']['fcos_tiny_fpn_synthetic']
+    per_seed = {}
+    for seed in (3, 4):
+        rows = json.loads((work / 'fcos_tiny_fpn_synthetic' / f'seed_{seed}' /
+                           'compare_nms.json').read_text())
+        per_seed[seed] = {r['method']: r for r in rows}
+        assert entry['per_seed'][str(seed)]['NMS']['JI'] == per_seed[seed]['NMS']['JI']
+    ji = [per_seed[s]['NMS']['JI'] for s in (3, 4)]
+    assert entry['summary']['NMS']['JI']['mean'] == pytest.approx(sum(ji) / 2)
+    assert entry['summary']['NMS']['JI']['std'] == pytest.approx(abs(ji[0] - ji[1]) / 2 ** 0.5)
+    odam = [per_seed[s]['Odam-NMS (0.2, 0.8)']['JI'] - per_seed[s]['NMS']['JI'] for s in (3, 4)]
+    assert entry['odam_nms_minus_nms']['JI']['mean'] == pytest.approx(sum(odam) / 2)
+    # the seeds give different weights
+    ckpts = [torch.load(json.loads((work / 'fcos_tiny_fpn_synthetic' / f'seed_{s}' /
+                                    'train_done.json').read_text())['checkpoint'],
+                        weights_only=True)['state_dict'] for s in (3, 4)]
+    key = next(iter(ckpts[0]))
+    assert not torch.equal(ckpts[0][key], ckpts[1][key])
+    assert '| NMS |' in (work / 'repeat.md').read_text()
+    # resumable: a second call trains and evaluates nothing again
+    out = _ok(run_tool(*cmd))
+    assert 'training' not in out and 'NMS variants' not in out

@@ -60,7 +60,8 @@ def test_repeat_tool_two_seeds_resumable(synthetic_root, tmp_path):
            '--work-dir', str(work), '--train-options', *opts, 'train_cfg.max_epochs=1',
            'train_cfg.val_interval=1', '--test-options', *opts]
     out = _ok(run_tool(*cmd))
-    assert out.count('training') == 2
+    started = [line for line in out.splitlines() if line.startswith('[repeat]')]
+    assert sum('training ->' in line for line in started) == 2
     report = json.loads((work / 'repeat.json').read_text())
     entry = report['configs']['fcos_tiny_fpn_synthetic']
     per_seed = {}
@@ -83,4 +84,4 @@ def test_repeat_tool_two_seeds_resumable(synthetic_root, tmp_path):
     assert '| NMS |' in (work / 'repeat.md').read_text()
     # resumable: a second call trains and evaluates nothing again
     out = _ok(run_tool(*cmd))
-    assert 'training' not in out and 'NMS variants' not in out
+    assert 'training ->' not in out and 'NMS variants' not in out

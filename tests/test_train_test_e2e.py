@@ -92,8 +92,8 @@ def test_train_then_test(config, synthetic_root, tmp_path):
                             'insertion_auc', 'highest_score', 'success'):
                     # a mean in range, or NaN only where every object is undefined (the
                     # metrics' NaN policy: e.g. an all-zero map), and counted as such
-                    if math.isnan(row[key]):
-                        assert undefined.get(key) == row['objects'], (key, row)
+                    if math.isnan(row[key]):  # (no objects: every mean is NaN)
+                        assert undefined.get(key, 0) == row['objects'], (key, row)
                     else:
                         assert 0 <= row[key] <= 1, (key, row)
                         assert undefined.get(key, 0) < row['objects'], (key, row)

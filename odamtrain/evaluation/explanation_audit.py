@@ -214,11 +214,12 @@ def score_objects(model, inputs: torch.Tensor, meta: dict, maps: torch.Tensor,
     on_input = _maps_on_input(maps, meta, inputs.shape[-2:])
     scale = inputs.new_tensor(meta['scale_factor'][:2])
     h, w = meta['img_shape'][:2]
+    predict = predict_fn(model, meta)
     for k, (g, label) in enumerate(zip(gt_index.tolist(), labels.tolist())):
         box = gt_boxes[g]
         area = float(((box[2:] - box[:2]) * scale).prod()) if settings.extent == 'box' \
             else h * w
-        curves = deletion_insertion(predict_fn(model, meta), inputs[0], on_input[k], box,
+        curves = deletion_insertion(predict, inputs[0], on_input[k], box,
                                     label, area, noise, black, settings.deletion_steps,
                                     settings.evidence)
         for mode in ('deletion', 'insertion'):

@@ -49,6 +49,8 @@ def test_summary_and_paired_differences_hand_computed():
     assert paired_differences(partial, 'Odam', 'NMS')['JI']['n'] == 3
     table = format_seed_table(summary, ['JI', 'AP50'])
     assert '| Odam | 0.520 +- 0.030 | 0.693 +- 0.035 | 3 |' in table
+    paired = format_seed_table({'Odam - NMS': diff}, ['JI', 'AP50'])
+    assert '| Odam - NMS | 0.020 +- 0.010 * | -0.007 +- 0.015 | 3 |' in paired
 
 
 @pytest.mark.slow
@@ -58,7 +60,8 @@ def test_repeat_tool_two_seeds_resumable(synthetic_root, tmp_path):
     opts = data_options(synthetic_root)
     cmd = ['tools/repeat.py', 'configs/fcos_tiny_fpn_synthetic.py', '--seeds', '3', '4',
            '--work-dir', str(work), '--train-options', *opts, 'train_cfg.max_epochs=1',
-           'train_cfg.val_interval=1', '--test-options', *opts]
+           'train_cfg.val_interval=1', '--test-options', *opts, '--audit',
+           '--audit-options', *opts]
     out = _ok(run_tool(*cmd))
     started = [line for line in out.splitlines() if line.startswith('[repeat]')]
     assert sum('training ->' in line for line in started) == 2
@@ -81,7 +84,16 @@ def test_repeat_tool_two_seeds_resumable(synthetic_root, tmp_path):
                         weights_only=True)['state_dict'] for s in (3, 4)]
     key = next(iter(ckpts[0]))
     assert not torch.equal(ckpts[0][key], ckpts[1][key])
+    # the ODAM-map metrics are each seed's audit.json, aggregated the same way
+    odi = [json.loads((work / 'fcos_tiny_fpn_synthetic' / f'seed_{s}' / 'audit_odam' /
+                      'audit.json').read_text())['results']['detected']['odam']['odi']
+          for s in (3, 4)]
+    assert entry['per_seed']['3']['ODAM maps']['odi'] == pytest.approx(odi[0], nan_ok=True)
+    finite = [v for v in odi if math.isfinite(v)]  # NaN: no well-detected object (1 epoch)
+    expected = sum(finite) / len(finite) if finite else math.nan
+    assert entry['summary']['ODAM maps']['odi']['mean'] == pytest.approx(expected, nan_ok=True)
     assert '| NMS |' in (work / 'repeat.md').read_text()
+    assert '| ODAM maps |' in (work / 'repeat.md').read_text()
     # resumable: a second call trains and evaluates nothing again
     out = _ok(run_tool(*cmd))
-    assert 'training ->' not in out and 'NMS variants' not in out
+    assert 'training ->' not in out and 'NMS variants' not in out and 'maps audit' not in out

@@ -85,3 +85,38 @@ def test_stock_mmdet_dataset_reads_it_unchanged(synthetic_root):
     assert info['img_id'] == records[0]['ID']
     x, y, w, h = records[0]['gtboxes'][-1]['fbox']
     assert info['instances'][-1]['bbox'] == pytest.approx([x, y, x + w, y + h])
+
+
+def test_densities_order_the_crowds(tmp_path):
+    """The density presets of the density study: more people per image and a larger crowd
+    fraction from 'sparse' to 'packed' (20 scenes each, the same seed)."""
+    from odamtrain.datasets import DENSITIES
+    stats = {}
+    for name, spec in DENSITIES.items():
+        records = []
+        for i in range(20):
+            _, boxes = render_scene(np.random.default_rng([0, 1, i]), spec)
+            records.append(dict(ID=str(i), gtboxes=boxes))
+        stats[name] = crowd_statistics(records)
+    order = ['sparse', 'default', 'dense', 'packed']
+    assert list(DENSITIES) == order
+    for a, b in zip(order, order[1:]):
+        assert stats[a]['crowd_fraction'] < stats[b]['crowd_fraction'], (a, b, stats)
+        assert stats[a]['persons_per_image'] < stats[b]['persons_per_image'], (a, b)
+    assert stats['sparse']['crowd_fraction'] < 0.3 < 0.7 < stats['packed']['crowd_fraction']
+
+
+def test_val_only_set_of_a_density(tmp_path):
+    from .conftest import run_tool
+    out = tmp_path / 'dense'
+    proc = run_tool('tools/make_synthetic_crowdhuman.py', '--out', str(out), '--num-train', '0',
+                    '--num-val', '3', '--density', 'dense')
+    assert proc.returncode == 0, proc.stderr
+    assert _read(str(out), 'train') == [] and len(_read(str(out), 'val')) == 3
+    meta = json.loads((out / 'synthetic_meta.json').read_text())
+    assert meta['params']['density'] == 'dense'
+    again = run_tool('tools/make_synthetic_crowdhuman.py', '--out', str(out), '--num-train',
+                     '0', '--num-val', '3', '--density', 'dense')
+    assert 'already present' in again.stdout
+    bad = run_tool('tools/make_synthetic_crowdhuman.py', '--out', str(out), '--density', 'x')
+    assert bad.returncode != 0 and 'invalid choice' in bad.stderr

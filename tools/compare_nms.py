@@ -6,7 +6,8 @@ T_l x T_h sweep of the paper's Fig. 9.
         [--map-mode windows] [--sweep] [--out table.json] [--cfg-options ...]
 
 Works for every detector odamtrain covers (its head's test-time NMS is switched in the
-config; the runner installs Odam-NMS, same weights).
+config; the runner installs Odam-NMS, same weights). mmdet's CrowdDet
+(``MultiInstanceRoIHead``) has its own Set-NMS, which is its one row (no sweep).
 """
 import argparse
 import copy
@@ -48,6 +49,20 @@ def run(cfg, checkpoint, nms, work_dir):
     seconds = time.perf_counter() - start
     metrics = {k.split('/')[-1]: v for k, v in metrics.items()}
     return metrics, seconds / len(runner.test_dataloader.dataset)
+
+
+def nms_variants(cfg, args) -> list:
+    """[(name, test-time NMS config)] that the config's detector can run: NMS, Soft-NMS and
+    Odam-NMS, or CrowdDet's own Set-NMS (its head reads only the IoU threshold)."""
+    if cfg.model.get('roi_head', {}).get('type') == 'MultiInstanceRoIHead':
+        return [('Set-NMS', dict(type='nms', iou_threshold=args.iou))]
+    odam = dict(type='odam_nms', iou_threshold=args.iou)
+    if args.map_mode:
+        odam['mode'] = args.map_mode
+    return [('NMS', dict(type='nms', iou_threshold=args.iou)),
+            ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05)),
+            (f'Odam-NMS ({args.corr_low}, {args.corr_high})',
+             dict(odam, corr_low=args.corr_low, corr_high=args.corr_high))]
 
 
 def sweep(cfg, checkpoint, settings: list, odam: dict) -> list:
@@ -106,13 +121,7 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    odam = dict(type='odam_nms', iou_threshold=args.iou)
-    if args.map_mode:
-        odam['mode'] = args.map_mode
-    variants = [('NMS', dict(type='nms', iou_threshold=args.iou)),
-                ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05)),
-                (f'Odam-NMS ({args.corr_low}, {args.corr_high})',
-                 dict(odam, corr_low=args.corr_low, corr_high=args.corr_high))]
+    variants = nms_variants(cfg, args)
 
     header = f'{"method":28s}' + ''.join(f'{name:>8s}' for _, name in COLUMNS) + f'{"s/img":>8s}'
     print(header, flush=True)
@@ -123,7 +132,8 @@ def main():
             rows.append(dict(method=name, nms=nms, s_per_img=s_img, **metrics))
             print(f'{name:28s}' + ''.join(f'{metrics.get(key, float("nan")):>8.4f}'
                                           for key, _ in COLUMNS) + f'{s_img:>8.3f}', flush=True)
-    if args.sweep:
+    odam = variants[-1][1]  # the thresholds of the sweep replace its (T_l, T_h)
+    if args.sweep and odam['type'] == 'odam_nms':
         settings = [(low, high) for low in (0.0, 0.1, 0.2, 0.3, 0.4)
                     for high in (0.6, 0.7, 0.8, 0.9, 1.01)]
         print(f'\nT_l x T_h sweep (T_iou {args.iou}; maps computed once per image)')

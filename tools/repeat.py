@@ -1,12 +1,17 @@
 """Results that hold: train each config for several seeds, evaluate every checkpoint with
 every NMS variant (tools/compare_nms.py: NMS, Soft-NMS, Odam-NMS at (T_l, T_h), and with
---sweep the T_l x T_h grid), and write one table of mean +- std over the seeds plus the
-paired differences of the same seed: Odam-NMS minus NMS for each config, and each config
-minus the --baseline config (e.g. Odam-Train minus plain) for each NMS.
+--sweep the T_l x T_h grid; CrowdDet: its Set-NMS), and write one table of mean +- std
+over the seeds plus the paired differences of the same seed: Odam-NMS minus NMS for each
+config, and each config minus the --baseline config (e.g. Odam-Train minus plain) for each
+NMS.
 
     python tools/repeat.py CONFIG [CONFIG ...] --seeds 0 1 2 [--baseline CONFIG]
-        [--work-dir work_dirs/repeat] [--sweep] [--train-options KEY=VALUE ...]
-        [--test-options KEY=VALUE ...]
+        [--work-dir work_dirs/repeat] [--sweep] [--audit] [--train-options KEY=VALUE ...]
+        [--test-options KEY=VALUE ...] [--audit-options KEY=VALUE ...]
+
+--audit also scores the ODAM maps (of the score) of each checkpoint's well-detected val
+objects (tools/audit.py --methods odam: pointing game, energy PG, compactness, ODI), the
+metrics of the paper's Odam-Train section, with the same aggregation.
 
 Seeds: mmengine's ``randomness.seed`` (the data order follows it). Resumable: a finished
 training (``train_done.json``) or evaluation (``compare_nms.json``) is kept, an interrupted
@@ -33,7 +38,9 @@ from odamtrain.utils import atomic_write_text  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METRICS = ['AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall']
+MAP_METRICS = ['pointing_game', 'energy_pointing_game', 'compactness', 'odi']
 NMS = 'NMS'
+MAPS = 'ODAM maps'
 
 
 def config_name(path: str) -> str:
@@ -88,7 +95,26 @@ def train_and_evaluate(config: str, seed: int, args) -> dict:
     out = {r['method']: {k: v for k, v in r.items() if k in METRICS + ['s_per_img']}
            for r in rows}
     out['_train_seconds'] = {'seconds': trained['seconds']}
+    if args.audit:
+        out[MAPS] = audit_maps(config, seed, trained['checkpoint'], work, args)
     return out
+
+
+def audit_maps(config: str, seed: int, checkpoint: str, work: str, args) -> dict:
+    """{metric: value} of the ODAM maps of the well-detected val objects (audited unless
+    already done)."""
+    out_dir = osp.join(work, 'audit_odam')
+    table = osp.join(out_dir, 'audit.json')
+    if not osp.exists(table):
+        print(f'[repeat] {config_name(config)} seed {seed}: ODAM maps audit', flush=True)
+        cmd = [sys.executable, 'tools/audit.py', config, checkpoint, '--out-dir', out_dir,
+               '--methods', 'odam', '--sets', 'detected', '--iou-thr', '0.5']
+        if args.audit_options:
+            cmd += ['--cfg-options', *args.audit_options]
+        run_logged(cmd, osp.join(work, 'audit.log'), f'auditing {config} seed {seed}')
+    with open(table) as f:
+        odam = json.load(f)['results']['detected']['odam']
+    return {k: odam[k] for k in MAP_METRICS + ['objects'] if k in odam}
 
 
 def best_swept(runs: dict) -> str | None:
@@ -109,7 +135,7 @@ def report(args, results: dict) -> dict:
                 for s, r in runs.items()}
         summary = summarize_over_seeds(rows)
         best = best_swept(rows) if args.sweep else None
-        shown = [v for v in (NMS, 'Soft-NMS', odam, best) if v and v in summary]
+        shown = [v for v in (NMS, 'Soft-NMS', odam, best, 'Set-NMS') if v and v in summary]
         wall = [r['_train_seconds']['seconds'] for r in runs.values()]
         entry = dict(per_seed=rows, summary=summary, best_swept=best,
                      train_seconds=wall,
@@ -120,8 +146,12 @@ def report(args, results: dict) -> dict:
         md += [format_seed_table({v: summary[v] for v in shown}, METRICS,
                                  f'{name} ({len(runs)} seeds, training '
                                  f'{sum(wall) / len(wall) / 60:.1f} min each)'), '']
-        md += [format_seed_table({f'{odam} - NMS (paired)': entry['odam_nms_minus_nms']},
-                                 METRICS), '']
+        if entry['odam_nms_minus_nms']:
+            md += [format_seed_table({f'{odam} - NMS (paired)': entry['odam_nms_minus_nms']},
+                                     METRICS), '']
+        if MAPS in summary:
+            md += [format_seed_table({MAPS: summary[MAPS]}, MAP_METRICS,
+                                     f'{name}: ODAM maps of the detected val objects'), '']
     if args.baseline and config_name(args.baseline) in results:
         base = results[config_name(args.baseline)]
         out['baseline'] = config_name(args.baseline)
@@ -129,16 +159,21 @@ def report(args, results: dict) -> dict:
         for name, runs in results.items():
             if name == out['baseline']:
                 continue
-            for variant in (NMS, odam):
+            for variant in (NMS, odam, MAPS):
                 both = {s: {'this': runs[s][variant], 'base': base[s][variant]}
                         for s in runs if s in base and variant in runs[s]
                         and variant in base[s]}
-                pairs[f'{name} - {out["baseline"]}, {variant}'] = paired_differences(
-                    both, 'this', 'base')
+                if both:
+                    pairs[f'{name} - {out["baseline"]}, {variant}'] = paired_differences(
+                        both, 'this', 'base')
         out['baseline_pairs'] = pairs
-        if pairs:
-            md += [format_seed_table(pairs, METRICS, 'paired over seeds'), '']
-    md.append('A difference is shown where |mean| > std of the paired differences (n >= 2).')
+        detection = {k: v for k, v in pairs.items() if not k.endswith(MAPS)}
+        maps = {k: v for k, v in pairs.items() if k.endswith(MAPS)}
+        if detection:
+            md += [format_seed_table(detection, METRICS, 'paired over seeds'), '']
+        if maps:
+            md += [format_seed_table(maps, MAP_METRICS, 'paired over seeds'), '']
+    md.append('A paired difference is shown (*) where |mean| > std over the seeds (n >= 2).')
     os.makedirs(args.work_dir, exist_ok=True)
     atomic_write_text(json.dumps(out, indent=1), osp.join(args.work_dir, 'repeat.json'))
     atomic_write_text('\n'.join(md) + '\n', osp.join(args.work_dir, 'repeat.md'))
@@ -158,6 +193,10 @@ def main():
                    help='cfg options of the training (KEY=VALUE)')
     p.add_argument('--test-options', nargs='+', default=[],
                    help='cfg options of the evaluation (KEY=VALUE)')
+    p.add_argument('--audit', action='store_true',
+                   help='also the ODAM-map metrics of the detected val objects')
+    p.add_argument('--audit-options', nargs='+', default=[],
+                   help='cfg options of the audit (KEY=VALUE), e.g. the same test NMS')
     args = p.parse_args()
     if args.baseline and args.baseline not in args.configs:
         p.error(f'--baseline {args.baseline} is not among the configs')

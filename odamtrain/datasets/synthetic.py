@@ -31,8 +31,8 @@ from odamtrain.utils.fileio import atomic_write_bytes, atomic_write_text
 # Bump when the generator's output changes: folders written by an older version are redone.
 GENERATOR_VERSION = 2
 
-__all__ = ['GENERATOR_VERSION', 'SceneSpec', 'render_scene', 'make_synthetic_crowdhuman',
-           'crowd_statistics']
+__all__ = ['GENERATOR_VERSION', 'SceneSpec', 'DENSITIES', 'render_scene',
+           'make_synthetic_crowdhuman', 'crowd_statistics']
 
 
 @dataclass
@@ -49,6 +49,17 @@ class SceneSpec:
     jpeg_quality: int = 92
     skin_tones: tuple = field(default=((87, 120, 172), (110, 150, 205), (60, 85, 125),
                                        (140, 180, 225), (45, 65, 95)))  # BGR
+
+
+# Crowd densities for the val sets of the density study (training uses 'default'): from
+# mostly isolated people to large groups of strongly overlapping ones.
+DENSITIES = {
+    'sparse': SceneSpec(groups_range=(0, 1), group_size_range=(2, 2), singles_range=(2, 4)),
+    'default': SceneSpec(),
+    'dense': SceneSpec(groups_range=(2, 3), group_size_range=(3, 4), singles_range=(0, 2)),
+    'packed': SceneSpec(groups_range=(3, 4), group_size_range=(4, 5), singles_range=(0, 1),
+                        group_dx_range=(0.10, 0.30)),
+}
 
 
 def _poly_box(polys: list[np.ndarray]) -> np.ndarray:

@@ -54,12 +54,14 @@ def paired_differences(runs: dict, variant: str, reference: str) -> dict:
 
 
 def format_seed_table(summary: dict, metrics: list, title: str = '') -> str:
-    """A Markdown table: one row per variant, 'mean +- std' per metric."""
+    """A Markdown table: one row per variant, 'mean +- std' per metric; a paired difference
+    that is shown (:func:`paired_differences`) is marked with a '*'."""
     def cell(stats):
         if stats is None or math.isnan(stats['mean']):
             return 'n/a'
-        return (f'{stats["mean"]:.3f}' if math.isnan(stats['std'])
+        text = (f'{stats["mean"]:.3f}' if math.isnan(stats['std'])
                 else f'{stats["mean"]:.3f} +- {stats["std"]:.3f}')
+        return text + (' *' if stats.get('shown') else '')
     lines = ([f'**{title}**', ''] if title else []) + [
         '| variant | ' + ' | '.join(metrics) + ' | seeds |',
         '|---' * (len(metrics) + 2) + '|']

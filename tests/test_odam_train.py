@@ -1,6 +1,7 @@
 """Odam-Train: the pair losses against hand-computed values and per-image sums, gradcheck,
 the heads' maps against per-prediction autograd, and the losses' effect on training."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.structures.bbox import bbox_overlaps
 
+from odamtrain.engine import OdamTrainSwitchHook
 from odamtrain.explain import build_adapter
 from odamtrain.explain.conv_towers import frozen_norm_stats
 from odamtrain.explain.dense_gradients import dense_forward
@@ -156,9 +158,12 @@ def test_config_defaults_and_unknown_keys():
     assert odam_loss_config(None, 0.5) is None
     cfg = odam_loss_config(dict(second_order=True), 0.2)
     assert cfg == dict(loss_weight=0.2, second_order=True, max_positives=300, map_stride=16,
-                       eps=1e-4)
+                       eps=1e-4, begin_epoch=0)
     with pytest.raises(ValueError, match='unknown key.*weight'):
         odam_loss_config(dict(weight=1.0), 0.5)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match='begin_epoch must be an int >= 0'):
+            odam_loss_config(dict(begin_epoch=bad), 0.5)
 
 
 def test_resample_maps_keeps_cell_centres_aligned():
@@ -434,3 +439,25 @@ def test_heads_whose_positives_are_not_known_are_refused_when_built(name, why):
     model.train_cfg = dict(odam_loss={})
     with pytest.raises(ValueError, match=f'odam_loss: .*{type(model.bbox_head).__name__}.*{why}'):
         install_odam(model)
+
+
+@pytest.mark.parametrize('detector', ['fcos', 'rcnn'])
+def test_switch_hook_turns_odam_train_on_at_begin_epoch(detector):
+    """odam_loss.begin_epoch (OdamTrainSwitchHook): before it the losses are the detector's
+    own (the same values), from it on they gain L_con / L_sep."""
+    options = {'model.train_cfg.odam_loss.begin_epoch': 2}
+    model = (build_detector('configs/fcos_odam_tiny_fpn_synthetic.py', cfg_options=options)
+             if detector == 'fcos' else build_detector(
+                 'configs/faster-rcnn_odam_tiny_fpn_synthetic.py', cfg_options=options)).train()
+    inputs, samples = train_batch(model, seeds=(0, 1))
+    hook, seen = OdamTrainSwitchHook(), {}
+    for epoch in (0, 1, 2, 3):
+        hook.before_train_epoch(SimpleNamespace(model=model, epoch=epoch))
+        torch.manual_seed(0)
+        seen[epoch] = model.loss(inputs, samples)
+    for epoch in (0, 1):
+        assert not any('odam' in k for k in seen[epoch])
+    for epoch in (2, 3):
+        assert {'loss_odam_con', 'loss_odam_sep'} <= set(seen[epoch])
+    for key in seen[0]:  # the detector's own losses do not change with the switch
+        torch.testing.assert_close(seen[0][key], seen[2][key])

@@ -1,6 +1,7 @@
 """End to end through tools/train.py and tools/test.py on a tiny synthetic CrowdHuman."""
 import json
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -202,3 +203,20 @@ def test_two_rank_gloo_training(synthetic_root, tmp_path):
     for key in w0:
         assert torch.equal(w0[key], w1[key]), key
         assert torch.equal(w0[key], saved[key]), key
+
+
+def test_odam_train_warm_up_through_the_runner(synthetic_root, tmp_path):
+    """odam_loss.begin_epoch=1 through tools/train.py (OdamRunner adds the switch hook):
+    epoch 1 logs no ODAM losses, epoch 2 does."""
+    work = tmp_path / 'work'
+    out = _ok(run_tool('tools/train.py', 'configs/fcos_odam-warmup_tiny_fpn_synthetic.py',
+                       '--work-dir', str(work), '--cfg-options', *data_options(synthetic_root),
+                       'train_cfg.max_epochs=2', 'train_cfg.val_begin=3',
+                       'model.train_cfg.odam_loss.begin_epoch=1',
+                       'default_hooks.logger.interval=1'))
+    lines = [line for line in out.splitlines() if 'Epoch(train)' in line]
+    first = [line for line in lines if re.search(r'Epoch\(train\)\s+\[1\]', line)]
+    second = [line for line in lines if re.search(r'Epoch\(train\)\s+\[2\]', line)]
+    assert first and second, out[-2000:]
+    assert not any('loss_odam_con' in line for line in first)
+    assert all('loss_odam_con' in line and 'loss_odam_sep' in line for line in second)

@@ -6,9 +6,9 @@ from .checkpoint import (
     safe_load_checkpoint,
     to_plain,
 )
-from .hooks import PlainCheckpointHook, SafeCheckpointHook
+from .hooks import OdamTrainSwitchHook, PlainCheckpointHook, SafeCheckpointHook
 from .runner import OdamRunner, resumable_checkpoint
 
 __all__ = ['CheckpointError', 'CheckpointSecurityError', 'safe_load_checkpoint', 'to_plain',
            'from_plain', 'PlainCheckpointHook', 'SafeCheckpointHook', 'ExplanationAuditHook',
-           'OdamRunner', 'resumable_checkpoint']
+           'OdamTrainSwitchHook', 'OdamRunner', 'resumable_checkpoint']

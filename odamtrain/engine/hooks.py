@@ -7,13 +7,29 @@ import os.path as osp
 
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.hooks import checkpoint_hook as mm_checkpoint_hook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from odamtrain.utils import AtomicTextFile
 
 from .checkpoint import from_plain, to_plain
 
-__all__ = ['PlainCheckpointHook', 'SafeCheckpointHook']
+__all__ = ['PlainCheckpointHook', 'SafeCheckpointHook', 'OdamTrainSwitchHook']
+
+
+@HOOKS.register_module()
+class OdamTrainSwitchHook(Hook):
+    """Odam-Train from epoch ``model.train_cfg.odam_loss.begin_epoch`` on (0-based, default
+    0: from the start; 4: epochs 1-4 train with the detector's own losses only, then
+    ``loss_odam_con`` / ``loss_odam_sep`` join): sets each Odam-Train head's
+    ``odam_loss_active`` before every training epoch, so a resumed run gets the switch of its
+    epoch. :class:`OdamRunner` adds it to every run; without Odam-Train it does nothing."""
+
+    def before_train_epoch(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        for head in model.modules():
+            if getattr(head, 'odam_mixin', False) and head.odam_loss is not None:
+                head.odam_loss_active = runner.epoch >= head.odam_loss['begin_epoch']
 
 
 @HOOKS.register_module()

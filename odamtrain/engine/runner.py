@@ -17,7 +17,7 @@ from odamtrain.models import install_odam
 from odamtrain.utils import remove_stale_temp_files
 
 from .checkpoint import CheckpointError, safe_load_checkpoint
-from .hooks import PlainCheckpointHook, SafeCheckpointHook
+from .hooks import OdamTrainSwitchHook, PlainCheckpointHook, SafeCheckpointHook
 
 __all__ = ['OdamRunner', 'resumable_checkpoint']
 
@@ -111,6 +111,8 @@ class OdamRunner(Runner):
         super().register_hooks(default_hooks, custom_hooks)
         if not any(isinstance(h, PlainCheckpointHook) for h in self._hooks):
             self.register_hook(PlainCheckpointHook())
+        if not any(isinstance(h, OdamTrainSwitchHook) for h in self._hooks):
+            self.register_hook(OdamTrainSwitchHook())
 
     def load_or_resume(self) -> None:
         if self._resume and self._load_from is None and not self._has_loaded:

@@ -8,11 +8,14 @@ one mechanism (:func:`install_odam`), not a subclass per head.
   :func:`odamtrain.ops.odam_nms`. Any other NMS type is mmdet's own path (Odam-NMS's keys
   dropped, so ``--cfg-options model.test_cfg.nms.type=nms`` just works).
 * Odam-Train: ``model.train_cfg.odam_loss = dict(loss_weight=..., second_order=False,
-  max_positives=300, map_stride=16, eps=1e-4)`` (any detector; Cascade R-CNN: every stage).
+  max_positives=300, map_stride=16, eps=1e-4, begin_epoch=0)`` (any detector; Cascade
+  R-CNN: every stage).
   The head's own positives (its assigner / sampler, with their GT index) are explained with
   ODAM (Y = the assigned class's logit; dense: A = the FPN level, 'windows' gradients;
   two-stage: A = the RoI features), their maps put on a stride-16 grid, and the loss gains
   ``loss_odam_con`` / ``loss_odam_sep`` (:func:`odamtrain.models.losses.odam_loss_dict`).
+  A head's ``odam_loss_active`` (True; :class:`odamtrain.engine.OdamTrainSwitchHook` sets it
+  per epoch from ``begin_epoch``) switches the two off, for a warm-up.
 
 :func:`install_odam` gives the detector's head a subclass (made once per head class) that
 adds these two; :class:`odamtrain.engine.OdamRunner` calls it on the model it builds,
@@ -81,6 +84,7 @@ class OdamDenseHeadMixin:
     """Odam-NMS and Odam-Train for a one-stage dense head (through its adapter)."""
     odam_mixin = True  # the adapters look through it at the head's own methods
     odam_loss: dict | None = None
+    odam_loss_active = True
 
     def predict(self, x, batch_data_samples, rescale: bool = False):
         if not is_odam_nms(self.test_cfg):  # mmdet's own path
@@ -96,7 +100,7 @@ class OdamDenseHeadMixin:
         return odam_nms_results(kept, metas, nms, rescale)
 
     def loss(self, x, batch_data_samples) -> dict:
-        if self.odam_loss is None:
+        if self.odam_loss is None or not self.odam_loss_active:
             return super().loss(x, batch_data_samples)
         adapter = dense_adapter(self)
         gts, gts_ignore, metas = unpack_gt_instances(batch_data_samples)
@@ -132,6 +136,7 @@ class OdamRoIHeadMixin:
     """Odam-NMS and Odam-Train for a two-stage RoI head (Standard and Cascade)."""
     odam_mixin = True
     odam_loss: dict | None = None
+    odam_loss_active = True
 
     def predict_bbox(self, x, batch_img_metas, rpn_results_list, rcnn_test_cfg,
                      rescale: bool = False):
@@ -149,7 +154,7 @@ class OdamRoIHeadMixin:
         """mmdet's ``bbox_loss`` (Standard: ``(x, sampling_results)``, Cascade: ``(stage, x,
         sampling_results)``) plus Odam-Train's losses of that stage's positives."""
         results = super().bbox_loss(*args)
-        if self.odam_loss is not None:
+        if self.odam_loss is not None and self.odam_loss_active:
             stage = args[0] if isinstance(self, CascadeRoIHead) else None
             pos, maps = self.odam_train_maps(stage, args[-2], results, args[-1])
             results['loss_bbox'].update(odam_loss_dict(

@@ -24,7 +24,8 @@ __all__ = ['OdamPairLosses', 'best_per_object', 'odam_pair_losses', 'cap_positiv
            'odam_loss_dict', 'odam_loss_config']
 
 # what a head's ``odam_loss`` config may set, with defaults (loss_weight: per detector)
-ODAM_LOSS_DEFAULTS = dict(second_order=False, max_positives=300, map_stride=16, eps=1e-4)
+ODAM_LOSS_DEFAULTS = dict(second_order=False, max_positives=300, map_stride=16, eps=1e-4,
+                          begin_epoch=0)
 
 
 class OdamPairLosses(NamedTuple):
@@ -107,11 +108,16 @@ def cap_positives(img_index: torch.Tensor, gt_index: torch.Tensor, ious: torch.T
 
 def odam_loss_config(cfg: dict | None, loss_weight: float) -> dict | None:
     """A head's ``odam_loss`` setting with defaults filled in (None: Odam-Train off).
-    Keys: loss_weight (default per detector), second_order, max_positives, map_stride, eps."""
+    Keys: loss_weight (default per detector), second_order, max_positives, map_stride, eps,
+    begin_epoch (the 0-based epoch from which the losses are on; a warm-up before it)."""
     if cfg is None:
         return None
     unknown = set(cfg) - set(ODAM_LOSS_DEFAULTS) - {'loss_weight'}
     if unknown:
         raise ValueError(f'odam_loss: unknown key(s) {sorted(unknown)}; expected '
                          f"{sorted(ODAM_LOSS_DEFAULTS) + ['loss_weight']}")
-    return {**ODAM_LOSS_DEFAULTS, 'loss_weight': loss_weight, **cfg}
+    out = {**ODAM_LOSS_DEFAULTS, 'loss_weight': loss_weight, **cfg}
+    begin = out['begin_epoch']
+    if not isinstance(begin, int) or isinstance(begin, bool) or begin < 0:
+        raise ValueError(f'odam_loss: begin_epoch must be an int >= 0, got {begin!r}')
+    return out

@@ -3,13 +3,32 @@ import argparse
 import contextlib
 import os
 import os.path as osp
+import subprocess
 import sys
+import time
 
 from mmengine.config import Config, DictAction
 
 import odamtrain  # noqa: F401  (registers odamtrain's modules, safe checkpoint I/O)
 from odamtrain.datasets import OdgtError
 from odamtrain.engine import CheckpointError
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def run_logged(cmd: list, log: str, what: str) -> float:
+    """Run ``cmd`` from the repository root with its output appended to ``log``; seconds
+    taken. A failure stops with the log's last lines."""
+    start = time.perf_counter()
+    with open(log, 'a') as f:
+        f.write(f'\n$ {" ".join(cmd)}\n')
+        f.flush()
+        code = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        with open(log) as f:
+            tail = ''.join(f.readlines()[-15:])
+        raise SystemExit(f'{what} failed (exit {code}); {log}:\n{tail}')
+    return time.perf_counter() - start
 
 
 def build_runner(cfg):

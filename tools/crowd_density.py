@@ -21,7 +21,6 @@ import glob
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import cv2
@@ -31,24 +30,14 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import run_logged  # noqa: E402
+
 from odamtrain.datasets import DENSITIES  # noqa: E402
 from odamtrain.evaluation.repeats import paired_differences, summarize_over_seeds  # noqa: E402
 from odamtrain.utils import atomic_write_bytes, atomic_write_text  # noqa: E402
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METRICS = ['AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall']
-
-
-def run_logged(cmd: list, log: str, what: str) -> None:
-    """Run ``cmd`` from the repository root with its output appended to ``log``."""
-    with open(log, 'a') as f:
-        f.write(f'\n$ {" ".join(cmd)}\n')
-        f.flush()
-        code = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if code:
-        with open(log) as f:
-            tail = ''.join(f.readlines()[-15:])
-        raise SystemExit(f'{what} failed (exit {code}); {log}:\n{tail}')
 
 
 def make_val_set(density: str, args) -> dict:

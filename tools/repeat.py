@@ -23,11 +23,10 @@ import argparse
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import REPO, run_logged  # noqa: E402
 
 from odamtrain.evaluation.repeats import (  # noqa: E402
     format_seed_table,
@@ -36,7 +35,6 @@ from odamtrain.evaluation.repeats import (  # noqa: E402
 )
 from odamtrain.utils import atomic_write_text  # noqa: E402
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METRICS = ['AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall']
 MAP_METRICS = ['pointing_game', 'energy_pointing_game', 'compactness', 'odi']
 NMS = 'NMS'
@@ -45,21 +43,6 @@ MAPS = 'ODAM maps'
 
 def config_name(path: str) -> str:
     return osp.splitext(osp.basename(path))[0]
-
-
-def run_logged(cmd: list, log: str, what: str) -> float:
-    """Run ``cmd`` from the repository root with its output in ``log``; seconds taken.
-    A failure stops with the log's last lines."""
-    start = time.perf_counter()
-    with open(log, 'a') as f:
-        f.write(f'\n$ {" ".join(cmd)}\n')
-        f.flush()
-        code = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if code:
-        with open(log) as f:
-            tail = ''.join(f.readlines()[-15:])
-        raise SystemExit(f'{what} failed (exit {code}); {log}:\n{tail}')
-    return time.perf_counter() - start
 
 
 def train_and_evaluate(config: str, seed: int, args) -> dict:

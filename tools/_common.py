@@ -14,6 +14,8 @@ from odamtrain.datasets import OdgtError
 from odamtrain.engine import CheckpointError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# the detection metrics of tools/compare_nms.py's rows (CrowdHumanDetMetric's keys)
+DETECTION_METRICS = ['AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall']
 
 
 def run_logged(cmd: list, log: str, what: str) -> float:

@@ -23,21 +23,17 @@ import os
 import os.path as osp
 import sys
 
-import cv2
 import matplotlib
-import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import run_logged  # noqa: E402
+from _common import DETECTION_METRICS, run_logged  # noqa: E402
 
 from odamtrain.datasets import DENSITIES  # noqa: E402
 from odamtrain.evaluation.repeats import paired_differences, summarize_over_seeds  # noqa: E402
-from odamtrain.utils import atomic_write_bytes, atomic_write_text  # noqa: E402
-
-METRICS = ['AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall']
+from odamtrain.utils import atomic_write_figure, atomic_write_text  # noqa: E402
 
 
 def make_val_set(density: str, args) -> dict:
@@ -72,7 +68,8 @@ def evaluate(config: str, checkpoint: str, density: str, index: int, args) -> di
                     *args.test_options],
                    osp.join(work, 'compare_nms.log'), f'evaluating {checkpoint} on {density}')
     with open(table) as f:
-        return {r['method']: {k: v for k, v in r.items() if k in METRICS} for r in json.load(f)}
+        return {r['method']: {k: v for k, v in r.items() if k in DETECTION_METRICS}
+                for r in json.load(f)}
 
 
 def setting_name(low: float, high: float) -> str:
@@ -114,13 +111,8 @@ def plot(report: dict, path: str) -> None:
             .values())
     fig.suptitle(f'{report["config"]}: {n} checkpoints, mean +- std', fontsize=9)
     fig.tight_layout()
-    fig.canvas.draw()
-    rgba = cv2.cvtColor(np.asarray(fig.canvas.buffer_rgba()),
-                        cv2.COLOR_RGBA2BGR)
+    atomic_write_figure(fig, path)
     plt.close(fig)
-    ok, png = cv2.imencode('.png', rgba)
-    if ok:
-        atomic_write_bytes(png.tobytes(), path)
 
 
 def threshold_pair(text: str) -> tuple:

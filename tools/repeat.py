@@ -26,7 +26,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import REPO, run_logged  # noqa: E402
+from _common import DETECTION_METRICS, REPO, run_logged  # noqa: E402
 
 from odamtrain.evaluation.repeats import (  # noqa: E402
     format_seed_table,
@@ -35,7 +35,6 @@ from odamtrain.evaluation.repeats import (  # noqa: E402
 )
 from odamtrain.utils import atomic_write_text  # noqa: E402
 
-METRICS = ['AP50', 'MR-2', 'JI', 'recall', 'crowd_recall', 'sparse_recall']
 MAP_METRICS = ['pointing_game', 'energy_pointing_game', 'compactness', 'odi']
 NMS = 'NMS'
 MAPS = 'ODAM maps'
@@ -75,7 +74,7 @@ def train_and_evaluate(config: str, seed: int, args) -> dict:
         run_logged(cmd, osp.join(work, 'compare_nms.log'), f'evaluating {config} seed {seed}')
     with open(table) as f:
         rows = json.load(f)
-    out = {r['method']: {k: v for k, v in r.items() if k in METRICS + ['s_per_img']}
+    out = {r['method']: {k: v for k, v in r.items() if k in DETECTION_METRICS + ['s_per_img']}
            for r in rows}
     out['_train_seconds'] = {'seconds': trained['seconds']}
     if args.audit:
@@ -126,14 +125,14 @@ def report(args, results: dict) -> dict:
         if best:
             entry['best_swept_minus_nms'] = paired_differences(rows, best, NMS)
         out['configs'][name] = entry
-        md += [format_seed_table({v: summary[v] for v in shown}, METRICS,
+        md += [format_seed_table({v: summary[v] for v in shown}, DETECTION_METRICS,
                                  f'{name} ({len(runs)} seeds, training '
                                  f'{sum(wall) / len(wall) / 60:.1f} min each)'), '']
         paired = {f'{odam} - NMS (paired)': entry['odam_nms_minus_nms']}
         if best:
             paired[f'{best} - NMS (paired, best swept)'] = entry['best_swept_minus_nms']
         if entry['odam_nms_minus_nms']:
-            md += [format_seed_table(paired, METRICS), '']
+            md += [format_seed_table(paired, DETECTION_METRICS), '']
         if MAPS in summary:
             md += [format_seed_table({MAPS: summary[MAPS]}, MAP_METRICS,
                                      f'{name}: ODAM maps of the detected val objects'), '']
@@ -155,7 +154,7 @@ def report(args, results: dict) -> dict:
         detection = {k: v for k, v in pairs.items() if not k.endswith(MAPS)}
         maps = {k: v for k, v in pairs.items() if k.endswith(MAPS)}
         if detection:
-            md += [format_seed_table(detection, METRICS, 'paired over seeds'), '']
+            md += [format_seed_table(detection, DETECTION_METRICS, 'paired over seeds'), '']
         if maps:
             md += [format_seed_table(maps, MAP_METRICS, 'paired over seeds'), '']
     md.append('A paired difference is shown (*) where |mean| > std over the seeds (n >= 2).')

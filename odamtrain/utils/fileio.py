@@ -17,8 +17,8 @@ from mmengine.config import Config
 from mmengine.fileio import io as mm_io
 from mmengine.fileio.backends import LocalBackend, register_backend
 
-__all__ = ['atomic_write_bytes', 'atomic_write_text', 'AtomicTextFile', 'AtomicLocalBackend',
-           'register_atomic_local_writes', 'remove_stale_temp_files']
+__all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_figure', 'AtomicTextFile',
+           'AtomicLocalBackend', 'register_atomic_local_writes', 'remove_stale_temp_files']
 
 # mkstemp's names: prefix '.<basename>.', 8 random characters, suffix '.tmp'
 _TEMP_NAME = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp')
@@ -52,6 +52,13 @@ def _umask() -> int:
 def atomic_write_text(text: str, path: str, encoding: str = 'utf-8') -> None:
     """Text version of :func:`atomic_write_bytes`."""
     atomic_write_bytes(text.encode(encoding), path)
+
+
+def atomic_write_figure(fig, path: str, dpi: int = 100) -> None:
+    """A matplotlib figure as a PNG at ``path``, written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 class AtomicTextFile(io.StringIO):

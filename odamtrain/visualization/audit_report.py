@@ -2,7 +2,6 @@
 deletion / insertion curves, and a picture of every method's maps on the same objects."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import os.path as osp
@@ -12,7 +11,7 @@ import numpy as np
 
 from odamtrain.evaluation.explanation_audit import METRIC_DIRECTIONS, summarize_scores
 from odamtrain.evaluation.functional import curve_auc
-from odamtrain.utils import atomic_write_bytes, atomic_write_text
+from odamtrain.utils import atomic_write_bytes, atomic_write_figure, atomic_write_text
 
 from .explanation_grid import _label, overlay_heatmap
 
@@ -63,10 +62,8 @@ def plot_deletion_insertion(raw: dict, path: str) -> bool:
     for row, (name, curves) in zip(axes, sets.items()):
         _plot_curves(row, name, curves)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=100)
+    atomic_write_figure(fig, path)
     plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
     return True
 
 

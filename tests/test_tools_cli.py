@@ -63,3 +63,38 @@ def test_images_of_the_same_name_get_distinct_outputs(tmp_path):
                                                           'b/x.jpg']
     assert explain.output_stems(files) == ['a__x_jpg', 'a__x_png', 'y', 'b__x_jpg']
     assert explain.output_stems(files[2:3]) == ['y']
+
+
+def test_audit_hook_settings_with_overrides(monkeypatch):
+    """--hook-settings: the config's ExplanationAuditHook values (written out by hand from
+    configs/fcos_odam_tiny_fpn_synthetic.py), the named flags on top; without it the flags'
+    defaults, as before."""
+    from mmengine.config import Config
+    audit = _tool('audit')
+    cfg = Config.fromfile(osp.join(REPO, 'configs/fcos_odam_tiny_fpn_synthetic.py'))
+    base, max_images = audit.config_hook_settings(cfg, 'fcos_odam')
+    assert max_images == 4
+    args = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--hook-settings',
+                             '--drise-masks', '50', '--seed', '3', '--vps-window', '2'])
+    assert args.given == {'config', 'checkpoint', 'out_dir', 'hook_settings', 'drise_masks',
+                          'seed', 'vps_window'}
+    s = audit.audit_settings(args, args.given, base)
+    assert s.methods == ('odam', 'gradcam', 'drise', 'vps')
+    assert s.sets == ('detected', 'missed')
+    assert (s.iou_thr, s.score_thr, s.deletion_steps, s.seed) == (0.5, 0.3, 10, 3)
+    assert (s.drise.num_masks, s.drise.seed) == (50, 3)
+    assert (s.vps.regions, s.vps.max_steps, s.vps.window) == (16, 3, 2)
+
+    plain = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--vps-window', '2'])
+    s = audit.audit_settings(plain, set(audit.SETTING_OF_FLAG), {})
+    assert s.methods == ('odam',) and s.sets == ('detected',) and s.iou_thr == 0.9
+    assert (s.drise.num_masks, s.drise.estimator, s.drise.seed) == (1000, 'contrast', 0)
+    assert (s.vps.regions, s.vps.window, s.vps.max_steps, s.deletion_steps) == (64, 2, None,
+                                                                                0)
+
+
+def test_audit_hook_settings_need_one_hook():
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(REPO, 'configs/fcos_tiny_fpn_synthetic.py'))
+    with pytest.raises(SystemExit, match='fcos_tiny.*has 0 ExplanationAuditHook'):
+        _tool('audit').config_hook_settings(cfg, 'fcos_tiny')

@@ -12,7 +12,11 @@ prints one table per object set.
         [--drise-masks 1000] [--drise-estimator contrast|coverage|mean] [--vps-regions 64]
         [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-head 1]
         [--vps-window 6]
-        [--vps-steps N] [--cfg-options ...]
+        [--vps-steps N] [--hook-settings] [--cfg-options ...]
+
+--hook-settings starts from the settings of the config's ExplanationAuditHook (what
+tools/test.py would audit: its methods, sets, budgets and max_images); the flags given
+override them.
 
 Budgets: D-RISE runs --drise-masks masked images per image; VPS per object
 odamtrain.explain.vps_forward_count images: 2 x regions + 2 x window x (regions - 1)
@@ -21,6 +25,8 @@ windowed (head 1), regions x (regions + 1) + 2 greedy.
 import argparse
 import os.path as osp
 import sys
+
+from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import exit_on_data_error, float_between, int_at_least, test_loader  # noqa: E402
@@ -32,6 +38,7 @@ from odamtrain.evaluation.explanation_audit import (  # noqa: E402
     AuditSettings,
     collect_explanation_scores,
 )
+from odamtrain.engine import ExplanationAuditHook  # noqa: E402
 from odamtrain.evaluation.functional import EVIDENCES  # noqa: E402
 from odamtrain.explain import (  # noqa: E402
     DRISE_ESTIMATORS,
@@ -42,8 +49,18 @@ from odamtrain.explain import (  # noqa: E402
 from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
 
 
-def parse_args():
-    from mmengine.config import DictAction
+# flag -> where it goes in AuditSettings: (field,) or (field, key of the drise / vps dict)
+SETTING_OF_FLAG = {
+    'methods': ('methods',), 'target': ('target',), 'iou_thr': ('iou_thr',),
+    'sets': ('sets',), 'score_thr': ('score_thr',), 'deletion_steps': ('deletion_steps',),
+    'evidence': ('evidence',), 'extent': ('extent',), 'seed': ('seed',),
+    'drise_masks': ('drise', 'num_masks'), 'drise_estimator': ('drise', 'estimator'),
+    'vps_regions': ('vps', 'regions'), 'vps_segmentation': ('vps', 'segmentation'),
+    'vps_search': ('vps', 'search'), 'vps_head': ('vps', 'head'),
+    'vps_window': ('vps', 'window'), 'vps_steps': ('vps', 'max_steps')}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='Explanation audit of a trained detector')
     p.add_argument('config')
     p.add_argument('checkpoint')
@@ -84,10 +101,52 @@ def parse_args():
                    '(0: the rest by their last gains)')
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,
                    help='VPS search steps (default: all regions)')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='noise, D-RISE masks')
+    p.add_argument('--hook-settings', action='store_true',
+                   help="start from the config's ExplanationAuditHook settings")
     p.add_argument('--device', default='cpu')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return p.parse_args()
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments, and as ``given`` the destinations of those named on the command
+    line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    args.given = set(vars(parser.parse_args(argv)))
+    return args
+
+
+def config_hook_settings(cfg, config: str) -> tuple[dict, int]:
+    """(AuditSettings as a dict, max_images) of ``cfg``'s ExplanationAuditHook, validated as
+    when the runner builds it."""
+    hooks = [h for h in cfg.get('custom_hooks', [])
+             if h.get('type') in ('ExplanationAuditHook', ExplanationAuditHook)]
+    if len(hooks) != 1:
+        raise SystemExit(f'error: --hook-settings: {config} has {len(hooks)} '
+                         'ExplanationAuditHook entries in custom_hooks, expected 1')
+    kwargs = {k: v for k, v in hooks[0].items() if k not in ('type', 'priority')}
+    hook = ExplanationAuditHook(**kwargs)
+    return hook.settings.to_dict(), hook.max_images
+
+
+def audit_settings(args, given: set, base: dict) -> AuditSettings:
+    """``base`` (settings as a dict) with the values of the options in ``given``; --seed
+    also seeds D-RISE's masks."""
+    settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for flag in given & set(SETTING_OF_FLAG):
+        field, *key = SETTING_OF_FLAG[flag]
+        value = getattr(args, flag)
+        if key:
+            settings[field] = {**(settings.get(field) or {}), key[0]: value}
+        else:
+            settings[field] = value
+    if 'seed' in given:
+        settings['drise'] = {**(settings.get('drise') or {}), 'seed': args.seed}
+    return AuditSettings.build(settings)
 
 
 def main():
@@ -96,17 +155,15 @@ def main():
     with exit_on_data_error():
         model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
         loader = test_loader(model)
+    if args.hook_settings:
+        base, hook_max_images = config_hook_settings(model.cfg, args.config)
+        given = args.given
+        if 'max_images' not in given:
+            args.max_images = hook_max_images
+    else:   # every option's value, defaults included
+        base, given = {}, set(SETTING_OF_FLAG)
+    settings = audit_settings(args, given, base)
     n = min(len(loader.dataset), args.max_images or len(loader.dataset))
-    settings = AuditSettings(
-        methods=args.methods, target=args.target, iou_thr=args.iou_thr, sets=args.sets,
-        score_thr=args.score_thr, deletion_steps=args.deletion_steps, evidence=args.evidence,
-        extent=args.extent,
-        drise=dict(num_masks=args.drise_masks, estimator=args.drise_estimator,
-                   seed=args.seed),
-        vps=dict(regions=args.vps_regions, segmentation=args.vps_segmentation,
-                 search=args.vps_search, head=args.vps_head, window=args.vps_window,
-                 max_steps=args.vps_steps),
-        seed=args.seed)
     if osp.exists(osp.join(args.out_dir, 'audit.json')):
         print(f'replacing the audit of an earlier run in {args.out_dir}')
     raw = collect_explanation_scores(model, loader, settings, max_images=args.max_images,

@@ -37,6 +37,4 @@ echo "== 4/5 NMS vs Soft-NMS vs Odam-NMS on the trained FCOS (paper Table 5)"
     --out "$WORK/fcos_odam/compare_nms.json"
 
 echo "== 5/5 the explanation audit (the config's audit hook budgets) -> $WORK/fcos_odam/audit"
-"$PY" tools/audit.py "$CONFIG" "$CKPT" --out-dir "$WORK/fcos_odam/audit" \
-    --methods odam gradcam drise vps --sets detected missed --iou-thr 0.5 --score-thr 0.3 \
-    --max-images 4 --deletion-steps 10 --drise-masks 100 --vps-regions 16 --vps-steps 3
+"$PY" tools/audit.py "$CONFIG" "$CKPT" --out-dir "$WORK/fcos_odam/audit" --hook-settings

@@ -97,3 +97,20 @@ def test_repeat_tool_two_seeds_resumable(synthetic_root, tmp_path):
     # resumable: a second call trains and evaluates nothing again
     out = _ok(run_tool(*cmd))
     assert 'training ->' not in out and 'NMS variants' not in out and 'maps audit' not in out
+
+
+def test_an_evaluation_without_the_sweep_is_redone_for_the_sweep(tmp_path):
+    """compare_nms.json counts as done for --sweep only with the sweep's rows (CrowdDet's
+    Set-NMS table has no Odam-NMS row and is done either way)."""
+    from .test_tools_cli import _tool
+    evaluated = _tool('repeat').evaluated
+    table = tmp_path / 'compare_nms.json'
+    assert not evaluated(str(table), False) and not evaluated(str(table), True)
+    plain = [{'method': 'NMS'}, {'method': 'Soft-NMS'}, {'method': 'Odam-NMS (0.2, 0.8)'}]
+    cases = [(plain, True, False),
+             (plain + [{'method': 'Odam-NMS (0.0, 0.6)'}], True, True),
+             ([{'method': 'Set-NMS'}], True, True)]
+    for rows, without_sweep, with_sweep in cases:
+        table.write_text(json.dumps(rows))
+        assert evaluated(str(table), False) is without_sweep
+        assert evaluated(str(table), True) is with_sweep

@@ -15,7 +15,8 @@ metrics of the paper's Odam-Train section, with the same aggregation.
 
 Seeds: mmengine's ``randomness.seed`` (the data order follows it). Resumable: a finished
 training (``train_done.json``) or evaluation (``compare_nms.json``) is kept, an interrupted
-training resumes from its last complete checkpoint. Each run's output goes to its own log
+training resumes from its last complete checkpoint; an evaluation written without the sweep is
+redone when --sweep is asked. Each run's output goes to its own log
 (``WORK_DIR/<config>/seed_<S>/{train,compare_nms}.log``). Writes ``WORK_DIR/repeat.json`` and
 ``WORK_DIR/repeat.md`` (atomically) after every finished run.
 """
@@ -62,7 +63,7 @@ def train_and_evaluate(config: str, seed: int, args) -> dict:
     with open(done) as f:
         trained = json.load(f)
     table = osp.join(work, 'compare_nms.json')
-    if not osp.exists(table):
+    if not evaluated(table, args.sweep):
         print(f'[repeat] {config_name(config)} seed {seed}: NMS variants', flush=True)
         cmd = [sys.executable, 'tools/compare_nms.py', config, trained['checkpoint'],
                '--work-dir', osp.join(work, 'compare_nms'), '--out', table,
@@ -80,6 +81,16 @@ def train_and_evaluate(config: str, seed: int, args) -> dict:
     if args.audit:
         out[MAPS] = audit_maps(config, seed, trained['checkpoint'], work, args)
     return out
+
+
+def evaluated(table: str, sweep: bool) -> bool:
+    """``table`` (a compare_nms.json) exists, with the sweep's rows when ``sweep`` (a
+    table written without --sweep has one Odam-NMS row; CrowdDet's has none)."""
+    if not osp.exists(table):
+        return False
+    with open(table) as f:
+        odam_rows = sum(r['method'].startswith('Odam-NMS') for r in json.load(f))
+    return not sweep or odam_rows != 1
 
 
 def audit_maps(config: str, seed: int, checkpoint: str, work: str, args) -> dict:

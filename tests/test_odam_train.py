@@ -26,6 +26,7 @@ from odamtrain.models.losses import (
     odam_loss_config,
     odam_loss_dict,
     odam_pair_losses,
+    top_per_object,
 )
 
 from .odam_fixtures import build_detector, train_batch
@@ -154,16 +155,52 @@ def test_cap_positives_keeps_every_best_and_at_most_k_per_image():
     assert torch.equal(cap_positives(img, gt, ious, 1000), torch.arange(500))
 
 
+def test_top_per_object_hand_computed():
+    """Objects 0 (IoUs .9 .2 .5 .5) and 1 (.3 .8), k = 2: object 0 keeps .9 and the first
+    .5 (ties: the lower index), object 1 both."""
+    obj = torch.tensor([0, 0, 1, 0, 0, 1])
+    ious = torch.tensor([0.9, 0.2, 0.3, 0.5, 0.5, 0.8])
+    assert top_per_object(obj, ious, 2).tolist() == [True, False, True, True, False, True]
+    assert top_per_object(obj, ious, 1).tolist() == [True, False, False, False, False, True]
+    assert top_per_object(obj, ious, 9).all()
+
+
+def test_cap_positives_per_object_against_brute_force():
+    """Per object its k highest-IoU positives (a sort per object, written out), then the
+    per-image cap keeps every best."""
+    g = torch.Generator().manual_seed(1)
+    img = torch.randint(0, 2, (300,), generator=g)
+    gt = torch.randint(0, 12, (300,), generator=g)
+    ious = torch.rand(300, generator=g)
+    for k in (1, 3):
+        expected = []
+        for b, o in {(int(b), int(o)) for b, o in zip(img, gt)}:
+            idx = ((img == b) & (gt == o)).nonzero()[:, 0]
+            expected += idx[torch.argsort(ious[idx], descending=True)[:k]].tolist()
+        keep = cap_positives(img, gt, ious, 1000, max_per_object=k)
+        assert keep.tolist() == sorted(expected)
+        capped = cap_positives(img, gt, ious, 15, max_per_object=k)  # 12 objects per image
+        assert set(capped.tolist()) <= set(expected)
+        for b in (0, 1):
+            allowed = sum(int(img[i]) == b for i in expected)
+            assert int((img[capped] == b).sum()) == min(15, allowed)
+        obj = torch.unique(torch.stack([img, gt], 1), dim=0, return_inverse=True)[1]
+        assert set(best_per_object(obj, ious).tolist()) <= set(capped.tolist())
+
+
 def test_config_defaults_and_unknown_keys():
     assert odam_loss_config(None, 0.5) is None
     cfg = odam_loss_config(dict(second_order=True), 0.2)
-    assert cfg == dict(loss_weight=0.2, second_order=True, max_positives=300, map_stride=16,
-                       eps=1e-4, begin_epoch=0)
+    assert cfg == dict(loss_weight=0.2, second_order=True, max_positives=300,
+                       max_positives_per_object=None, map_stride=16, eps=1e-4, begin_epoch=0)
     with pytest.raises(ValueError, match='unknown key.*weight'):
         odam_loss_config(dict(weight=1.0), 0.5)
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match='begin_epoch must be an int >= 0'):
             odam_loss_config(dict(begin_epoch=bad), 0.5)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match='max_positives_per_object must be None or an'):
+            odam_loss_config(dict(max_positives_per_object=bad), 0.5)
 
 
 def test_resample_maps_keeps_cell_centres_aligned():
@@ -304,6 +341,25 @@ def test_rcnn_train_maps_equal_per_roi_autograd():
     for res, b in zip(captured['sampling'], range(2)):
         assert sorted(pos.gt_index[pos.img == b].tolist()) == sorted(
             res.pos_assigned_gt_inds.tolist())
+
+
+def test_fcos_positives_per_object_are_its_best_of_all():
+    """max_positives_per_object=2 in the config: the head compares, of the positives the
+    uncapped head compares (the same weights and batch), each person's 2 of highest IoU."""
+    def positives(cap):
+        model = build_detector('configs/fcos_tiny_fpn_synthetic.py', cfg_options={
+            'model.train_cfg': dict(odam_loss=dict(max_positives_per_object=cap))}).train()
+        inputs, samples = train_batch(model, seeds=(0, 1))
+        return fcos_train_maps(model, inputs, samples)[2]
+    every, capped = positives(None), positives(2)
+    assert len(capped) < len(every)
+    kept = set()
+    for key in {(int(b), int(g)) for b, g in zip(every.img, every.gt_index)}:
+        idx = ((every.img == key[0]) & (every.gt_index == key[1])).nonzero()[:, 0]
+        top = idx[torch.argsort(every.ious[idx], descending=True, stable=True)[:2]]
+        kept |= {(key, round(float(every.ious[i]), 6)) for i in top}
+    assert {((int(b), int(g)), round(float(u), 6)) for b, g, u in
+            zip(capped.img, capped.gt_index, capped.ious)} == kept
 
 
 @pytest.mark.parametrize('detector', ['fcos', 'rcnn'])

@@ -8,7 +8,8 @@ one mechanism (:func:`install_odam`), not a subclass per head.
   :func:`odamtrain.ops.odam_nms`. Any other NMS type is mmdet's own path (Odam-NMS's keys
   dropped, so ``--cfg-options model.test_cfg.nms.type=nms`` just works).
 * Odam-Train: ``model.train_cfg.odam_loss = dict(loss_weight=..., second_order=False,
-  max_positives=300, map_stride=16, eps=1e-4, begin_epoch=0)`` (any detector; Cascade
+  max_positives=300, max_positives_per_object=None, map_stride=16, eps=1e-4,
+  begin_epoch=0)`` (any detector; Cascade
   R-CNN: every stage).
   The head's own positives (its assigner / sampler, with their GT index) are explained with
   ODAM (Y = the assigned class's logit; dense: A = the FPN level, 'windows' gradients;
@@ -113,13 +114,14 @@ class OdamDenseHeadMixin:
         return losses
 
     def odam_train_maps(self, fwd, recorded, batch_gt_instances, metas):
-        """The positives Odam-Train compares (the adapter's ``train_positives``, at most
-        ``max_positives`` per image) and their ODAM maps (N, ceil(H_pad / map_stride),
+        """The positives Odam-Train compares (the adapter's ``train_positives``, capped by
+        :func:`cap_positives`) and their ODAM maps (N, ceil(H_pad / map_stride),
         ceil(W_pad / map_stride)) on the common grid, with the graph to the features (and
         to the head with ``second_order``)."""
         cfg, adapter = self.odam_loss, dense_adapter(self)
         pos = adapter.train_positives(fwd, recorded, batch_gt_instances, metas)
-        pos = pos[cap_positives(pos.img, pos.gt_index, pos.ious, cfg['max_positives'])]
+        pos = pos[cap_positives(pos.img, pos.gt_index, pos.ious, cfg['max_positives'],
+                                cfg['max_positives_per_object'])]
         grid = tuple(math.ceil(s / cfg['map_stride']) for s in metas[0]['batch_input_shape'])
         maps = fwd.feats[0].new_zeros(len(pos), *grid)
         scale = fwd.feats[0].new_ones(len(metas), 2)  # the positives' boxes: input pixels
@@ -171,7 +173,8 @@ class OdamRoIHeadMixin:
         bbox_head = self.bbox_head if stage is None else self.bbox_head[stage]
         extractor = self.bbox_roi_extractor if stage is None else self.bbox_roi_extractor[stage]
         pos = roi_positives(bbox_head, bbox_results, sampling_results)
-        pos = pos[cap_positives(pos.img, pos.gt_index, pos.ious, cfg['max_positives'])]
+        pos = pos[cap_positives(pos.img, pos.gt_index, pos.ious, cfg['max_positives'],
+                                cfg['max_positives_per_object'])]
         stride = extractor.featmap_strides[0]
         grid = tuple(math.ceil(n * stride / cfg['map_stride']) for n in x[0].shape[-2:])
         return pos, roi_positive_maps(bbox_results, pos, grid, cfg['map_stride'],

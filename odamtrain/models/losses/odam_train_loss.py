@@ -20,11 +20,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ['OdamPairLosses', 'best_per_object', 'odam_pair_losses', 'cap_positives',
-           'odam_loss_dict', 'odam_loss_config']
+__all__ = ['OdamPairLosses', 'best_per_object', 'odam_pair_losses', 'top_per_object',
+           'cap_positives', 'odam_loss_dict', 'odam_loss_config']
 
 # what a head's ``odam_loss`` config may set, with defaults (loss_weight: per detector)
-ODAM_LOSS_DEFAULTS = dict(second_order=False, max_positives=300, map_stride=16, eps=1e-4,
+ODAM_LOSS_DEFAULTS = dict(second_order=False, max_positives=300,
+                          max_positives_per_object=None, map_stride=16, eps=1e-4,
                           begin_epoch=0)
 
 
@@ -91,25 +92,45 @@ def odam_loss_dict(maps: torch.Tensor, gt_index: torch.Tensor, ious: torch.Tenso
                 loss_odam_sep=loss_weight * pair.separation / n)
 
 
+def top_per_object(object_id: torch.Tensor, ious: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) bool: each object's ``k`` positives of highest IoU (ties: the lower index, so
+    :func:`best_per_object`'s pick is always among them). object_id (N,) in 0..G-1."""
+    by_iou = torch.argsort(ious, descending=True, stable=True)
+    grouped = by_iou[torch.argsort(object_id[by_iou], stable=True)]  # by object, then IoU
+    counts = torch.bincount(object_id[grouped])
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(ious), device=ious.device) - starts[object_id[grouped]]
+    keep = torch.zeros(len(ious), dtype=torch.bool, device=ious.device)
+    keep[grouped[rank < k]] = True
+    return keep
+
+
 def cap_positives(img_index: torch.Tensor, gt_index: torch.Tensor, ious: torch.Tensor,
-                  max_per_img: int) -> torch.Tensor:
-    """Sorted indices of at most ``max_per_img`` positives per image: every object's best
-    first (so each object keeps its reference), the rest drawn at random (torch's RNG)."""
+                  max_per_img: int, max_per_object: int | None = None) -> torch.Tensor:
+    """Sorted indices of the positives kept: with ``max_per_object`` only each object's
+    ``max_per_object`` of highest IoU; then at most ``max_per_img`` per image, every
+    object's best first (so each object keeps its reference), the rest drawn at random
+    (torch's RNG)."""
     if len(ious) == 0:
         return torch.zeros(0, dtype=torch.long, device=ious.device)
+    obj = _object_ids(gt_index, img_index)
     priority = torch.rand(len(ious), device=ious.device)
-    priority[best_per_object(_object_ids(gt_index, img_index), ious)] += 1
+    priority[best_per_object(obj, ious)] += 1
+    allowed = (top_per_object(obj, ious, max_per_object) if max_per_object is not None
+               else torch.ones(len(ious), dtype=torch.bool, device=ious.device))
     keep = []
     for b in img_index.unique():
-        idx = (img_index == b).nonzero()[:, 0]
+        idx = ((img_index == b) & allowed).nonzero()[:, 0]
         keep.append(idx[priority[idx].topk(min(max_per_img, len(idx))).indices])
     return torch.cat(keep).sort().values
 
 
 def odam_loss_config(cfg: dict | None, loss_weight: float) -> dict | None:
     """A head's ``odam_loss`` setting with defaults filled in (None: Odam-Train off).
-    Keys: loss_weight (default per detector), second_order, max_positives, map_stride, eps,
-    begin_epoch (the 0-based epoch from which the losses are on; a warm-up before it)."""
+    Keys: loss_weight (default per detector), second_order, max_positives (per image),
+    max_positives_per_object (None: all; else each object's that many of highest IoU),
+    map_stride, eps, begin_epoch (the 0-based epoch from which the losses are on; a warm-up
+    before it)."""
     if cfg is None:
         return None
     unknown = set(cfg) - set(ODAM_LOSS_DEFAULTS) - {'loss_weight'}
@@ -120,4 +141,9 @@ def odam_loss_config(cfg: dict | None, loss_weight: float) -> dict | None:
     begin = out['begin_epoch']
     if not isinstance(begin, int) or isinstance(begin, bool) or begin < 0:
         raise ValueError(f'odam_loss: begin_epoch must be an int >= 0, got {begin!r}')
+    per_object = out['max_positives_per_object']
+    if per_object is not None and (not isinstance(per_object, int)
+                                   or isinstance(per_object, bool) or per_object < 1):
+        raise ValueError('odam_loss: max_positives_per_object must be None or an int >= 1, '
+                         f'got {per_object!r}')
     return out

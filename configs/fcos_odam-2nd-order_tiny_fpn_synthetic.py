@@ -1,0 +1,5 @@
+# The demo's Odam-Train FCOS with second-order Odam-Train: the graph of dY/dA is kept, so
+# the ODAM losses also train the head's tower convs (the authors' code detaches the gradient
+# weights). One of the suspects of why Odam-Train hurts the tiny from-scratch FCOS.
+_base_ = './fcos_odam_tiny_fpn_synthetic.py'
+model = dict(train_cfg=dict(odam_loss=dict(second_order=True)))

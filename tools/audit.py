@@ -32,13 +32,13 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import exit_on_data_error, float_between, int_at_least, test_loader  # noqa: E402
 
 from odamtrain.apis import METHODS, init_detector  # noqa: E402
+from odamtrain.engine import ExplanationAuditHook  # noqa: E402
 from odamtrain.evaluation.explanation_audit import (  # noqa: E402
     EXTENTS,
     SETS,
     AuditSettings,
     collect_explanation_scores,
 )
-from odamtrain.engine import ExplanationAuditHook  # noqa: E402
 from odamtrain.evaluation.functional import EVIDENCES  # noqa: E402
 from odamtrain.explain import (  # noqa: E402
     DRISE_ESTIMATORS,
@@ -47,7 +47,6 @@ from odamtrain.explain import (  # noqa: E402
     VPS_SEGMENTATIONS,
 )
 from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
-
 
 # flag -> where it goes in AuditSettings: (field,) or (field, key of the drise / vps dict)
 SETTING_OF_FLAG = {

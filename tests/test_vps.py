@@ -8,6 +8,7 @@ import torch
 from skimage.segmentation import slic
 
 from odamtrain.explain.vps import (
+    box_regions,
     greedy_order,
     grid_regions,
     rank_attribution,
@@ -184,3 +185,73 @@ def test_windowed_search_with_a_greedy_head_and_no_window():
     assert vps_forward_count(8, search='windowed', window=0, head=2) == 2 + 2 * 15
     assert vps_forward_count(64, search='windowed', window=6, head=1) == 2 + 2 * sum(
         [64] + [min(64 - k, 6) for k in range(1, 64)])
+
+
+def paired_function(calls=None):
+    """Modular weights plus a bonus of 5 once elements 0 and 5 are both in: element 5's gain
+    jumps from 0 to 5 after 0 is picked, a lazy window on remembered gains never sees it."""
+    w = torch.tensor([1.0, 0.9, 0.8, 0.1, 0.05, 0.0])
+
+    def f(sets):
+        if calls is not None:
+            calls.append(sets.clone())
+        s = sets.float()
+        return s @ w + 5 * s[:, 0] * s[:, 5]
+    return f
+
+
+def test_box_slots_refresh_the_focus_regions_round_robin():
+    """Hand-computed: greedy takes 0 then 5 (gain 5); a window of 2 on remembered gains
+    sees 5 only when two elements are left; one round-robin slot on the focus {4, 5} looks
+    at 4 (higher last gain of the two, both last seen at step 0) at step 1, then at 5 (seen
+    longest ago) at step 2."""
+    f = paired_function()
+    assert greedy_order(f, 6)[0] == [0, 5, 1, 2, 3, 4]
+    assert windowed_order(f, 6, window=2, start=0.0)[0] == [0, 1, 2, 3, 5, 4]
+    calls = []
+    focus = torch.tensor([False, False, False, False, True, True])
+    order, values = windowed_order(paired_function(calls), 6, window=2, start=0.0,
+                                   focus=focus, focus_slots=1)
+    assert order == [0, 1, 5, 2, 3, 4]
+    # the element each candidate adds: where a candidate differs from the chosen prefix
+    added = [[int((c[i] & ~c.all(0)).nonzero()[0]) for i in range(len(c))] for c in calls[1:3]]
+    assert [len(c) for c in calls] == [6, 2, 2, 2, 2, 1]
+    assert added[0] == [1, 4] and added[1] == [2, 5]
+    torch.testing.assert_close(torch.tensor(values[-1]), f(torch.ones(1, 6, dtype=torch.bool))[0])
+    # focus slots on a single focus element: found at once, the greedy order
+    only5 = torch.tensor([False] * 5 + [True])
+    assert windowed_order(f, 6, window=2, start=0.0, focus=only5, focus_slots=1)[0][:2] == [0, 5]
+    # no slots, or an empty focus: the plain window
+    plain = windowed_order(f, 6, window=2, start=0.0)
+    assert windowed_order(f, 6, window=2, start=0.0, focus=focus, focus_slots=0) == plain
+    assert windowed_order(f, 6, window=2, start=0.0, focus=torch.zeros(6, dtype=torch.bool),
+                          focus_slots=2) == plain
+
+
+def test_box_regions_are_those_with_a_pixel_centre_in_the_box():
+    regions = grid_regions(HW, 12)  # 3 x 4 cells of 8 x 8
+    brute = torch.tensor([bool(any(r[y, x] for y in range(HW[0]) for x in range(HW[1])
+                                   if 5.2 <= x + 0.5 <= 16.5 and 0 <= y + 0.5 <= 7.4))
+                          for r in regions])
+    torch.testing.assert_close(box_regions(regions, torch.tensor([5.2, 0., 16.5, 7.4])), brute)
+    assert brute.tolist() == [True, True, True] + [False] * 9
+    assert not box_regions(regions, torch.tensor([3.6, 3.6, 4.4, 4.4])).any()  # no centre
+
+
+def test_vps_saliency_gives_the_box_slots_to_the_regions_of_the_target_box():
+    """A toy detector that looks only at region 5: the head picks it, then with a window of
+    one place, given to the box's regions, the next picks are the regions with a pixel
+    centre in the target box scaled to the input (cells 1 and 2), lower index first (equal
+    gains); without the slot, all gains equal, the lowest indices (0, 1)."""
+    regions = grid_regions(HW, 12)  # 3 x 4 cells of 8 x 8
+    box = torch.tensor([4., 0., 12., 4.])  # original pixels; x 2 in the input: cells 1, 2
+
+    def predict(images):
+        return [(box[None], torch.tensor([0]), img[0][regions[5]].mean().reshape(1))
+                for img in images]
+    args = (predict, torch.ones(1, 3, *HW), box, 0, regions, torch.zeros(3, *HW))
+    slot = vps_saliency(*args, search='windowed', window=1, box_slots=1, input_scale=(2., 2.))
+    plain = vps_saliency(*args, search='windowed', window=1)
+    unscaled = vps_saliency(*args, search='windowed', window=1, box_slots=1)  # cells 0, 1
+    assert slot[1][:3] == [5, 1, 2] and plain[1][:3] == [5, 0, 1] and unscaled[1][:3] == [5, 0, 1]
+    assert slot[1][3:] == [0, 3, 4, 6, 7, 8, 9, 10, 11] and slot[3] == plain[3]

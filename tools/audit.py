@@ -11,7 +11,7 @@ prints one table per object set.
         [--deletion-steps 0] [--evidence odam|vps|class|iou] [--extent box|image]
         [--drise-masks 1000] [--drise-estimator contrast|coverage|mean] [--vps-regions 64]
         [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-head 1]
-        [--vps-window 6]
+        [--vps-window 6] [--vps-box-slots 0]
         [--vps-steps N] [--hook-settings] [--cfg-options ...]
 
 --hook-settings starts from the settings of the config's ExplanationAuditHook (what
@@ -56,7 +56,8 @@ SETTING_OF_FLAG = {
     'drise_masks': ('drise', 'num_masks'), 'drise_estimator': ('drise', 'estimator'),
     'vps_regions': ('vps', 'regions'), 'vps_segmentation': ('vps', 'segmentation'),
     'vps_search': ('vps', 'search'), 'vps_head': ('vps', 'head'),
-    'vps_window': ('vps', 'window'), 'vps_steps': ('vps', 'max_steps')}
+    'vps_window': ('vps', 'window'), 'vps_box_slots': ('vps', 'box_slots'),
+    'vps_steps': ('vps', 'max_steps')}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--vps-window', type=int_at_least(0), default=6,
                    help='windowed VPS: regions re-evaluated per step after the head '
                    '(0: the rest by their last gains)')
+    p.add_argument('--vps-box-slots', type=int_at_least(0), default=0,
+                   help="windowed VPS: places of the window given round-robin to the regions "
+                   "of the target's box")
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,
                    help='VPS search steps (default: all regions)')
     p.add_argument('--seed', type=int, default=0, help='noise, D-RISE masks')

@@ -12,11 +12,11 @@ by side in one run (CPU). Sections (``--sections``, default all):
   (its RISEGrid masks and DRISEScoring, on the same detector and masking rule), on the
   trained detector and on a toy detector (one fixed box whose score is a sigmoid of the
   visible part of a window);
-* ``vps``: VPS windowed (--vps-windowed HEAD:WINDOW ...) against the full greedy search on
-  the same objects and SLICO regions: forwards, and the insertion / deletion AUC of their
-  maps (the VPS protocol: whole image, evidence IoU x score, --vps-curve-steps steps);
-  targets >= 95 % of greedy's insertion AUC, deletion AUC <= greedy's / 0.95, with <= 25 %
-  of its forwards.
+* ``vps``: VPS windowed (--vps-windowed HEAD:WINDOW[:BOX_SLOTS] ...) against the full
+  greedy search on the same objects and SLICO regions: forwards, and the insertion /
+  deletion AUC of their maps (the VPS protocol: whole image, evidence IoU x score,
+  --vps-curve-steps steps); targets >= 95 % of greedy's insertion AUC, deletion AUC <=
+  greedy's / 0.95, with <= 25 % of its forwards.
 
     python tools/benchmark_audit.py CONFIG CHECKPOINT [--sections timing stability vps]
         [--images 3] [--objects 4] [--masks 500] [--batch 32] [--stability-masks 250 500
@@ -257,11 +257,11 @@ def vps_budget(model, args) -> dict:
         for k in di[:args.objects].tolist():
             label = int(det.labels[k])
             for name, row in rows.items():
-                search, head, window = ('greedy', 1, 0) if name == 'greedy' else \
-                    ('windowed', *map(int, name.split()[1].split(':')))
+                search, head, window, slots = ('greedy', 1, 0, 0) if name == 'greedy' else \
+                    ('windowed', *map(int, (name.split()[1] + ':0').split(':')[:3]))
                 t, (sal, _, _, forwards) = seconds(
                     vps_saliency, predict, inputs, det.bboxes[k], label, regions, baseline,
-                    None, args.batch, search, window, head)
+                    None, args.batch, search, window, head, slots, meta['scale_factor'][:2])
                 curves = deletion_insertion(predict, inputs[0], sal, det.bboxes[k], label,
                                             h * w, baseline, baseline, args.vps_curve_steps,
                                             'vps', args.batch)
@@ -321,7 +321,7 @@ def main():
     p.add_argument('--stability-masks', type=int, nargs='+', default=[250, 500, 1000, 2000])
     p.add_argument('--vps-regions', type=int, default=64)
     p.add_argument('--vps-windowed', nargs='+', default=['1:4', '1:6', '8:0'],
-                   help='windowed searches as HEAD:WINDOW')
+                   help='windowed searches as HEAD:WINDOW[:BOX_SLOTS]')
     p.add_argument('--vps-images', type=int, default=3)
     p.add_argument('--no-vps-greedy', dest='vps_greedy', action='store_false',
                    help='leave the full greedy search out (ratios then vs the first window)')

@@ -21,7 +21,11 @@ become the baseline, e.g. black). The search orders the regions:
   left follow in the order of their gains at the last step, with no further forwards. In
   the spirit of PhaseWin's phases and LiMA's cheaper search. Images: 2 (head n -
   head (head - 1) / 2 + window (n - head)) + 2 about; with ``head`` or ``window`` >= n it is
-  the greedy search exactly.
+  the greedy search exactly. ``box_slots`` of the window's places go round-robin to the
+  remaining regions that overlap the target box (the longest unevaluated first): F is far
+  from submodular there (removing a part of the object matters more once other parts are
+  gone), so their remembered gains go stale upwards and a window on remembered gains alone
+  never looks at them again. Same number of forwards.
 
 ``max_steps`` bounds either. Attribution: the k-th region of the order gets the sum of the
 absolute marginal gains |F(S_j) - F(S_{j-1})| of steps j >= k (decreasing with rank, > 0
@@ -42,8 +46,9 @@ from odamtrain.structures import detection_evidence
 from .heatmap import output_size, resize_maps
 from .settings import VPS_SEARCHES, VPS_SEGMENTATIONS
 
-__all__ = ['grid_regions', 'slico_regions', 'greedy_order', 'search_windows', 'windowed_order',
-           'rank_attribution', 'vps_forward_count', 'vps_saliency', 'vps_target_maps']
+__all__ = ['grid_regions', 'slico_regions', 'box_regions', 'greedy_order', 'search_windows',
+           'windowed_order', 'rank_attribution', 'vps_forward_count', 'vps_saliency',
+           'vps_target_maps']
 
 
 def grid_regions(hw: tuple[int, int], n: int = 64) -> torch.Tensor:
@@ -68,6 +73,17 @@ def slico_regions(image: np.ndarray | torch.Tensor, n: int = 64) -> torch.Tensor
     rank = np.argsort(np.argsort(first))  # label -> its raster order
     cell = torch.from_numpy(rank[inverse].reshape(labels.shape))
     return cell[None] == torch.arange(len(first))[:, None, None]
+
+
+def box_regions(regions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: the regions (n, H, W) with a pixel centre in ``box`` (x1y1x2y2, the
+    regions' pixels)."""
+    h, w = regions.shape[-2:]
+    box = box.detach().cpu().double()
+    ys, xs = torch.arange(h, dtype=box.dtype) + 0.5, torch.arange(w, dtype=box.dtype) + 0.5
+    ys, xs = (ys >= box[1]) & (ys <= box[3]), (xs >= box[0]) & (xs <= box[2])
+    ys, xs = ys.to(regions.device), xs.to(regions.device)
+    return regions[:, ys][:, :, xs].flatten(1).any(1)
 
 
 def greedy_order(objective: Callable, n: int, max_steps: int | None = None):
@@ -108,23 +124,27 @@ def search_windows(n: int, window: int, head: int, steps: int | None = None) -> 
 
 
 def windowed_order(objective: Callable, n: int, window: int, head: int = 1,
-                   max_steps: int | None = None, start: float | None = None):
+                   max_steps: int | None = None, start: float | None = None,
+                   focus: torch.Tensor | None = None, focus_slots: int = 0):
     """Windowed lazy greedy (module): like :func:`greedy_order` for the first ``head``
-    steps, then each step evaluates only the ``window`` remaining elements of highest
-    last-known marginal gain (ties: the lower index). With ``window`` 0 the elements left
-    after the head follow in the order of their last gains, F estimated as the running sum
-    of those gains. ``start``: the objective of the empty set (None: evaluated here).
-    ``window >= n`` or ``head >= n`` give :func:`greedy_order`'s result. Returns (order,
-    values)."""
+    steps, then each step evaluates only ``window`` remaining elements: up to
+    ``focus_slots`` of the ``focus`` elements ((n,) bool) evaluated longest ago (ties:
+    higher last gain, then lower index), the rest of highest last-known marginal gain
+    (ties: the lower index). With ``window`` 0 the elements left after the head follow in
+    the order of their last gains, F estimated as the running sum of those gains.
+    ``start``: the objective of the empty set (None: evaluated here). ``window >= n`` or
+    ``head >= n`` give :func:`greedy_order`'s result. Returns (order, values)."""
     chosen = torch.zeros(n, dtype=torch.bool)
     gain = torch.zeros(n, dtype=torch.float64)
+    seen = torch.zeros(n, dtype=torch.long)  # the step each element was last evaluated at
+    focus = torch.zeros(n, dtype=torch.bool) if focus is None else focus.bool().cpu()
     current = float(objective(chosen[None])[0]) if start is None else float(start)
     order, values = [], []
-    for size in search_windows(n, window, head, max_steps):
+    for step, size in enumerate(search_windows(n, window, head, max_steps)):
         rest = (~chosen).nonzero()[:, 0]
         if size < len(rest):
-            top = torch.argsort(-gain[rest], stable=True)[:size]
-            rest = rest[top.sort().values]  # ascending index: ties as greedy
+            rest = _window(rest, gain, seen, focus, size, min(focus_slots, size))
+        seen[rest] = step
         cand = chosen.repeat(len(rest), 1)
         cand[torch.arange(len(rest)), rest] = True
         f = objective(cand).double()
@@ -141,6 +161,19 @@ def windowed_order(objective: Callable, n: int, window: int, head: int = 1,
         order += rest.tolist()
         values += (current + torch.cumsum(gain[rest], 0)).tolist()
     return order, values
+
+
+def _window(rest, gain, seen, focus, size: int, slots: int) -> torch.Tensor:
+    """The ``size`` elements of ``rest`` a windowed step evaluates (:func:`windowed_order`),
+    in ascending index (ties of F as in greedy)."""
+    picked = rest[:0]
+    if slots:  # the longest unevaluated first, then the higher last gain, then lower index
+        pool = rest[focus[rest]]
+        pool = pool[torch.argsort(-gain[pool], stable=True)]
+        picked = pool[torch.argsort(seen[pool], stable=True)][:slots]
+    others = rest[~torch.isin(rest, picked)]
+    top = others[torch.argsort(-gain[others], stable=True)[:size - len(picked)]]
+    return torch.cat([picked, top]).sort().values
 
 
 def rank_attribution(order: list[int], values: list[float], n: int,
@@ -171,14 +204,17 @@ def vps_forward_count(regions: int, max_steps: int | None = None, search: str = 
 def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tensor,
                  target_label: int, regions: torch.Tensor, baseline: torch.Tensor,
                  max_steps: int | None = None, batch_size: int = 32, search: str = 'greedy',
-                 window: int = 6, head: int = 1):
+                 window: int = 6, head: int = 1, box_slots: int = 0,
+                 input_scale: tuple[float, float] = (1.0, 1.0)):
     """VPS map of one target.
 
     Args:
         predict: images (b, 3, H, W) -> b detections (boxes, labels, scores) in the pixels of
             ``target_box``.
         inputs: (1, 3, H, W); regions: (n, H, W) bool; baseline: (3, H, W) removed pixels.
-        search / window / head: the search (module).
+        search / window / head / box_slots: the search (module).
+        input_scale: (w, h) factors from the pixels of ``target_box`` to the input's (mmdet's
+            ``scale_factor``), to find the regions of the box.
     Returns:
         (saliency (H, W) >= 0, order, values, forwards): the map (attribution of each region
         spread over its pixels), the search order, F after each step and the number of
@@ -210,8 +246,9 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
     if search == 'greedy':
         order, values = greedy_order(objective, len(regions), max_steps)
     else:
+        box = target_box * target_box.new_tensor(input_scale).repeat(2)
         order, values = windowed_order(objective, len(regions), window, head, max_steps,
-                                       float(empty))
+                                       float(empty), box_regions(regions, box), box_slots)
     attribution = rank_attribution(order, values, len(regions), float(empty))
     saliency = (attribution.to(masks)[:, None, None] * masks).sum(0)
     return saliency, order, values, forwards
@@ -220,7 +257,7 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
 def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
                     labels: torch.Tensor, map_size='image', regions: int = 64,
                     segmentation: str = 'slico', search: str = 'windowed', window: int = 6,
-                    head: int = 1, max_steps: int | None = None,
+                    head: int = 1, box_slots: int = 0, max_steps: int | None = None,
                     batch_size: int = 32) -> torch.Tensor:
     """VPS maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels +
     labels: detections, or GT boxes to explain missed objects) of one preprocessed image
@@ -245,5 +282,6 @@ def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor
     with torch.no_grad():
         for box, label in zip(boxes, labels.tolist()):
             maps.append(vps_saliency(predict_fn(model, meta), inputs, box, label, masks, baseline,
-                                     max_steps, batch_size, search, window, head)[0])
+                                     max_steps, batch_size, search, window, head, box_slots,
+                                     meta['scale_factor'][:2])[0])
     return resize_maps(torch.stack(maps), 1, (h, w), out_hw)

@@ -125,6 +125,11 @@ def cap_positives(img_index: torch.Tensor, gt_index: torch.Tensor, ious: torch.T
     return torch.cat(keep).sort().values
 
 
+def _check_int(key: str, value, low: int, expected: str = 'an int') -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f'odam_loss: {key} must be {expected} >= {low}, got {value!r}')
+
+
 def odam_loss_config(cfg: dict | None, loss_weight: float) -> dict | None:
     """A head's ``odam_loss`` setting with defaults filled in (None: Odam-Train off).
     Keys: loss_weight (default per detector), second_order, max_positives (per image),
@@ -138,12 +143,8 @@ def odam_loss_config(cfg: dict | None, loss_weight: float) -> dict | None:
         raise ValueError(f'odam_loss: unknown key(s) {sorted(unknown)}; expected '
                          f"{sorted(ODAM_LOSS_DEFAULTS) + ['loss_weight']}")
     out = {**ODAM_LOSS_DEFAULTS, 'loss_weight': loss_weight, **cfg}
-    begin = out['begin_epoch']
-    if not isinstance(begin, int) or isinstance(begin, bool) or begin < 0:
-        raise ValueError(f'odam_loss: begin_epoch must be an int >= 0, got {begin!r}')
-    per_object = out['max_positives_per_object']
-    if per_object is not None and (not isinstance(per_object, int)
-                                   or isinstance(per_object, bool) or per_object < 1):
-        raise ValueError('odam_loss: max_positives_per_object must be None or an int >= 1, '
-                         f'got {per_object!r}')
+    _check_int('begin_epoch', out['begin_epoch'], 0)
+    if out['max_positives_per_object'] is not None:
+        _check_int('max_positives_per_object', out['max_positives_per_object'], 1,
+                   'None or an int')
     return out

@@ -226,6 +226,9 @@ def test_box_slots_refresh_the_focus_regions_round_robin():
     assert windowed_order(f, 6, window=2, start=0.0, focus=focus, focus_slots=0) == plain
     assert windowed_order(f, 6, window=2, start=0.0, focus=torch.zeros(6, dtype=torch.bool),
                           focus_slots=2) == plain
+    # more slots than the window has places: the whole window goes to the focus
+    whole = windowed_order(f, 6, window=2, start=0.0, focus=focus, focus_slots=2)
+    assert windowed_order(f, 6, window=2, start=0.0, focus=focus, focus_slots=5) == whole
 
 
 def test_box_regions_are_those_with_a_pixel_centre_in_the_box():
@@ -251,7 +254,7 @@ def test_vps_saliency_gives_the_box_slots_to_the_regions_of_the_target_box():
                 for img in images]
     args = (predict, torch.ones(1, 3, *HW), box, 0, regions, torch.zeros(3, *HW))
     slot = vps_saliency(*args, search='windowed', window=1, box_slots=1, input_scale=(2., 2.))
-    plain = vps_saliency(*args, search='windowed', window=1)
+    plain = vps_saliency(*args, search='windowed', window=1, box_slots=0)
     unscaled = vps_saliency(*args, search='windowed', window=1, box_slots=1)  # cells 0, 1
     assert slot[1][:3] == [5, 1, 2] and plain[1][:3] == [5, 0, 1] and unscaled[1][:3] == [5, 0, 1]
     assert slot[1][3:] == [0, 3, 4, 6, 7, 8, 9, 10, 11] and slot[3] == plain[3]

@@ -11,7 +11,7 @@ prints one table per object set.
         [--deletion-steps 0] [--evidence odam|vps|class|iou] [--extent box|image]
         [--drise-masks 1000] [--drise-estimator contrast|coverage|mean] [--vps-regions 64]
         [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-head 1]
-        [--vps-window 6] [--vps-box-slots 0]
+        [--vps-window 6] [--vps-box-slots 3]
         [--vps-steps N] [--hook-settings] [--cfg-options ...]
 
 --hook-settings starts from the settings of the config's ExplanationAuditHook (what
@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--vps-window', type=int_at_least(0), default=6,
                    help='windowed VPS: regions re-evaluated per step after the head '
                    '(0: the rest by their last gains)')
-    p.add_argument('--vps-box-slots', type=int_at_least(0), default=0,
-                   help="windowed VPS: places of the window given round-robin to the regions "
-                   "of the target's box")
+    p.add_argument('--vps-box-slots', type=int_at_least(0), default=3,
+                   help="windowed VPS: places of the window (at most all) given round-robin "
+                   "to the regions of the target's box")
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,
                    help='VPS search steps (default: all regions)')
     p.add_argument('--seed', type=int, default=0, help='noise, D-RISE masks')

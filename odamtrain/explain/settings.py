@@ -58,15 +58,16 @@ class VpsSettings:
     ('slico': the authors' SLICO superpixels (scikit-image), 'grid': a grid of cells), a
     ``search`` 'greedy' (the paper: every remaining region at every step) or 'windowed'
     (``head`` greedy steps, then the ``window`` most promising regions re-evaluated per
-    step, 0: the rest ordered by their last gains, ``box_slots`` of them given round-robin
-    to the regions overlapping the target box; see ``vps.py``), at most ``max_steps``
+    step, 0: the rest ordered by their last gains; ``box_slots`` of the window's places,
+    at most all of them, given round-robin to the regions overlapping the target box; see
+    ``vps.py`` and docs/benchmarks.md for the default 3), at most ``max_steps``
     steps (None: all), ``batch_size`` images per forward."""
     regions: int = 64
     segmentation: str = 'slico'
     search: str = 'windowed'
     head: int = 1
     window: int = 6
-    box_slots: int = 0
+    box_slots: int = 3
     max_steps: int | None = None
     batch_size: int = 32
 
@@ -77,9 +78,6 @@ class VpsSettings:
         _positive_int('vps.head', self.head)
         _positive_int('vps.window', self.window, minimum=0)
         _positive_int('vps.box_slots', self.box_slots, minimum=0)
-        if self.box_slots > self.window:
-            raise ValueError(f'vps.box_slots ({self.box_slots}) must be at most vps.window '
-                             f'({self.window}): they are places of the window')
         _positive_int('vps.batch_size', self.batch_size)
         if self.max_steps is not None:
             _positive_int('vps.max_steps', self.max_steps)

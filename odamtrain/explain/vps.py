@@ -21,8 +21,9 @@ become the baseline, e.g. black). The search orders the regions:
   left follow in the order of their gains at the last step, with no further forwards. In
   the spirit of PhaseWin's phases and LiMA's cheaper search. Images: 2 (head n -
   head (head - 1) / 2 + window (n - head)) + 2 about; with ``head`` or ``window`` >= n it is
-  the greedy search exactly. ``box_slots`` of the window's places go round-robin to the
-  remaining regions that overlap the target box (the longest unevaluated first): F is far
+  the greedy search exactly. ``box_slots`` of the window's places (default 3 of 6; at most
+  all of them) go round-robin to the remaining regions that overlap the target box (the
+  longest unevaluated first; docs/benchmarks.md#vps-budgeted-search): F is far
   from submodular there (removing a part of the object matters more once other parts are
   gone), so their remembered gains go stale upwards and a window on remembered gains alone
   never looks at them again. Same number of forwards.
@@ -204,7 +205,7 @@ def vps_forward_count(regions: int, max_steps: int | None = None, search: str = 
 def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tensor,
                  target_label: int, regions: torch.Tensor, baseline: torch.Tensor,
                  max_steps: int | None = None, batch_size: int = 32, search: str = 'greedy',
-                 window: int = 6, head: int = 1, box_slots: int = 0,
+                 window: int = 6, head: int = 1, box_slots: int = 3,
                  input_scale: tuple[float, float] = (1.0, 1.0)):
     """VPS map of one target.
 
@@ -257,7 +258,7 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
 def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
                     labels: torch.Tensor, map_size='image', regions: int = 64,
                     segmentation: str = 'slico', search: str = 'windowed', window: int = 6,
-                    head: int = 1, box_slots: int = 0, max_steps: int | None = None,
+                    head: int = 1, box_slots: int = 3, max_steps: int | None = None,
                     batch_size: int = 32) -> torch.Tensor:
     """VPS maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels +
     labels: detections, or GT boxes to explain missed objects) of one preprocessed image

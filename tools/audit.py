@@ -45,6 +45,7 @@ from odamtrain.explain import (  # noqa: E402
     TARGETS,
     VPS_SEARCHES,
     VPS_SEGMENTATIONS,
+    VpsSettings,
 )
 from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
 
@@ -88,18 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="D-RISE: mean weight of the masks that keep a pixel minus that of "
                    "those that remove it ('contrast'), of those that keep it ('coverage', "
                    "xaitk) or the paper's sum / N ('mean')")
-    p.add_argument('--vps-regions', type=int_at_least(2), default=64,
+    p.add_argument('--vps-regions', type=int_at_least(2), default=VpsSettings.regions,
                    help='VPS sub-regions, about')
-    p.add_argument('--vps-segmentation', default='slico', choices=VPS_SEGMENTATIONS,
+    p.add_argument('--vps-segmentation', default=VpsSettings.segmentation,
+                   choices=VPS_SEGMENTATIONS,
                    help='VPS sub-regions: SLICO superpixels or a grid')
-    p.add_argument('--vps-search', default='windowed', choices=VPS_SEARCHES,
+    p.add_argument('--vps-search', default=VpsSettings.search, choices=VPS_SEARCHES,
                    help="VPS search: 'greedy' (the paper) or 'windowed' (budgeted)")
-    p.add_argument('--vps-head', type=int_at_least(1), default=1,
+    p.add_argument('--vps-head', type=int_at_least(1), default=VpsSettings.head,
                    help='windowed VPS: greedy steps first')
-    p.add_argument('--vps-window', type=int_at_least(0), default=6,
+    p.add_argument('--vps-window', type=int_at_least(0), default=VpsSettings.window,
                    help='windowed VPS: regions re-evaluated per step after the head '
                    '(0: the rest by their last gains)')
-    p.add_argument('--vps-box-slots', type=int_at_least(0), default=3,
+    p.add_argument('--vps-box-slots', type=int_at_least(0), default=VpsSettings.box_slots,
                    help="windowed VPS: places of the window (at most all) given round-robin "
                    "to the regions of the target's box")
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,

@@ -45,7 +45,7 @@ from odamtrain.inference import input_to_rgb, pixel_to_input, predict_fn
 from odamtrain.structures import detection_evidence
 
 from .heatmap import output_size, resize_maps
-from .settings import VPS_SEARCHES, VPS_SEGMENTATIONS
+from .settings import VPS_SEARCHES, VPS_SEGMENTATIONS, VpsSettings
 
 __all__ = ['grid_regions', 'slico_regions', 'box_regions', 'greedy_order', 'search_windows',
            'windowed_order', 'rank_attribution', 'vps_forward_count', 'vps_saliency',
@@ -205,7 +205,8 @@ def vps_forward_count(regions: int, max_steps: int | None = None, search: str = 
 def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tensor,
                  target_label: int, regions: torch.Tensor, baseline: torch.Tensor,
                  max_steps: int | None = None, batch_size: int = 32, search: str = 'greedy',
-                 window: int = 6, head: int = 1, box_slots: int = 3,
+                 window: int = VpsSettings.window, head: int = VpsSettings.head,
+                 box_slots: int = VpsSettings.box_slots,
                  input_scale: tuple[float, float] = (1.0, 1.0)):
     """VPS map of one target.
 
@@ -256,10 +257,12 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
 
 
 def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
-                    labels: torch.Tensor, map_size='image', regions: int = 64,
-                    segmentation: str = 'slico', search: str = 'windowed', window: int = 6,
-                    head: int = 1, box_slots: int = 3, max_steps: int | None = None,
-                    batch_size: int = 32) -> torch.Tensor:
+                    labels: torch.Tensor, map_size='image', regions: int = VpsSettings.regions,
+                    segmentation: str = VpsSettings.segmentation,
+                    search: str = VpsSettings.search, window: int = VpsSettings.window,
+                    head: int = VpsSettings.head, box_slots: int = VpsSettings.box_slots,
+                    max_steps: int | None = None,
+                    batch_size: int = VpsSettings.batch_size) -> torch.Tensor:
     """VPS maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels +
     labels: detections, or GT boxes to explain missed objects) of one preprocessed image
     (1, 3, H, W) of an mmdet detector. Sub-regions: about ``regions`` SLICO superpixels or

@@ -1,4 +1,4 @@
-# The demo's Odam-Train FCOS with the ODAM losses weighted 0.1 (the paper's FCOS: 0.5). One
-# of the suspects of why Odam-Train hurts the tiny from-scratch FCOS.
-_base_ = './fcos_odam_tiny_fpn_synthetic.py'
+# The paper's Odam-Train FCOS (fcos_odam-paper) with the ODAM losses weighted 0.1 (the
+# paper's FCOS: 0.5). One of the suspects of why Odam-Train hurts the tiny from-scratch FCOS.
+_base_ = './fcos_odam-paper_tiny_fpn_synthetic.py'
 model = dict(train_cfg=dict(odam_loss=dict(loss_weight=0.1)))

@@ -46,3 +46,28 @@ def test_config_builds(config):
     if odam_loss is not None:  # validated, and every key the config sets reaches the head
         head = model.roi_head if hasattr(model, 'roi_head') else model.bbox_head
         assert {k: head.odam_loss[k] for k in odam_loss} == dict(odam_loss)
+
+
+def test_odam_train_fcos_variants_change_one_thing():
+    """The issue-17 suspects each differ from the paper's Odam-Train FCOS in one odam_loss
+    key and nothing else; the paper's setting differs from the default only by the
+    default's warm-up."""
+    def load(name):
+        return Config.fromfile(osp.join(REPO, 'configs', f'{name}_tiny_fpn_synthetic.py'))
+
+    def without_odam_loss(cfg):
+        d = cfg.to_dict()
+        return {**d, 'model': {**d['model'], 'train_cfg': {
+            k: v for k, v in d['model']['train_cfg'].items() if k != 'odam_loss'}}}
+
+    paper = load('fcos_odam-paper')
+    pairs = [(load('fcos_odam'), {'begin_epoch'})] + [
+        (load(f'fcos_odam-{s}'), {key}) for s, key in (
+            ('2nd-order', 'second_order'), ('lw0.1', 'loss_weight'),
+            ('lw0.25', 'loss_weight'), ('top3', 'max_positives_per_object'))]
+    a = paper.model.train_cfg.odam_loss
+    for cfg, changed in pairs:
+        b = cfg.model.train_cfg.odam_loss
+        assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == changed
+        assert without_odam_loss(cfg) == without_odam_loss(paper)
+    assert paper.model.train_cfg.odam_loss.begin_epoch == 0

@@ -45,6 +45,7 @@ from odamtrain.explain import (  # noqa: E402
     TARGETS,
     VPS_SEARCHES,
     VPS_SEGMENTATIONS,
+    DriseSettings,
     VpsSettings,
 )
 from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
@@ -84,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--extent', default='box', choices=EXTENTS,
                    help='pixels changed in all: the GT box area (ODAM) or the image (VPS)')
     p.add_argument('--drise-masks', type=int_at_least(1), default=1000,
-                   help='D-RISE masks (paper 5000)')
-    p.add_argument('--drise-estimator', default='contrast', choices=DRISE_ESTIMATORS,
+                   help=f'D-RISE masks (a CPU budget; paper {DriseSettings.num_masks})')
+    p.add_argument('--drise-estimator', default=DriseSettings.estimator,
+                   choices=DRISE_ESTIMATORS,
                    help="D-RISE: mean weight of the masks that keep a pixel minus that of "
                    "those that remove it ('contrast'), of those that keep it ('coverage', "
                    "xaitk) or the paper's sum / N ('mean')")

@@ -137,7 +137,7 @@ def report(args, results: dict) -> dict:
             entry['best_swept_minus_nms'] = paired_differences(rows, best, NMS)
         out['configs'][name] = entry
         md += [format_seed_table({v: summary[v] for v in shown}, DETECTION_METRICS,
-                                 f'{name} ({len(runs)} seeds, training '
+                                 f'{name} ({len(runs)} seed{"s" * (len(runs) != 1)}, training '
                                  f'{sum(wall) / len(wall) / 60:.1f} min each)'), '']
         paired = {f'{odam} - NMS (paired)': entry['odam_nms_minus_nms']}
         if best:

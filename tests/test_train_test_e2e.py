@@ -40,13 +40,14 @@ def _ok(proc):
 def test_train_then_test(config, synthetic_root, tmp_path):
     work = tmp_path / 'work'
     # the default's warm-up would keep the ODAM losses off in a 1-epoch run
-    from_start = ['model.train_cfg.odam_loss.begin_epoch=0'] if 'odam' in config else []
+    odam = 'odam' in config
+    from_start = ['model.train_cfg.odam_loss.begin_epoch=0'] if odam else []
     out = _ok(run_tool('tools/train.py', config, '--work-dir', str(work), '--cfg-options',
                        *data_options(synthetic_root), 'train_cfg.max_epochs=1',
                        'train_cfg.val_interval=1', 'default_hooks.logger.interval=1',
                        *from_start))
     # Odam-Train's losses are logged separately
-    assert ('loss_odam_con' in out and 'loss_odam_sep' in out) == ('odam' in config)
+    assert ('loss_odam_con' in out and 'loss_odam_sep' in out) == odam
     ckpt = torch.load(work / 'epoch_1.pth', weights_only=True)  # plain weights_only load
     assert ckpt['meta']['epoch'] == 1 and ckpt['state_dict']
     out = _ok(run_tool('tools/test.py', config, str(work / 'epoch_1.pth'), '--work-dir',

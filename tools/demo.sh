@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded default, end to end on a 2-core CPU in about 8 minutes: set-up, synthetic
+# The embedded default, end to end on a 2-core CPU in about 7-10 minutes: set-up, synthetic
 # CrowdHuman, train the tiny FCOS with Odam-Train (after a warm-up of 4 epochs), draw ODAM
 # heat maps of its detections, compare NMS, Soft-NMS and Odam-NMS on it (the ODAM paper's
 # Table 5: AP50 / MR^-2 / JI / crowd recall), then audit its explanations: ODAM against

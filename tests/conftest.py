@@ -4,11 +4,19 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import odamtrain  # noqa: F401  (registers modules)
 from odamtrain.datasets import make_synthetic_crowdhuman
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# Where the detectors of the model tests run (odam_fixtures / zoo): the CPU in CI;
+# ODAMTRAIN_TEST_DEVICE=cuda on a GPU machine. TF32 off there, so that the float32 oracles
+# (one backward per prediction) are compared at float32 precision.
+TEST_DEVICE = torch.device(os.environ.get('ODAMTRAIN_TEST_DEVICE', 'cpu'))
+if TEST_DEVICE.type == 'cuda':
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @pytest.fixture(scope='session')

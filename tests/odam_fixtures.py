@@ -9,13 +9,13 @@ from odamtrain.datasets import render_scene
 from odamtrain.inference import prepare_batch, prepare_train_batch
 from odamtrain.models import install_odam
 
-from .conftest import REPO
+from .conftest import REPO, TEST_DEVICE
 
 
 def build_detector(config: str, num_classes: int = 1, seed: int = 0, cfg_options=None):
-    """A model from one of our configs, random init, eval mode, keeping low-score
-    detections (score_thr 0) so that a random model detects something; Odam-NMS /
-    Odam-Train installed where the config asks (as OdamRunner builds it)."""
+    """A model from one of our configs, random init, eval mode, on the tests' device,
+    keeping low-score detections (score_thr 0) so that a random model detects something;
+    Odam-NMS / Odam-Train installed where the config asks (as OdamRunner builds it)."""
     register_all_modules()
     cfg = Config.fromfile(f'{REPO}/{config}')
     if cfg_options:
@@ -31,7 +31,7 @@ def build_detector(config: str, num_classes: int = 1, seed: int = 0, cfg_options
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.cfg = cfg
-    return install_odam(model).eval()
+    return install_odam(model).to(TEST_DEVICE).eval()
 
 
 def scene(seed: int = 0) -> np.ndarray:

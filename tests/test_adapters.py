@@ -92,7 +92,7 @@ def pick(dets, k=2):
         on = (dets.level == level).nonzero()[:, 0]
         order = torch.argsort(dets.prior[on])
         idx += on[order[[0, -1]]].unique().tolist()[:k]
-    return torch.tensor(sorted(set(idx)))
+    return torch.tensor(sorted(set(idx)), device=dets.level.device)
 
 
 def test_dense_detections_are_mmdets(dense):
@@ -128,7 +128,7 @@ def test_dense_exact_gradients_equal_mmdets_graph(dense, target, explicit):
     leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
     assert torch.equal(res.bboxes, det.bboxes)
     chosen = pick(det)
-    scale = torch.tensor([meta['scale_factor'][:2]])
+    scale = inputs.new_tensor([meta['scale_factor'][:2]])
     checked = 0
     for level in det.level[chosen].unique().tolist():
         preds = det[chosen[det.level[chosen] == level]]
@@ -164,7 +164,7 @@ def test_dense_window_gradients_equal_frozen_statistics_autograd(name, target):
     det, = adapter.predictions(fwd)
     leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples, frozen=True)
     chosen = pick(det)
-    scale = torch.tensor([meta['scale_factor'][:2]])
+    scale = inputs.new_tensor([meta['scale_factor'][:2]])
     for level in det.level[chosen].unique().tolist():
         sel = chosen[det.level[chosen] == level]
         grads, _ = window_grads(adapter, fwd, level, det[sel], target, scale)
@@ -258,7 +258,7 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
     det, = adapter.predictions(fwd)
     leaves, (res,) = mmdet_roi_graph(model, inputs, samples)
     assert len(leaves) == len(fwd.feats) == (3 if name == 'cascade-rcnn' else 1)
-    scale = torch.tensor([meta['scale_factor'][:2]])
+    scale = inputs.new_tensor([meta['scale_factor'][:2]])
     got = roi_grads(adapter, fwd, det, target, scale)
     for p in range(min(len(det), 6)):
         if not unclipped(res, p, target, meta, model):
@@ -286,8 +286,8 @@ def test_cascade_maps_sum_the_stages(two_stage):
         feats = model.extract_feat(inputs)
         proposals = model.rpn_head.predict(feats, samples, rescale=False)
     fwd = adapter.forward(feats, proposals, [meta])
-    grads = roi_grads(adapter, fwd, det, 'score', torch.tensor([meta['scale_factor'][:2]]))
-    scale = torch.tensor(meta['scale_factor'][:2]).repeat(2)
+    grads = roi_grads(adapter, fwd, det, 'score', inputs.new_tensor([meta['scale_factor'][:2]]))
+    scale = inputs.new_tensor(meta['scale_factor'][:2]).repeat(2)
     ref = sum(paste_roi_maps(odam_heatmap(g, f.detach()[det.roi]), rois[det.roi, 1:] / scale,
                              meta['ori_shape'][:2])
               for g, f, rois in zip(grads, fwd.feats, fwd.rois))
@@ -359,9 +359,9 @@ def test_drise_and_vps_take_every_family_as_a_black_box(name):
                          targets=[target], drise=kw)
     h, w = meta['img_shape'][:2]
     cells, shifts = drise_grids(6, 4, 0.5, (h, w), torch.Generator().manual_seed(0))
-    masks = drise_masks(cells, shifts, (h, w))
+    masks = drise_masks(cells, shifts, (h, w)).to(inputs)
     black = pixel_to_input(model, inputs.new_zeros(3))[:, None, None]
-    weighted = torch.zeros(h, w)
+    weighted = inputs.new_zeros(h, w)
     for m in masks:
         masked = inputs.clone()
         masked[..., :h, :w] = inputs[..., :h, :w] * m + black * (1 - m)

@@ -56,7 +56,7 @@ def test_explain_detector_maps_equal_one_backward_per_detection(fcos):
     with torch.enable_grad():
         cls, reg, ctr = fcos.bbox_head(feats)
     assert len(res) == 5
-    scale = torch.tensor(meta['scale_factor']).repeat(2)
+    scale = inputs.new_tensor(meta['scale_factor']).repeat(2)
     for k in range(len(res)):
         level, prior, label = int(res.level[k]), int(res.prior[k]), int(res.labels[k])
         hw = cls[level].shape[-2:]

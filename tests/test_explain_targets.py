@@ -22,9 +22,9 @@ def iou(a, b):
 def targets_of(dets):
     """Three targets: two detections' boxes (class 0 and 2) and one grown by 4 pixels
     (class 1), which only partly overlaps any prediction."""
-    grown = dets.bboxes[1] + torch.tensor([-4., -4., 4., 4.])
+    grown = dets.bboxes[1] + dets.bboxes.new_tensor([-4., -4., 4., 4.])
     boxes = torch.stack([dets.bboxes[0], dets.bboxes[3], grown])
-    return InstanceData(bboxes=boxes, labels=torch.tensor([0, 2, 1]))
+    return InstanceData(bboxes=boxes, labels=dets.labels.new_tensor([0, 2, 1]))
 
 
 @pytest.fixture(scope='module')
@@ -45,14 +45,15 @@ def test_fcos_targets_pick_the_brute_force_best_prediction(fcos):
     got, = explain_batch(fcos, inputs, samples, method='odam', normalize=None, targets=[tgt])
     # brute force: every level, location and class, FCOS's box and score written out
     meta = samples[0].metainfo
-    scale = torch.tensor(meta['scale_factor'] * 2)
+    scale = inputs.new_tensor(meta['scale_factor'] * 2)
     with torch.no_grad():
         cls, reg, ctr = head(fcos.extract_feat(inputs))
     cands = []
     for level, (c, r, t) in enumerate(zip(cls, reg, ctr)):
         h, w = c.shape[-2:]
         s = head.strides[level]
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
+        ys, xs = torch.meshgrid(torch.arange(h, device=c.device),
+                                torch.arange(w, device=c.device), indexing='ij')
         px, py = xs.flatten() * s + s // 2, ys.flatten() * s + s // 2  # mmdet's offset 0
         r = r[0].flatten(1)
         img_h, img_w = meta['img_shape']
@@ -90,7 +91,7 @@ def test_rcnn_targets_pick_the_brute_force_best_prediction(rcnn):
     with torch.no_grad():
         feats = rcnn.extract_feat(inputs)
         props = rcnn.rpn_head.predict(feats, samples, rescale=False)
-        rois = torch.cat([torch.zeros(len(props[0]), 1), props[0].bboxes], 1)
+        rois = torch.cat([props[0].bboxes.new_zeros(len(props[0]), 1), props[0].bboxes], 1)
         cls, reg = roi_head.bbox_head(roi_head.bbox_roi_extractor(feats[:4], rois))
         per = roi_head.bbox_head._predict_by_feat_single(rois, cls, reg, meta, rescale=True,
                                                          rcnn_test_cfg=None)
@@ -112,10 +113,11 @@ def test_rcnn_targets_pick_the_brute_force_best_prediction(rcnn):
 @pytest.mark.parametrize('method', ['drise', 'vps'])
 def test_black_box_methods_explain_the_targets_themselves(fcos, method):
     inputs, samples = image_batch(fcos)
+    # targets on the CPU (as a dataset gives them) whatever the model's device
     tgt = InstanceData(bboxes=torch.tensor([[10., 20., 60., 120.]]), labels=torch.tensor([1]))
     out, = explain_batch(fcos, inputs, samples, method=method, normalize=None, targets=[tgt],
                          drise=dict(num_masks=8), vps=dict(regions=4, max_steps=1))
-    assert torch.equal(out.bboxes, tgt.bboxes) and out.labels.tolist() == [1]
+    assert torch.equal(out.bboxes.cpu(), tgt.bboxes) and out.labels.tolist() == [1]
     assert out.scores.tolist() == [0] and out.heatmaps.shape == (1, *samples[0].ori_shape)
     with pytest.raises(ValueError, match='one InstanceData per image'):
         explain_batch(fcos, inputs, samples, method=method, targets=[tgt, tgt])

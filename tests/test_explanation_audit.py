@@ -144,8 +144,8 @@ def test_one_forward_per_image_and_method_and_detected_maps_are_the_detections_m
             det = det.pred_instances
             gt = batch['data_samples'][0].gt_instances
             batch['data_samples'][0].gt_instances = InstanceData(
-                bboxes=HorizontalBoxes(torch.cat([det.bboxes[[0, 3, 6]], gt.bboxes.tensor])),
-                labels=torch.cat([det.labels[[0, 3, 6]], gt.labels]))
+                bboxes=HorizontalBoxes(torch.cat([det.bboxes[[0, 3, 6]].cpu(), gt.bboxes.tensor])),
+                labels=torch.cat([det.labels[[0, 3, 6]].cpu(), gt.labels]))
         original = fcos.extract_feat
         fcos.extract_feat = lambda *a, **k: calls.append(1) or original(*a, **k)
         try:

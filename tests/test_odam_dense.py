@@ -23,6 +23,7 @@ from odamtrain.explain.dense_gradients import (
 )
 from odamtrain.explain.heatmap import box_sigma, odam_heatmap
 
+from .conftest import TEST_DEVICE
 from .odam_fixtures import build_detector, image_batch
 
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
@@ -35,7 +36,7 @@ def fcos():
 
 def random_forward(model, shape, seed) -> DenseForward:
     """The head's forward (towers recorded) on the FPN levels of a random input batch."""
-    inputs = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    inputs = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(TEST_DEVICE)
     with torch.no_grad():
         return dense_forward(build_adapter(model), model.extract_feat(inputs), [])
 
@@ -58,8 +59,10 @@ def setup(fcos):
         preds.append(InstanceData(prior=ys * w + xs, labels=torch.randint(3, (n,), generator=g),
                                   img=torch.zeros(n, dtype=torch.long),
                                   level=torch.full((n,), level),
-                                  bboxes=torch.cat([centre - half, centre + half], 1) / 0.8))
-    return adapter, fwd, preds, torch.tensor([[0.8, 0.8]])  # scale: input / original
+                                  bboxes=torch.cat([centre - half, centre + half], 1) / 0.8
+                                  ).to(TEST_DEVICE))
+    scale = torch.tensor([[0.8, 0.8]], device=TEST_DEVICE)  # input / original
+    return adapter, fwd, preds, scale
 
 
 def oracle_grad(head, feat, level, y, x, label, target, scale, frozen):
@@ -137,10 +140,11 @@ def test_exact_tower_backward_indexes_each_predictions_own_image(fcos):
     n = 10
     preds = InstanceData(prior=torch.randint(h * w, (n,), generator=g),
                          labels=torch.randint(3, (n,), generator=g), img=torch.arange(n) % 2,
-                         level=torch.full((n,), level))
-    scale = torch.tensor([[1.0, 1.0], [0.5, 0.5]])
+                         level=torch.full((n,), level)).to(TEST_DEVICE)
+    scale = torch.tensor([[1.0, 1.0], [0.5, 0.5]], device=TEST_DEVICE)
     for target in ('score', 'x2'):
-        explicit, autograd = (torch.zeros(n, *fwd.feats[level].shape[1:]) for _ in range(2))
+        explicit, autograd = (fwd.feats[level].new_zeros(n, *fwd.feats[level].shape[1:])
+                              for _ in range(2))
         for f, out in ((fwd, explicit), (plain, autograd)):
             for idx, grads in exact_grads(adapter, f, level, preds, target, scale, chunk=3):
                 out[idx] = grads

@@ -30,7 +30,7 @@ def roi_forward(rcnn, inputs, samples, features='roi'):
 def roi_setup(rcnn):
     inputs, samples = image_batch(rcnn)
     adapter, fwd, det = roi_forward(rcnn, inputs, samples)
-    scale = torch.tensor([samples[0].metainfo['scale_factor']])
+    scale = inputs.new_tensor([samples[0].metainfo['scale_factor']])
     return rcnn, inputs, samples, adapter, fwd, det, scale
 
 
@@ -117,7 +117,7 @@ def test_fpn_level_gradients_equal_per_detection_autograd(rcnn):
     inputs, samples = image_batch(rcnn, seed=1)
     adapter, fwd, det = roi_forward(rcnn, inputs, samples, 'fpn')
     levels, rois, cls = fwd.levels[:4], fwd.rois[0], fwd.cls_score
-    scale = torch.tensor([samples[0].metainfo['scale_factor']])
+    scale = inputs.new_tensor([samples[0].metainfo['scale_factor']])
     got = {}
     for part, lvl, g in roi_fpn_grads(adapter, fwd, det, 'score', scale):
         for j, p in enumerate(part.tolist()):

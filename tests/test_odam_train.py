@@ -29,6 +29,7 @@ from odamtrain.models.losses import (
     top_per_object,
 )
 
+from .conftest import TEST_DEVICE
 from .odam_fixtures import build_detector, train_batch
 from .zoo import build_zoo_detector
 
@@ -253,7 +254,7 @@ def test_fcos_positives_carry_their_assigned_gt(center_sampling):
         pos = adapter.train_positives(fwd, None, gts, metas)
     assert len(pos) > 20
     labels, targets = head.get_targets(head.prior_generator.grid_priors(
-        [f.shape[-2:] for f in fwd.feats], device='cpu'), gts)
+        [f.shape[-2:] for f in fwd.feats], device=inputs.device), gts)
     for p in range(len(pos)):
         b, lvl, loc = int(pos.img[p]), int(pos.level[p]), int(pos.prior[p])
         boxes = gts[b].bboxes
@@ -331,7 +332,7 @@ def test_rcnn_train_maps_equal_per_roi_autograd():
         a = feats.detach()[r:r + 1].clone().requires_grad_(True)
         cls, _ = head.bbox_head(a)
         g, = torch.autograd.grad(cls[0, int(pos.labels[p])], a)
-        m = odam_heatmap(g, a.detach(), torch.tensor([SIGMA_PER_BOX_SIZE * 7]))
+        m = odam_heatmap(g, a.detach(), a.new_tensor([SIGMA_PER_BOX_SIZE * 7]))
         # pasted into the RoI on the stride-16 grid: compare at the RoI's cells
         want = paste_roi_maps(m, rois[r:r + 1, 1:] / 16, maps.shape[-2:])[0]
         torch.testing.assert_close(maps[p].detach(), want, rtol=1e-4,
@@ -438,8 +439,8 @@ def zoo_training(name, num_gt):
                                         scale_factor=(1.0, 1.0)))
         s.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
                                       labels=torch.ones(num_gt, dtype=torch.long))
-        samples.append(s)
-    return model, inputs, samples
+        samples.append(s.to(TEST_DEVICE))
+    return model, inputs.to(TEST_DEVICE), samples
 
 
 @pytest.mark.parametrize('name', ['retinanet', 'atss', 'gfl', 'cascade-rcnn'])
@@ -472,7 +473,7 @@ def test_anchor_positives_are_the_samplers(name):
     pos = adapter.train_positives(fwd, recorded, gts, metas)
     assert len(pos) > 5
     sizes = [f.shape[-2:] for f in fwd.feats]
-    anchors, valid = head.get_anchors(sizes, metas, device='cpu')
+    anchors, valid = head.get_anchors(sizes, metas, device=inputs.device)
     targets = head.get_targets(anchors, valid, gts, metas, ignore)
     labels = targets[1] if name in ('atss', 'gfl') else targets[0]  # per level (B, n_l)
     for p in range(len(pos)):

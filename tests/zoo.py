@@ -8,6 +8,8 @@ from mmengine.hub import get_config
 
 from odamtrain.inference import prepare_batch
 
+from .conftest import TEST_DEVICE
+
 NARROW_RESNET = dict(
     backbone=dict(type='ResNet', depth=18, base_channels=8, num_stages=4,
                   out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, style='pytorch',
@@ -136,7 +138,7 @@ def build_zoo_detector(name: str, num_classes: int = 3, seed: int = 0, train: bo
     model.init_weights()
     _spread_outputs(model, seed)
     model.cfg = cfg
-    return model.train(train)
+    return model.to(TEST_DEVICE).train(train)
 
 
 def _spread_outputs(model, seed):

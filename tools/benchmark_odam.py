@@ -1,13 +1,16 @@
-"""Benchmark ODAM heat maps on CPU over the detector families: the batched maps (fast /
-exact) against one detector forward and against one backward per prediction, side by side
-in one run, for R50-FPN detectors of the mmdet zoo (and the zoo's own backbones for RTMDet
-and YOLOX) with random weights (speed does not depend on them), at two input sizes.
+"""Benchmark ODAM heat maps over the detector families, on the CPU or a GPU: the batched
+maps (fast / exact) against one detector forward and against one backward per prediction,
+side by side in one run, for R50-FPN detectors of the mmdet zoo (and the zoo's own backbones
+for RTMDet and YOLOX) with random weights (speed does not depend on them), at two input
+sizes.
 
 Every measurement runs in its own subprocess (one after the other, in this one run) so that
-its peak memory (max RSS) can be read; times are medians of --repeats runs after a warm-up.
+its peak memory (max RSS on the CPU, peak allocated GPU memory on a GPU) can be read; times
+are medians of --repeats runs after a warm-up (on a GPU, each run ends with a synchronize).
 
     python tools/benchmark_odam.py [--families fcos retinanet ...] [--sizes 512 800]
-        [--counts 100] [--repeats 3] [--threads 2] [--exact] [--out docs/benchmark_odam.json]
+        [--counts 100] [--repeats 3] [--threads 2] [--device cpu|cuda] [--exact]
+        [--out docs/benchmark_odam.json]
     # accuracy of fast mode against exact on a trained dense detector:
     python tools/benchmark_odam.py --accuracy CONFIG CHECKPOINT --images IMG [IMG ...]
 """
@@ -68,10 +71,11 @@ def build(family: str, n: int):
     return model
 
 
-def batch(size: int):
+def batch(size: int, device: str = 'cpu'):
     import torch
     from mmdet.structures import DetDataSample
     inputs = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 50
+    inputs = inputs.to(device)
     sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
                                          pad_shape=(size, size), scale_factor=(1.0, 1.0),
                                          batch_input_shape=(size, size)))
@@ -98,7 +102,7 @@ def loop_maps(model, inputs, samples, dets) -> None:
                 odam_heatmap(g[:1], a[:1].detach())
         return
     fwd = detector_forward(model, adapter, inputs, samples)
-    scale = torch.ones(1, 2)
+    scale = torch.ones(1, 2, device=inputs.device)
     with torch.enable_grad():
         if isinstance(adapter, DenseHeadAdapter):
             leaves = [f.detach().requires_grad_(True) for f in fwd.feats]
@@ -121,14 +125,15 @@ def worker(args):
     import torch
     torch.set_num_threads(args.threads)
     from odamtrain.apis import explain_batch
-    model = build(args.family, args.count)
-    inputs, samples = batch(args.size)
+    cuda = args.device == 'cuda'
+    model = build(args.family, args.count).to(args.device)
+    inputs, samples = batch(args.size, args.device)
     if args.what == 'loop':  # which predictions to loop over (not timed)
         det, = explain_batch(model, inputs, samples, smooth=None, normalize=None,
                              map_size=50)
         det = det[:LOOP_SAMPLE]
 
-    def run():
+    def measured():
         with torch.no_grad():
             if args.what == 'forward':
                 return len(model.predict(inputs, samples)[0].pred_instances)
@@ -138,10 +143,18 @@ def worker(args):
         explained, = explain_batch(model, inputs, samples, mode=args.what)
         return len(explained)
 
+    def run():
+        n = measured()
+        if cuda:  # the kernels queued by the run are part of its time
+            torch.cuda.synchronize()
+        return n
+
     # minutes per run (exact mode, transformers' maps): one timed run, no warm-up
     slow = args.what == 'exact' or (args.what == 'fast' and 'encoder' in model.cfg.model)
     n = None if slow else run()  # warm-up
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(1 if slow else args.repeats):
         t = time.perf_counter()
@@ -149,7 +162,9 @@ def worker(args):
         times.append(time.perf_counter() - t)
     print(json.dumps(dict(seconds=times, n=n,
                           rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                          base_rss_mb=base)))
+                          base_rss_mb=base,
+                          gpu_peak_mb=torch.cuda.max_memory_allocated() / 2 ** 20 if cuda
+                          else None)))
 
 
 def accuracy(config: str, checkpoint: str, images: list) -> list:
@@ -214,8 +229,9 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
 def measure(family, size, count, what, args):
     cmd = [sys.executable, __file__, '--worker', '--family', family, '--size', str(size),
            '--count', str(count), '--what', what, '--repeats', str(args.repeats),
-           '--threads', str(args.threads)]
-    env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=REPO)
+           '--threads', str(args.threads), '--device', args.device]
+    path = os.pathsep.join(p for p in (REPO, os.environ.get('PYTHONPATH')) if p)
+    env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=path)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
@@ -250,6 +266,7 @@ def main():
                    help='N per measurement (default 100; DINO 300, all its detections)')
     p.add_argument('--repeats', type=int_at_least(1), default=3)
     p.add_argument('--threads', type=int_at_least(1), default=2)
+    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--exact', action='store_true', help='also time exact mode (one run)')
     p.add_argument('--out', default=None, help='write all numbers as JSON')
     p.add_argument('--accuracy', nargs=2, metavar=('CONFIG', 'CHECKPOINT'),
@@ -285,6 +302,8 @@ def main():
                            forward_s=fwd['median_s'], fast_total_s=fast['median_s'],
                            fast_maps_s=fast_maps, exact_maps_s=exact_maps, loop_s=loop_s,
                            fast_peak_rss_mb=fast['rss_mb'], forward_peak_rss_mb=fwd['rss_mb'],
+                           fast_gpu_peak_mb=fast['gpu_peak_mb'],
+                           forward_gpu_peak_mb=fwd['gpu_peak_mb'], device=args.device,
                            output_maps_mb=n * size * size * 4 / 2 ** 20)
                 rows.append(row)
                 if args.out:  # after every row: a long run that stops keeps what it measured
@@ -293,12 +312,14 @@ def main():
                 print(f'{family:14s}{size:>7d}{n:>6d}{fwd["median_s"]:>11.3f}{fast_maps:>13.3f}'
                       f'{fast_maps / fwd["median_s"]:>10.2f}'
                       f'{(f"{exact_maps:.3f}" if exact else "-"):>14s}{loop_s:>10.2f}'
-                      f'{loop_s / max(fast_maps, 1e-9):>11.1f}{fast["rss_mb"]:>9.0f}',
+                      f'{loop_s / max(fast_maps, 1e-9):>11.1f}'
+                      f'{fast["gpu_peak_mb"] or fast["rss_mb"]:>9.0f}',
                       flush=True)
     print(f'\nfast maps s = (explain time) - (forward time): the cost of all N maps beyond the '
           f'detection itself, at the input size (min-max normalised). loop s = one backward '
           f'per prediction and its map, timed on {LOOP_SAMPLE} predictions and scaled to N. '
-          f'fast MB = peak RSS of the fast run, incl. the model and the N output maps.')
+          f'fast MB = peak RSS of the fast run (on a GPU: its peak allocated GPU memory), incl. '
+          f'the model and the N output maps.')
 
 
 if __name__ == '__main__':

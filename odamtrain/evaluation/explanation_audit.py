@@ -208,8 +208,8 @@ def score_objects(model, inputs: torch.Tensor, meta: dict, maps: torch.Tensor,
     if not settings.deletion_steps:
         return out
     out.update({name: [] for name in FAITHFULNESS_METRICS})
-    noise = pixel_to_input(model, torch.rand(
-        3, *inputs.shape[-2:], generator=_image_generator(settings.seed, meta)) * 255)
+    noise = pixel_to_input(model, torch.rand(  # drawn on the CPU: the same on any device
+        3, *inputs.shape[-2:], generator=_image_generator(settings.seed, meta)).to(inputs) * 255)
     black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))
     on_input = _maps_on_input(maps, meta, inputs.shape[-2:])
     scale = inputs.new_tensor(meta['scale_factor'][:2])

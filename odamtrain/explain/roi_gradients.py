@@ -119,7 +119,8 @@ def roi_footprints(extractor, rois: torch.Tensor, num_levels: int):
     """Where RoIAlign reads each RoI: its FPN level (R,) and the cells it touches on that
     level (R, 4) x1y1x2y2 inclusive (the box in cells, widened by one for bilinear taps)."""
     level = extractor.map_roi_levels(rois, num_levels)  # [R]
-    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype)[level]
+    strides = torch.tensor(extractor.featmap_strides, dtype=rois.dtype,
+                           device=rois.device)[level]
     box = rois[:, 1:] / strides[:, None]
     return level, torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1)
 
@@ -140,8 +141,8 @@ def roi_fpn_grads(adapter, fwd, preds: InstanceData, target: str, scale: torch.T
             part = sel[roi_level[sel] == lvl]
             g = grads[lvl][preds.img[part]]  # [n, C, h, w]
             h, w = g.shape[-2:]
-            ys = torch.arange(h, dtype=cells.dtype)[None, :, None]
-            xs = torch.arange(w, dtype=cells.dtype)[None, None, :]
+            ys = torch.arange(h, dtype=cells.dtype, device=cells.device)[None, :, None]
+            xs = torch.arange(w, dtype=cells.dtype, device=cells.device)[None, None, :]
             c = cells[part]
             inside = ((ys >= c[:, 1, None, None]) & (ys <= c[:, 3, None, None])
                       & (xs >= c[:, 0, None, None]) & (xs <= c[:, 2, None, None]))

@@ -19,12 +19,13 @@ def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor,
     Args:
         det_boxes: (N, 4), gt_boxes: (M, 4) x1y1x2y2 in the same pixels; det_scores: (N,).
     Returns:
-        (det_index, gt_index), each (K,) int64, in decreasing score order.
+        (det_index, gt_index), each (K,) int64 on the detections' device, in decreasing
+        score order.
     """
     dets, gts = [], []
     if len(det_boxes) and len(gt_boxes):
-        ious = bbox_overlaps(det_boxes.float(), gt_boxes.float())  # [N, M]
-        taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
+        ious = bbox_overlaps(det_boxes.float(), gt_boxes.float().to(det_boxes.device))  # [N, M]
+        taken = torch.zeros(len(gt_boxes), dtype=torch.bool, device=ious.device)
         for d in torch.argsort(det_scores, descending=True, stable=True).tolist():
             row = ious[d].masked_fill(taken, -1)
             g = int(row.argmax())
@@ -32,7 +33,8 @@ def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor,
                 taken[g] = True
                 dets.append(d)
                 gts.append(g)
-    return torch.tensor(dets, dtype=torch.long), torch.tensor(gts, dtype=torch.long)
+    index = dict(dtype=torch.long, device=det_boxes.device)
+    return torch.tensor(dets, **index), torch.tensor(gts, **index)
 
 
 def best_candidates(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
@@ -45,15 +47,16 @@ def best_candidates(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Ten
         boxes: (D, 4), labels: (D,), scores: (D,) the predictions; target_boxes: (T, 4),
             target_labels: (T,); x1y1x2y2 in the same pixels.
     Returns:
-        (index (T,) int64, value (T,)); index 0 and value 0 where no prediction of the
-        target's class overlaps it (or D = 0).
+        (index (T,) int64, value (T,)) on the predictions' device; index 0 and value 0 where
+        no prediction of the target's class overlaps it (or D = 0).
     """
     t = len(target_boxes)
     if len(boxes) == 0 or t == 0:
-        return (torch.zeros(t, dtype=torch.long, device=target_boxes.device),
-                target_boxes.new_zeros(t))
-    sim = bbox_overlaps(target_boxes, boxes.to(target_boxes))  # [T, D]
-    sim = sim * (target_labels[:, None] == labels[None].to(target_labels)) * scores[None]
+        return (torch.zeros(t, dtype=torch.long, device=boxes.device),
+                boxes.new_zeros(t, dtype=target_boxes.dtype))
+    sim = bbox_overlaps(target_boxes.to(boxes), boxes)  # [T, D]
+    same = target_labels.to(labels.device)[:, None] == labels[None]  # [T, D]
+    sim = sim * same * scores[None].to(sim)
     value, index = sim.max(1)
     return index, value
 

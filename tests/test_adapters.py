@@ -197,6 +197,37 @@ def test_dense_maps_equal_the_oracle_maps(dense):
         torch.testing.assert_close(det.heatmaps[p], ref[0], rtol=1e-4, atol=1e-6)
 
 
+def test_tood_box_side_maps_take_the_per_detection_fallback(monkeypatch):
+    """TOOD's box sides pass its deformable sampling (mmcv's DCN, no batching rule): the
+    vectorised backward falls back to one backward per detection, inside explain_batch's
+    no_grad, and the maps still equal the oracle's."""
+    import odamtrain.explain.batched_autograd as batched
+    logged = []
+    monkeypatch.setattr(batched, 'print_log', lambda msg, **kw: logged.append(msg))
+    model = build_zoo_detector('tood')
+    inputs, samples = zoo_batch(model)
+    det, = explain_batch(model, inputs, samples, mode='exact', target='x1', smooth=None,
+                         normalize=None)
+    assert any('one backward per prediction' in m for m in logged)
+    leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
+    meta = samples[0].metainfo
+    strides = [s[0] for s in model.bbox_head.prior_generator.strides]
+    checked = 0
+    for p in pick(det).tolist():
+        if not unclipped(res, p, 'x1', meta, model):
+            continue
+        with torch.enable_grad():
+            y = oracle_value('tood', outs, res, p, 'x1')
+        grads = torch.autograd.grad(y, leaves, retain_graph=True, allow_unused=True)
+        level = int(det.level[p])
+        ref = odam_heatmap(grads[level], leaves[level].detach())
+        ref = resize_maps(ref, strides[level], meta['img_shape'][:2], meta['ori_shape'][:2])
+        torch.testing.assert_close(det.heatmaps[p], ref[0], rtol=1e-4,
+                                   atol=1e-6 * max(1.0, float(ref.abs().max())))
+        checked += 1
+    assert checked > 0
+
+
 # ------------------------------------------------------------------- two-stage
 @pytest.fixture(scope='module', params=TWO_STAGE)
 def two_stage(request):

@@ -29,6 +29,7 @@ def synthetic_root(tmp_path_factory):
 
 def run_tool(*args, timeout=900, env=None):
     """Run ``python tools/<args>`` (or ``-m ...``) from the repo root; returns the process."""
-    full_env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=REPO, **(env or {}))
+    path = os.pathsep.join(p for p in (REPO, os.environ.get('PYTHONPATH')) if p)
+    full_env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=path, **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, timeout=timeout,
                           capture_output=True, text=True)

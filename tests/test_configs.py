@@ -51,7 +51,7 @@ def test_config_builds(config):
 def test_odam_train_fcos_variants_change_one_thing():
     """The issue-17 suspects each differ from the paper's Odam-Train FCOS in one odam_loss
     key and nothing else; the paper's setting differs from the default only by the
-    default's warm-up."""
+    default's warm-up, and the combination only by second order from the default."""
     def load(name):
         return Config.fromfile(osp.join(REPO, 'configs', f'{name}_tiny_fpn_synthetic.py'))
 
@@ -60,14 +60,14 @@ def test_odam_train_fcos_variants_change_one_thing():
         return {**d, 'model': {**d['model'], 'train_cfg': {
             k: v for k, v in d['model']['train_cfg'].items() if k != 'odam_loss'}}}
 
-    paper = load('fcos_odam-paper')
-    pairs = [(load('fcos_odam'), {'begin_epoch'})] + [
-        (load(f'fcos_odam-{s}'), {key}) for s, key in (
+    paper, default = load('fcos_odam-paper'), load('fcos_odam')
+    variants = [(paper, default, {'begin_epoch'})] + [
+        (paper, load(f'fcos_odam-{s}'), {key}) for s, key in (
             ('2nd-order', 'second_order'), ('lw0.1', 'loss_weight'),
-            ('lw0.25', 'loss_weight'), ('top3', 'max_positives_per_object'))]
-    a = paper.model.train_cfg.odam_loss
-    for cfg, changed in pairs:
-        b = cfg.model.train_cfg.odam_loss
+            ('lw0.25', 'loss_weight'), ('top3', 'max_positives_per_object'))] + [
+        (default, load('fcos_odam-2nd-order-warmup'), {'second_order'})]
+    for base, cfg, changed in variants:
+        a, b = base.model.train_cfg.odam_loss, cfg.model.train_cfg.odam_loss
         assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == changed
-        assert without_odam_loss(cfg) == without_odam_loss(paper)
+        assert without_odam_loss(cfg) == without_odam_loss(base)
     assert paper.model.train_cfg.odam_loss.begin_epoch == 0

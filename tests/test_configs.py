@@ -51,7 +51,7 @@ def test_config_builds(config):
 def test_odam_train_fcos_variants_change_one_thing():
     """The issue-17 suspects each differ from the paper's Odam-Train FCOS in one odam_loss
     key and nothing else; the paper's setting differs from the default only by the
-    default's warm-up, and the combination only by second order from the default."""
+    default's warm-up and second order, and the detached warm-up only by second order."""
     def load(name):
         return Config.fromfile(osp.join(REPO, 'configs', f'{name}_tiny_fpn_synthetic.py'))
 
@@ -61,13 +61,15 @@ def test_odam_train_fcos_variants_change_one_thing():
             k: v for k, v in d['model']['train_cfg'].items() if k != 'odam_loss'}}}
 
     paper, default = load('fcos_odam-paper'), load('fcos_odam')
-    variants = [(paper, default, {'begin_epoch'})] + [
+    variants = [(paper, default, {'begin_epoch', 'second_order'})] + [
         (paper, load(f'fcos_odam-{s}'), {key}) for s, key in (
             ('2nd-order', 'second_order'), ('lw0.1', 'loss_weight'),
             ('lw0.25', 'loss_weight'), ('top3', 'max_positives_per_object'))] + [
-        (default, load('fcos_odam-2nd-order-warmup'), {'second_order'})]
+        (default, load('fcos_odam-1st-order'), {'second_order'})]
     for base, cfg, changed in variants:
         a, b = base.model.train_cfg.odam_loss, cfg.model.train_cfg.odam_loss
         assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == changed
         assert without_odam_loss(cfg) == without_odam_loss(base)
     assert paper.model.train_cfg.odam_loss.begin_epoch == 0
+    assert not paper.model.train_cfg.odam_loss.second_order
+    assert default.model.train_cfg.odam_loss.second_order

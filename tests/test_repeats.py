@@ -14,6 +14,7 @@ from odamtrain.evaluation.repeats import (
 )
 
 from .conftest import run_tool
+from .test_tools_cli import _tool
 
 RUNS = {  # seed -> variant -> metric
     0: {'NMS': {'JI': 0.50, 'AP50': 0.70}, 'Odam': {'JI': 0.52, 'AP50': 0.69}},
@@ -94,15 +95,46 @@ def test_repeat_tool_two_seeds_resumable(synthetic_root, tmp_path):
     assert entry['summary']['ODAM maps']['odi']['mean'] == pytest.approx(expected, nan_ok=True)
     assert '| NMS |' in (work / 'repeat.md').read_text()
     assert '| ODAM maps |' in (work / 'repeat.md').read_text()
+    # each seed folder records its training, which the second call finds the same
+    fingerprint = _tool('repeat').training_fingerprint
+    for seed in (3, 4):
+        record = json.loads((work / 'fcos_tiny_fpn_synthetic' / f'seed_{seed}' /
+                             'training.json').read_text())
+        assert record['config_sha256'] == fingerprint(
+            'configs/fcos_tiny_fpn_synthetic.py', seed,
+            [*opts, 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'])
     # resumable: a second call trains and evaluates nothing again
     out = _ok(run_tool(*cmd))
     assert 'training ->' not in out and 'NMS variants' not in out and 'maps audit' not in out
 
 
+def test_a_seed_folder_of_another_training_stops_the_run(tmp_path):
+    """The record of a seed folder is the sha256 of the resolved config: the same for the same
+    config, seed and options (an option equal to the config's value included), another for
+    another seed, option or setting of a child config; repeat.py stops on a folder recorded
+    for another training, naming it, before it trains anything."""
+    fingerprint = _tool('repeat').training_fingerprint
+    default, detached = (f'configs/fcos_odam{v}_tiny_fpn_synthetic.py' for v in ('', '-1st-order'))
+    same = fingerprint(default, 0, [])
+    assert fingerprint(default, 0, []) == same
+    assert fingerprint(default, 0, ['train_cfg.max_epochs=12']) == same  # the schedule's value
+    assert fingerprint(default, 1, []) != same
+    assert fingerprint(default, 0, ['train_cfg.max_epochs=1']) != same
+    assert fingerprint(detached, 0, []) != same  # differs by second_order only
+    seed = tmp_path / 'fcos_odam_tiny_fpn_synthetic' / 'seed_0'
+    seed.mkdir(parents=True)
+    record = seed / 'training.json'
+    record.write_text(json.dumps(dict(config=detached, seed=0, train_options=[],
+                                      config_sha256=fingerprint(detached, 0, []))))
+    proc = run_tool('tools/repeat.py', default, '--seeds', '0', '--work-dir', str(tmp_path))
+    assert proc.returncode != 0
+    assert f'{record}: this folder holds a training of {detached}' in proc.stderr
+    assert sorted(p.name for p in seed.iterdir()) == ['training.json']  # nothing trained
+
+
 def test_an_evaluation_without_the_sweep_is_redone_for_the_sweep(tmp_path):
     """compare_nms.json counts as done for --sweep only with the sweep's rows (CrowdDet's
     Set-NMS table has no Odam-NMS row and is done either way)."""
-    from .test_tools_cli import _tool
     evaluated = _tool('repeat').evaluated
     table = tmp_path / 'compare_nms.json'
     assert not evaluated(str(table), False) and not evaluated(str(table), True)

@@ -16,11 +16,15 @@ metrics of the paper's Odam-Train section, with the same aggregation.
 Seeds: mmengine's ``randomness.seed`` (the data order follows it). Resumable: a finished
 training (``train_done.json``) or evaluation (``compare_nms.json``) is kept, an interrupted
 training resumes from its last complete checkpoint; an evaluation written without the sweep is
-redone when --sweep is asked. Each run's output goes to its own log
-(``WORK_DIR/<config>/seed_<S>/{train,compare_nms}.log``). Writes ``WORK_DIR/repeat.json`` and
-``WORK_DIR/repeat.md`` (atomically) after every finished run.
+redone when --sweep is asked. Each seed folder records what it trains (``training.json``: the
+sha256 of the resolved config with the seed and --train-options); a folder that holds another
+training (the config or the options changed since) stops the run instead of being reused.
+Each run's output goes to its own log (``WORK_DIR/<config>/seed_<S>/{train,compare_nms}.log``).
+Writes ``WORK_DIR/repeat.json`` and ``WORK_DIR/repeat.md`` (atomically) after every finished
+run.
 """
 import argparse
+import hashlib
 import json
 import os
 import os.path as osp
@@ -28,6 +32,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import DETECTION_METRICS, REPO, run_logged  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
 
 from odamtrain.evaluation.repeats import (  # noqa: E402
     format_seed_table,
@@ -45,11 +50,46 @@ def config_name(path: str) -> str:
     return osp.splitext(osp.basename(path))[0]
 
 
+def training_fingerprint(config: str, seed: int, train_options: list) -> str:
+    """sha256 of the training of one seed: ``config`` resolved (its ``_base_`` files
+    included) with ``randomness.seed`` and the --train-options merged, as tools/train.py
+    builds it."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    options = parser.parse_args(
+        ['--cfg-options', f'randomness.seed={seed}', *train_options]).cfg_options
+    cfg = Config.fromfile(osp.join(REPO, config))
+    cfg.merge_from_dict(options)
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_training_record(work: str, config: str, seed: int, args) -> None:
+    """Stop if the seed folder ``work`` holds another training than this one; record this
+    one in a new folder (a folder trained before the records existed is taken as is)."""
+    record = osp.join(work, 'training.json')
+    fingerprint = training_fingerprint(config, seed, args.train_options)
+    if osp.exists(record):
+        with open(record) as f:
+            held = json.load(f)
+        if held.get('config_sha256') != fingerprint:
+            raise SystemExit(
+                f'{record}: this folder holds a training of {held.get("config")} (seed '
+                f'{held.get("seed")}, --train-options {held.get("train_options")}) whose '
+                f'resolved config differs from {config} seed {seed} --train-options '
+                f'{args.train_options} now; pass another --work-dir or remove {work}')
+    elif not osp.exists(osp.join(work, 'train_done.json')):
+        atomic_write_text(json.dumps(dict(config=config, seed=seed,
+                                          train_options=args.train_options,
+                                          config_sha256=fingerprint)), record)
+
+
 def train_and_evaluate(config: str, seed: int, args) -> dict:
     """The rows {variant: metrics} of one seed of one config (trained / evaluated unless
     already done)."""
     work = osp.join(args.work_dir, config_name(config), f'seed_{seed}')
     os.makedirs(work, exist_ok=True)
+    check_training_record(work, config, seed, args)
     done = osp.join(work, 'train_done.json')
     if not osp.exists(done):
         print(f'[repeat] {config_name(config)} seed {seed}: training -> {work}', flush=True)

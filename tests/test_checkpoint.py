@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner.checkpoint import _load_checkpoint, save_checkpoint
+from mmengine.runner.checkpoint import _load_checkpoint
 
 from odamtrain.engine import (
     CheckpointError,
     CheckpointSecurityError,
+    check_resumable,
     from_plain,
     resumable_checkpoint,
     safe_load_checkpoint,
@@ -119,6 +120,7 @@ def test_checkpoint_written_by_mmengine_runner_loads(tmp_path):
                                           batch_size=2, collate_fn=dict(type='default_collate')),
                     train_cfg=dict(by_epoch=True, max_epochs=1),
                     optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+                    param_scheduler=dict(type='MultiStepLR', milestones=[1]),  # a Counter
                     default_hooks=dict(logger=dict(type='LoggerHook', interval=1)),
                     default_scope='mmengine')
     runner.train()
@@ -126,6 +128,7 @@ def test_checkpoint_written_by_mmengine_runner_loads(tmp_path):
     raw = torch.load(path, weights_only=False)  # our own file: the reference
     assert isinstance(raw['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
     loaded = safe_load_checkpoint(str(path))
+    check_resumable(loaded, str(path))  # what Runner.resume reads, with its types
     ref_hb, hb = (c['message_hub']['log_scalars']['train/loss'] for c in (raw, loaded))
     np.testing.assert_array_equal(hb.data[0], ref_hb.data[0])
     assert hb.max_length == ref_hb.max_length and hb.mean() == ref_hb.mean()
@@ -154,7 +157,7 @@ def test_plain_history_buffer_must_be_a_contiguous_log(tmp_path):
     log = torch.zeros(1).expand(10 ** 12)  # stride 0: 10^12 values from one number
     count = torch.zeros(1, dtype=torch.int64).expand(10 ** 12)
     plain = {'__mmengine_history_buffer__': dict(log=log, count=count, max_length=5)}
-    with pytest.raises(CheckpointError, match='contiguous'):
+    with pytest.raises(CheckpointError, match='overlapping strides'):
         from_plain({'hub': plain})
     good = {'__mmengine_history_buffer__': dict(log=torch.ones(3, dtype=torch.float64),
                                                 count=torch.ones(3, dtype=torch.int64),
@@ -173,10 +176,17 @@ def test_stale_temp_files_are_recognised(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob('*') if p.is_file()) == ['a.json', 'notes.tmp']
 
 
+def _resumable(iteration: int, **extra) -> dict:
+    """The smallest checkpoint that mmengine's Runner.resume reads (plain, weights-only)."""
+    return dict(dict(meta=dict(epoch=0, iter=iteration, seed=0), state_dict={},
+                     message_hub=dict(log_scalars={}, runtime_info={}, resumed_keys={})),
+                **extra)
+
+
 def test_resumable_checkpoint_skips_what_does_not_load(tmp_path):
     assert resumable_checkpoint(str(tmp_path)) == (None, [])
-    for name in ('epoch_2.pth', 'epoch_10.pth', 'best_AP50.pth'):
-        save_checkpoint({'state_dict': {}}, str(tmp_path / name))
+    for name, it in (('epoch_2.pth', 2), ('epoch_10.pth', 10), ('best_AP50.pth', 11)):
+        torch.save(_resumable(it), tmp_path / name)
     (tmp_path / 'last_checkpoint').write_text('')  # truncated by a crash
     assert resumable_checkpoint(str(tmp_path))[0].endswith('epoch_10.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_99.pth'))  # missing file
@@ -184,6 +194,9 @@ def test_resumable_checkpoint_skips_what_does_not_load(tmp_path):
     assert path.endswith('epoch_10.pth') and skipped[0][0].endswith('epoch_99.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))
     assert resumable_checkpoint(str(tmp_path))[0].endswith('epoch_2.pth')
+    (tmp_path / 'last_checkpoint').write_bytes(b'\xff\xfe/epoch_2.pth')  # not UTF-8
+    path, skipped = resumable_checkpoint(str(tmp_path))
+    assert path.endswith('epoch_10.pth') and 'not UTF-8' in skipped[0][1]
     # the newest is truncated: the next one that loads, and why the newest was skipped
     (tmp_path / 'last_checkpoint').unlink()
     data = (tmp_path / 'epoch_10.pth').read_bytes()
@@ -191,6 +204,51 @@ def test_resumable_checkpoint_skips_what_does_not_load(tmp_path):
     path, skipped = resumable_checkpoint(str(tmp_path))
     assert path.endswith('epoch_2.pth')
     assert skipped[0][0].endswith('epoch_10.pth') and 'cannot load' in skipped[0][1]
+
+
+@pytest.mark.parametrize('broken, words', [
+    (dict(message_hub=[1, 2]), "'message_hub' is not a dict"),
+    (dict(meta=dict(epoch=0, iter='9')), "meta['iter'] is '9'"),
+    (dict(meta=dict(epoch=0, iter=9, seed=-1)), "meta['seed'] is -1"),
+    (dict(state_dict={'w': 'not a tensor'}), "'state_dict' is not a dict"),
+    (dict(optimizer={'state': {}, 'param_groups': [{'params': ['a']}]}), "'optimizer'"),
+    (dict(param_schedulers={'lr': 'x'}), "'param_schedulers'"),
+    (dict(message_hub=dict(log_scalars={'loss': 1.0}, runtime_info={}, resumed_keys={})),
+     'something other than HistoryBuffers'),
+])
+def test_resume_takes_the_newest_checkpoint_that_resumes(tmp_path, broken, words):
+    """A newest checkpoint that loads but that ``Runner.resume`` would fail on (or read
+    wrong) is skipped with the reason, naming the file; the run resumes from the one
+    before."""
+    work = tmp_path / 'run[1]*?'  # glob characters in the work dir's name
+    work.mkdir()
+    torch.save(_resumable(3), work / 'iter_3.pth')
+    torch.save(_resumable(9, **broken), work / 'iter_9.pth')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_9.pth'))
+    path, skipped = resumable_checkpoint(str(work))
+    assert path == str(work / 'iter_3.pth')
+    assert [p for p, _ in skipped] == [str(work / 'iter_9.pth')]
+    assert words in skipped[0][1] and str(work / 'iter_9.pth') in skipped[0][1]
+
+
+def test_planted_checkpoint_runs_no_code_on_resume(tmp_path):
+    """A checkpoint of dicts and strings (it loads under a plain weights-only torch.load)
+    planted as the newest of a work dir: its config text would be executed by mmengine's
+    Runner.resume; the resumed run ignores it, uses its own config and exits 0."""
+    work = tmp_path / 'work [x]'
+    work.mkdir()
+    marker = tmp_path / 'pwned'
+    code = f"import os\nos.system('touch {marker}')\n"
+    torch.save(_resumable(5, meta=dict(epoch=0, iter=5, seed=0, config=code, cfg=code)),
+               work / 'iter_5.pth')
+    ckpt = torch.load(work / 'iter_5.pth', weights_only=True)
+    ckpt['message_hub']['runtime_info']['cfg'] = code
+    torch.save(ckpt, work / 'iter_5.pth')
+    proc = subprocess.run([sys.executable, 'tests/helpers/toy_training.py', str(work), '1',
+                           '6'], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'TRAINING 5' in proc.stdout and 'DONE 6' in proc.stdout
+    assert not marker.exists()
 
 
 def test_resume_refuses_when_an_earlier_run_has_no_loadable_checkpoint(tmp_path):

@@ -61,6 +61,11 @@ def test_invalid_json_names_file_and_line(root):
     ([10, 10, -5, 20], 'expected both > 0'),
     ([10, 10, 0, 20], 'expected both > 0'),
     ([10, 10, 20, 'a'], 'four finite numbers'),
+    # finite in float64, not as mmdet stores boxes (float32)
+    ([1e38, 10, 3e38, 20], 'overflows float32'),
+    ([1e39, 10, 20, 20], 'overflows float32'),
+    ([10, 10, 1e-320, 20], 'in float32; expected both > 0'),
+    ([1000.0, 10, 1e-5, 20], 'in float32; expected both > 0'),
     ([5000, 10, 20, 20], 'lies entirely outside'),
     ([-100, -100, 50, 50], 'lies entirely outside'),
 ])
@@ -203,6 +208,9 @@ def test_non_utf8_and_huge_integer_lines_are_named(root):
         _build(root, 'annotation_val.odgt')
     _write(root, [good, '{"ID": "x", "gtboxes": [], "n": ' + '9' * 5000 + '}\n'])
     with pytest.raises(OdgtError, match='line 2: invalid JSON'):
+        _build(root, 'annotation_val.odgt')
+    _write(root, [good, '{"ID": "x", "gtboxes": [], "n": ' + '[' * 10000 + ']' * 10000 + '}\n'])
+    with pytest.raises(OdgtError, match=r'line 2: invalid JSON \(nested too deeply\)'):
         _build(root, 'annotation_val.odgt')
 
 

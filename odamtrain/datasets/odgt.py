@@ -13,6 +13,8 @@ import json
 import math
 import os.path as osp
 
+import numpy as np
+
 __all__ = ['OdgtError', 'read_odgt', 'check_record', 'check_box_in_image', 'check_image_id']
 
 TAGS = ('person', 'mask')  # CrowdHuman's: a person box, or a region to ignore
@@ -43,15 +45,23 @@ def _short(value, limit: int = 80) -> str:
 
 
 def _check_xywh(value, field: str, where: str, positive: bool) -> list:
+    """``[x, y, w, h]`` checked as mmdet stores it: corners ``x + w``, ``y + h`` in float32,
+    finite, and the width and height in float32 > 0 (``positive``) or >= 0."""
     if (not isinstance(value, (list, tuple)) or len(value) != 4
             or not all(_is_coordinate(v) for v in value)):
         raise OdgtError(f'{where}: field {field!r} is {_short(value)}; expected [x, y, w, h], '
                         'four finite numbers')
-    w, h = value[2], value[3]
-    if positive and (w <= 0 or h <= 0):
+    x, y, w, h = (float(v) for v in value)
+    with np.errstate(over='ignore'):
+        corners = np.array([x, y, x + w, y + h], dtype=np.float32)
+    if not np.isfinite(corners).all():
+        raise OdgtError(f'{where}: field {field!r} = {list(value)} overflows float32 (corners '
+                        f'{corners.tolist()}); expected coordinates below 3.4e38')
+    size = corners[2:] - corners[:2]
+    if positive and not (size > 0).all():
         raise OdgtError(f'{where}: field {field!r} = {list(value)} has width {w} and height '
-                        f'{h}; expected both > 0')
-    if w < 0 or h < 0:
+                        f'{h}, {size[0]} and {size[1]} in float32; expected both > 0')
+    if (size < 0).any():
         raise OdgtError(f'{where}: field {field!r} = {list(value)} has a negative size; '
                         'expected w >= 0 and h >= 0')
     return list(value)
@@ -141,9 +151,10 @@ def read_odgt(path: str) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise OdgtError(f'{_where(path, lineno)}: invalid JSON ({e.msg} at column '
                                 f'{e.colno}); expected one JSON object per line') from None
-            except ValueError as e:  # e.g. an integer longer than Python converts
-                raise OdgtError(f'{_where(path, lineno)}: invalid JSON ({e}); expected one '
-                                'JSON object per line') from None
+            except (ValueError, RecursionError) as e:  # a 5000-digit integer, deep nesting
+                cause = 'nested too deeply' if isinstance(e, RecursionError) else str(e)
+                raise OdgtError(f'{_where(path, lineno)}: invalid JSON ({cause}); expected '
+                                'one JSON object per line') from None
             record = check_record(record, path, lineno)
             if record['ID'] in seen:
                 raise OdgtError(f'{_where(path, lineno, record["ID"])}: duplicate ID, first '

@@ -1,7 +1,9 @@
 from .audit_hook import ExplanationAuditHook
 from .checkpoint import (
     CheckpointError,
+    CheckpointNotFoundError,
     CheckpointSecurityError,
+    check_resumable,
     from_plain,
     safe_load_checkpoint,
     to_plain,
@@ -9,6 +11,7 @@ from .checkpoint import (
 from .hooks import OdamTrainSwitchHook, PlainCheckpointHook, SafeCheckpointHook
 from .runner import OdamRunner, resumable_checkpoint
 
-__all__ = ['CheckpointError', 'CheckpointSecurityError', 'safe_load_checkpoint', 'to_plain',
+__all__ = ['CheckpointError', 'CheckpointSecurityError', 'CheckpointNotFoundError',
+           'check_resumable', 'safe_load_checkpoint', 'to_plain',
            'from_plain', 'PlainCheckpointHook', 'SafeCheckpointHook', 'ExplanationAuditHook',
            'OdamTrainSwitchHook', 'OdamRunner', 'resumable_checkpoint']

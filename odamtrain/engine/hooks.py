@@ -12,7 +12,7 @@ from mmengine.registry import HOOKS
 
 from odamtrain.utils import AtomicTextFile
 
-from .checkpoint import from_plain, to_plain
+from .checkpoint import drop_config_text, from_plain, to_plain
 
 __all__ = ['PlainCheckpointHook', 'SafeCheckpointHook', 'OdamTrainSwitchHook']
 
@@ -36,7 +36,9 @@ class OdamTrainSwitchHook(Hook):
 class PlainCheckpointHook(Hook):
     """Saves checkpoints without numpy objects or custom classes, so that a plain
     ``torch.load(path, weights_only=True)`` reads them, and restores mmengine's
-    ``HistoryBuffer`` log state when such a checkpoint is loaded or resumed.
+    ``HistoryBuffer`` log state when such a checkpoint is loaded or resumed. Whatever
+    loaded it (a URL too), the config text in it is dropped before mmengine's ``resume``
+    would execute it.
 
     Priority ``VERY_LOW``: it converts the checkpoint after every other hook added to it.
     """
@@ -49,6 +51,7 @@ class PlainCheckpointHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         restored = from_plain(checkpoint)
+        drop_config_text(restored)
         checkpoint.clear()
         checkpoint.update(restored)
 

@@ -1,7 +1,7 @@
 """mmengine's Runner with CPU distributed training and crash-safe checkpoints and resuming."""
 from __future__ import annotations
 
-import glob
+import os
 import os.path as osp
 import re
 
@@ -16,45 +16,60 @@ from mmengine.runner import Runner
 from odamtrain.models import install_odam
 from odamtrain.utils import remove_stale_temp_files
 
-from .checkpoint import CheckpointError, safe_load_checkpoint
+from .checkpoint import CheckpointError, check_resumable, safe_load_checkpoint
 from .hooks import OdamTrainSwitchHook, PlainCheckpointHook, SafeCheckpointHook
 
 __all__ = ['OdamRunner', 'resumable_checkpoint']
 
 
 def resumable_checkpoint(work_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
-    """The checkpoint ``--resume`` continues from: the first of these that loads (weights
-    only): the one ``work_dir/last_checkpoint`` names, then ``epoch_N.pth`` / ``iter_N.pth``
-    newest (largest N) first.
+    """The checkpoint ``--resume`` continues from: the first of these that loads and holds
+    what a resume reads (:func:`safe_load_checkpoint` + :func:`check_resumable`): the one
+    ``work_dir/last_checkpoint`` names, then ``epoch_N.pth`` / ``iter_N.pth`` newest
+    (largest N) first.
 
     Returns:
         (path or None, [(path, why it was skipped), ...]).
     """
-    candidates = []
+    candidates, skipped = [], []
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
-        with open(pointer) as f:
-            named = f.read().strip()
-        if named:
+        named, why = _read_pointer(pointer)
+        if why:
+            skipped.append((pointer, why))
+        elif named:
             candidates.append(named)
     numbered = []
-    for path in glob.glob(osp.join(work_dir, '*.pth')):
-        m = re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path))
-        if m:
+    for name in os.listdir(work_dir) if osp.isdir(work_dir) else []:
+        m = re.fullmatch(r'(epoch|iter)_(\d+)\.pth', name)
+        path = osp.join(work_dir, name)
+        if m and osp.isfile(path):
             numbered.append((int(m.group(2)), osp.getmtime(path), path))
     candidates += [p for *_, p in sorted(numbered, reverse=True) if p not in candidates]
-    skipped = []
     for path in candidates:
         if not osp.isfile(path):
             skipped.append((path, 'last_checkpoint names it, but it does not exist'))
             continue
         try:
-            safe_load_checkpoint(path, map_location='cpu')
+            check_resumable(safe_load_checkpoint(path, map_location='cpu'), path)
         except CheckpointError as e:
             skipped.append((path, str(e)))
             continue
         return path, skipped
     return None, skipped
+
+
+def _read_pointer(pointer: str, limit: int = 4096) -> tuple[str, str | None]:
+    """(the path ``last_checkpoint`` names, None) or ('', why it names none)."""
+    with open(pointer, 'rb') as f:
+        raw = f.read(limit + 1)
+    try:
+        text = raw.decode('utf-8').strip()
+    except UnicodeDecodeError:
+        return '', f'{pointer} is not UTF-8 text; expected the path of a checkpoint'
+    if len(raw) > limit or '\x00' in text or '\n' in text:
+        return '', f'{pointer} is not one path of at most {limit} bytes'
+    return text, None
 
 
 @RUNNERS.register_module()
@@ -72,9 +87,13 @@ class OdamRunner(Runner):
     * the temporary files of atomic writes that a killed run left in the work dir are
       removed at start (rank 0);
     * ``resume=True`` without ``load_from`` resumes from the newest checkpoint that loads
-      (:func:`resumable_checkpoint`; each skipped one is logged with the reason), starts
-      fresh if the work dir has none, and refuses to start when ``last_checkpoint`` shows an
-      earlier run but none of its checkpoints loads.
+      and resumes (:func:`resumable_checkpoint`; each skipped one is logged with the
+      reason), starts fresh if the work dir has none, and refuses to start when
+      ``last_checkpoint`` shows an earlier run but none of its checkpoints loads; with
+      ``load_from`` (``--resume CKPT``) that file is checked the same way first. Nothing in
+      a checkpoint is executed: mmengine's config text in it is dropped on load
+      (:func:`odamtrain.engine.checkpoint.drop_config_text`), the run's config is the one
+      passed.
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -115,6 +134,9 @@ class OdamRunner(Runner):
             self.register_hook(OdamTrainSwitchHook())
 
     def load_or_resume(self) -> None:
+        if self._resume and self._load_from is not None and osp.isfile(self._load_from):
+            check_resumable(safe_load_checkpoint(self._load_from, map_location='cpu'),
+                            self._load_from)
         if self._resume and self._load_from is None and not self._has_loaded:
             self._load_from, skipped = resumable_checkpoint(self.work_dir)
             for path, reason in skipped:

@@ -14,11 +14,12 @@ from mmdet.models.roi_heads import CascadeRoIHead
 
 from odamtrain.apis import explain_batch
 from odamtrain.explain import UnsupportedDetectorError, build_adapter
-from odamtrain.explain.conv_towers import frozen_norm_stats, paste_windows
+from odamtrain.explain.conv_towers import paste_windows
 from odamtrain.explain.dense_gradients import dense_forward, exact_grads, window_grads
 from odamtrain.explain.heatmap import odam_heatmap, paste_roi_maps, resize_maps
 from odamtrain.explain.roi_gradients import roi_grads
 
+from .helpers.oracles import frozen_norm_stats
 from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
@@ -100,7 +101,7 @@ def test_dense_detections_are_mmdets(dense):
     ref = model.predict(inputs, samples)[0].pred_instances
     adapter = build_adapter(model)
     with torch.no_grad():
-        fwd = dense_forward(adapter, model.extract_feat(inputs), [s.metainfo for s in samples])
+        fwd = adapter.forward(inputs, samples)
     det, = adapter.predictions(fwd)
     assert len(ref) > 1
     assert torch.equal(det.bboxes, ref.bboxes) and torch.equal(det.labels, ref.labels)
@@ -285,12 +286,11 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
     with torch.no_grad():
         feats = model.extract_feat(inputs)
         proposals = model.rpn_head.predict(feats, samples, rescale=False)
-    fwd = adapter.forward(feats, proposals, [meta])
+    fwd = adapter.forward_rois(feats, proposals, [meta])
     det, = adapter.predictions(fwd)
     leaves, (res,) = mmdet_roi_graph(model, inputs, samples)
     assert len(leaves) == len(fwd.feats) == (3 if name == 'cascade-rcnn' else 1)
-    scale = inputs.new_tensor([meta['scale_factor'][:2]])
-    got = roi_grads(adapter, fwd, det, target, scale)
+    got = roi_grads(adapter, fwd, det, target)
     for p in range(min(len(det), 6)):
         if not unclipped(res, p, target, meta, model):
             continue
@@ -316,8 +316,8 @@ def test_cascade_maps_sum_the_stages(two_stage):
     with torch.no_grad():
         feats = model.extract_feat(inputs)
         proposals = model.rpn_head.predict(feats, samples, rescale=False)
-    fwd = adapter.forward(feats, proposals, [meta])
-    grads = roi_grads(adapter, fwd, det, 'score', inputs.new_tensor([meta['scale_factor'][:2]]))
+    fwd = adapter.forward_rois(feats, proposals, [meta])
+    grads = roi_grads(adapter, fwd, det, 'score')
     scale = inputs.new_tensor(meta['scale_factor'][:2]).repeat(2)
     ref = sum(paste_roi_maps(odam_heatmap(g, f.detach()[det.roi]), rois[det.roi, 1:] / scale,
                              meta['ori_shape'][:2])
@@ -358,11 +358,11 @@ def test_subclass_with_another_post_processing_is_refused():
 
 
 def test_tood_explains_exactly_with_a_log_line(monkeypatch):
-    import odamtrain.explain.dense_gradients as grads
+    import odamtrain.explain.protocol as protocol
     model = build_zoo_detector('tood')
     assert isinstance(model.bbox_head, TOODHead)
     logged = []
-    monkeypatch.setattr(grads, 'print_log', lambda msg, **kw: logged.append(msg))
+    monkeypatch.setattr(protocol, 'print_log', lambda msg, **kw: logged.append(msg))
     inputs, samples = zoo_batch(model)
     fast, = explain_batch(model, inputs, samples, mode='fast', normalize=None)
     exact, = explain_batch(model, inputs, samples, mode='exact', normalize=None)

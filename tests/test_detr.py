@@ -73,10 +73,10 @@ def test_batched_gradients_equal_one_backward_per_query(detr, target):
     transformer, head and post-processing, on every level of A."""
     name, model, inputs, samples = detr
     adapter = build_adapter(model)
-    features = adapter.default_features()
+    features = adapter.check_features('auto')
     assert features == ('neck' if name in ('deformable-detr', 'dino') else 'backbone')
-    fwd, mmdet_dets = adapter.forward(inputs, samples)
-    det, = adapter.predictions(fwd, mmdet_dets)
+    fwd = adapter.forward(inputs, samples)
+    det, = adapter.predictions(fwd)
     got = {}
     for idx, levels in detr_grads(adapter, fwd, det, target, chunk=5):
         for j, p in enumerate(idx.tolist()):
@@ -107,15 +107,15 @@ def test_maps_sum_the_levels_of_a(detr):
     name, model, inputs, samples = detr
     det, = explain_batch(model, inputs, samples, smooth=None, normalize=None, target='y2')
     adapter = build_adapter(model)
-    fwd, mmdet_dets = adapter.forward(inputs, samples)
-    preds, = adapter.predictions(fwd, mmdet_dets)
+    fwd = adapter.forward(inputs, samples)
+    preds, = adapter.predictions(fwd)
     meta = samples[0].metainfo
     want = torch.zeros_like(det.heatmaps)
     for idx, levels in detr_grads(adapter, fwd, preds, 'y2'):
-        for g, a, stride in zip(levels, fwd.levels, fwd.strides):
+        for g, a, stride in zip(levels, fwd.feats, fwd.strides):
             want[idx] += resize_maps(odam_heatmap(g, a.detach()[preds.img[idx]]), stride,
                                      meta['img_shape'][:2], meta['ori_shape'][:2])
-    assert len(fwd.levels) == (4 if name in ('deformable-detr', 'dino') else 1)
+    assert len(fwd.feats) == (4 if name in ('deformable-detr', 'dino') else 1)
     torch.testing.assert_close(det.heatmaps, want)
 
 
@@ -126,8 +126,8 @@ def test_memory_features_split_back_into_levels(name):
     model = build_zoo_detector(name)
     inputs, samples = zoo_batch(model)
     adapter = build_adapter(model)
-    fwd, dets = adapter.forward(inputs, samples, 'memory')
-    det, = adapter.predictions(fwd, dets)
+    fwd = adapter.forward(inputs, samples, 'memory')
+    det, = adapter.predictions(fwd)
     assert len(fwd.leaves) == 1 and fwd.leaves[0].dim() == 3
     with torch.enable_grad():
         y = adapter.attribute('score', fwd, det)
@@ -135,7 +135,7 @@ def test_memory_features_split_back_into_levels(name):
         for j, p in enumerate(idx.tolist()):
             ref, = torch.autograd.grad(y[p], fwd.leaves[0], retain_graph=True)
             start = 0
-            for g, a in zip(levels, fwd.levels):
+            for g, a in zip(levels, fwd.feats):
                 _, c, h, w = a.shape
                 want = ref[0, start:start + h * w].T.reshape(c, h, w)
                 torch.testing.assert_close(g[j], want)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from odamtrain.explain import DriseSettings
 from odamtrain.explain.drise import (
     DriseSums,
     drise_accumulate,
@@ -40,8 +41,8 @@ def test_masks_shape_range_and_keep_probability():
 @pytest.mark.parametrize('estimator', ['mean', 'coverage', 'contrast'])
 def test_saliency_equals_direct_sum_over_masks_and_does_not_depend_on_batching(estimator):
     inputs = torch.ones(1, 3, *HW)
-    got = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), num_masks=50,
-                         grid=8, batch_size=16, seed=3, estimator=estimator)
+    got = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), DriseSettings(
+        num_masks=50, grid=8, batch_size=16, seed=3, estimator=estimator))
     cells, shifts = drise_grids(50, 8, 0.5, HW, torch.Generator().manual_seed(3))
     masks = drise_masks(cells, shifts, HW).double()
     w = torch.tensor([float(m[REGION].mean()) for m in masks],  # IoU 1, class 1, score
@@ -57,9 +58,8 @@ def test_saliency_equals_direct_sum_over_masks_and_does_not_depend_on_batching(e
         weighted = (w[:, None, None] * masks).sum(0)
         want = weighted / (50 if estimator == 'mean' else masks.sum(0))
     torch.testing.assert_close(got[0].double(), want, rtol=1e-4, atol=1e-5)
-    one_by_one = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]),
-                                num_masks=50, grid=8, batch_size=1, seed=3,
-                                estimator=estimator)
+    one_by_one = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), DriseSettings(
+        num_masks=50, grid=8, batch_size=1, seed=3, estimator=estimator))
     torch.testing.assert_close(one_by_one, got)
 
 
@@ -84,8 +84,8 @@ def test_coverage_estimator_equals_xaitk_saliency():
                                              ('contrast', 0.0)])
 def test_recovers_the_region_the_detector_looks_at(estimator, away):
     inputs = torch.ones(1, 3, *HW)
-    sal = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), num_masks=400,
-                         grid=8, batch_size=64, seed=0, estimator=estimator)[0]
+    sal = drise_saliency(region_detector, inputs, BOX, torch.tensor([0]), DriseSettings(
+        num_masks=400, grid=8, batch_size=64, seed=0, estimator=estimator))[0]
     inside = torch.zeros(HW, dtype=torch.bool)
     inside[REGION] = True
     assert inside.flatten()[sal.argmax()]
@@ -111,8 +111,9 @@ def test_masks_leave_the_padding_of_the_input_alone():
         seen.append(masked)
         return region_detector(masked)
 
-    sal = drise_saliency(predict, inputs, BOX, torch.tensor([0]), num_masks=10, grid=4,
-                         batch_size=4, fill=-1.0, seed=0, image_hw=image_hw)
+    sal = drise_saliency(predict, inputs, BOX, torch.tensor([0]),
+                         DriseSettings(num_masks=10, grid=4, batch_size=4, seed=0), fill=-1.0,
+                         image_hw=image_hw)
     assert sal.shape == (1, *image_hw)
     masked = torch.cat(seen)
     assert torch.equal(masked[:, :, 40:], inputs[:, :, 40:].expand(10, -1, -1, -1))
@@ -130,9 +131,9 @@ def test_masks_leave_the_padding_of_the_input_alone():
 def test_seed_reproduces_and_changes():
     inputs = torch.ones(1, 3, *HW)
     args = (region_detector, inputs, BOX, torch.tensor([0]))
-    a = drise_saliency(*args, num_masks=20, grid=8, seed=1)
-    assert torch.equal(a, drise_saliency(*args, num_masks=20, grid=8, seed=1))
-    assert not torch.equal(a, drise_saliency(*args, num_masks=20, grid=8, seed=2))
+    a = drise_saliency(*args, DriseSettings(num_masks=20, grid=8, seed=1))
+    assert torch.equal(a, drise_saliency(*args, DriseSettings(num_masks=20, grid=8, seed=1)))
+    assert not torch.equal(a, drise_saliency(*args, DriseSettings(num_masks=20, grid=8, seed=2)))
 
 
 @pytest.mark.parametrize('config', ['configs/fcos_tiny_fpn_synthetic.py',

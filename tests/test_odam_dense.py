@@ -11,7 +11,7 @@ from mmengine.structures import InstanceData
 
 from odamtrain.explain import ExplanationSettings, build_adapter
 from odamtrain.explain.adapters import FCOSAdapter
-from odamtrain.explain.conv_towers import frozen_norm_stats, paste_windows
+from odamtrain.explain.conv_towers import paste_windows
 from odamtrain.explain.dense_gradients import (
     EXACT_BELOW_WINDOWS,
     DenseForward,
@@ -24,6 +24,7 @@ from odamtrain.explain.dense_gradients import (
 from odamtrain.explain.heatmap import box_sigma, odam_heatmap
 
 from .conftest import TEST_DEVICE
+from .helpers.oracles import frozen_norm_stats
 from .odam_fixtures import build_detector, image_batch
 
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')

@@ -3,7 +3,7 @@ import pytest
 import torch
 from mmcv.ops import nms
 
-from odamtrain.ops import batched_odam_nms, odam_nms
+from odamtrain.models import batched_odam_nms, odam_nms
 
 
 def _random(n, seed, ties=False):

@@ -111,4 +111,4 @@ def test_the_configs_switch_it_on_through_the_runner():
                                 StandardRoIHead)):
         head = getattr(build_detector(config), attr)
         assert isinstance(head, base) and type(head).__name__ == f'Odam{base.__name__}'
-        assert head.odam_loss['loss_weight'] == (0.5 if attr == 'bbox_head' else 0.2)
+        assert head.odam_loss.loss_weight == (0.5 if attr == 'bbox_head' else 0.2)

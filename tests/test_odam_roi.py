@@ -21,7 +21,7 @@ def roi_forward(rcnn, inputs, samples, features='roi'):
         feats = rcnn.extract_feat(inputs)
         proposals = rcnn.rpn_head.predict(feats, samples, rescale=False)
     metas = [s.metainfo for s in samples]
-    fwd = adapter.forward(feats, proposals, metas, features)
+    fwd = adapter.forward_rois(feats, proposals, metas, features)
     det, = adapter.predictions(fwd)
     return adapter, fwd, det
 
@@ -60,7 +60,7 @@ def test_one_backward_per_round_equals_per_detection_autograd(roi_setup, target)
     rcnn, inputs, samples, adapter, fwd, det, scale = roi_setup
     assert len(det) > 5
     assert len(det.roi.unique()) < len(det)  # several classes of one RoI: rounds are used
-    got, = roi_grads(adapter, fwd, det, target, scale)
+    got, = roi_grads(adapter, fwd, det, target)
     feat, rois = fwd.feats[0], fwd.rois[0]
     for i in range(len(det)):
         full = oracle(rcnn.roi_head.bbox_head, feat, rois, int(det.roi[i]), int(det.labels[i]),
@@ -117,9 +117,8 @@ def test_fpn_level_gradients_equal_per_detection_autograd(rcnn):
     inputs, samples = image_batch(rcnn, seed=1)
     adapter, fwd, det = roi_forward(rcnn, inputs, samples, 'fpn')
     levels, rois, cls = fwd.levels[:4], fwd.rois[0], fwd.cls_score
-    scale = inputs.new_tensor([samples[0].metainfo['scale_factor']])
     got = {}
-    for part, lvl, g in roi_fpn_grads(adapter, fwd, det, 'score', scale):
+    for part, lvl, g in roi_fpn_grads(adapter, fwd, det, 'score'):
         for j, p in enumerate(part.tolist()):
             got[p] = (lvl, g[j])
     assert sorted(got) == list(range(len(det)))

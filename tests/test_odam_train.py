@@ -10,9 +10,8 @@ from mmdet.models.utils import unpack_gt_instances
 from mmdet.structures.bbox import bbox_overlaps
 
 from odamtrain.engine import OdamTrainSwitchHook
-from odamtrain.explain import build_adapter
-from odamtrain.explain.conv_towers import frozen_norm_stats
-from odamtrain.explain.dense_gradients import dense_forward
+from odamtrain.explain import DenseTrainStep, build_adapter
+from odamtrain.explain.adapters import StandardRoIAdapter
 from odamtrain.explain.heatmap import (
     SIGMA_PER_BOX_SIZE,
     box_sigma,
@@ -20,16 +19,17 @@ from odamtrain.explain.heatmap import (
     paste_roi_maps,
     resample_maps,
 )
-from odamtrain.models.losses import (
+from odamtrain.models import (
+    OdamLossSettings,
     best_per_object,
     cap_positives,
-    odam_loss_config,
     odam_loss_dict,
     odam_pair_losses,
     top_per_object,
 )
 
 from .conftest import TEST_DEVICE
+from .helpers.oracles import frozen_norm_stats
 from .odam_fixtures import build_detector, train_batch
 from .zoo import build_zoo_detector
 
@@ -190,18 +190,23 @@ def test_cap_positives_per_object_against_brute_force():
 
 
 def test_config_defaults_and_unknown_keys():
-    assert odam_loss_config(None, 0.5) is None
-    cfg = odam_loss_config(dict(second_order=True), 0.2)
-    assert cfg == dict(loss_weight=0.2, second_order=True, max_positives=300,
-                       max_positives_per_object=None, map_stride=16, eps=1e-4, begin_epoch=0)
+    settings = OdamLossSettings.from_config
+    assert settings(None, 0.5) is None
+    assert settings(dict(second_order=True), 0.2) == OdamLossSettings(
+        loss_weight=0.2, second_order=True, max_positives=300, max_positives_per_object=None,
+        map_stride=16, eps=1e-4, begin_epoch=0)
     with pytest.raises(ValueError, match='unknown key.*weight'):
-        odam_loss_config(dict(weight=1.0), 0.5)
+        settings(dict(weight=1.0), 0.5)
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match='begin_epoch must be an int >= 0'):
-            odam_loss_config(dict(begin_epoch=bad), 0.5)
+            settings(dict(begin_epoch=bad), 0.5)
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match='max_positives_per_object must be None or an'):
-            odam_loss_config(dict(max_positives_per_object=bad), 0.5)
+            settings(dict(max_positives_per_object=bad), 0.5)
+    for key, bad in (('loss_weight', '1'), ('second_order', 1), ('max_positives', 0),
+                     ('map_stride', 0), ('eps', 0.0)):
+        with pytest.raises(ValueError, match=f'odam_loss: {key} must be'):
+            settings({key: bad}, 0.5)
 
 
 def test_resample_maps_keeps_cell_centres_aligned():
@@ -231,12 +236,16 @@ def rcnn(second_order=False):
 
 
 def fcos_train_maps(model, inputs, samples):
-    head = model.bbox_head
-    adapter = build_adapter(model)
+    """The forward, GT, capped positives and their maps of one FCOS Odam-Train step."""
+    cfg, adapter = model.bbox_head.odam_loss, build_adapter(model)
     gts, _, metas = unpack_gt_instances(samples)
-    fwd = dense_forward(adapter, model.extract_feat(inputs), metas)
-    pos, maps = head.odam_train_maps(fwd, None, gts, metas)
-    return fwd, gts, pos, maps
+    fwd = adapter.forward_features(model.extract_feat(inputs), metas)
+    step = DenseTrainStep(fwd, None, gts, metas)
+    pos = adapter.train_positives(step)
+    pos = pos[cap_positives(pos.img, pos.gt_index, pos.ious, cfg.max_positives,
+                            cfg.max_positives_per_object)]
+    grid = tuple(math.ceil(s / cfg.map_stride) for s in metas[0]['batch_input_shape'])
+    return fwd, gts, pos, adapter.train_maps(step, pos, grid, cfg.map_stride, cfg.second_order)
 
 
 @pytest.mark.parametrize('center_sampling', [False, True])
@@ -250,8 +259,8 @@ def test_fcos_positives_carry_their_assigned_gt(center_sampling):
     gts, _, metas = unpack_gt_instances(samples)
     with torch.no_grad():
         adapter = build_adapter(model)
-        fwd = dense_forward(adapter, model.extract_feat(inputs), metas)
-        pos = adapter.train_positives(fwd, None, gts, metas)
+        fwd = adapter.forward_features(model.extract_feat(inputs), metas)
+        pos = adapter.train_positives(DenseTrainStep(fwd, None, gts, metas))
     assert len(pos) > 20
     labels, targets = head.get_targets(head.prior_generator.grid_priors(
         [f.shape[-2:] for f in fwd.feats], device=inputs.device), gts)
@@ -307,20 +316,20 @@ def test_fcos_train_maps_equal_per_prediction_autograd():
     assert maps.shape[-2:] == tuple(math.ceil(s / 16) for s in inputs.shape[-2:])
 
 
-def test_rcnn_train_maps_equal_per_roi_autograd():
+def test_rcnn_train_maps_equal_per_roi_autograd(monkeypatch):
     model = rcnn()
     inputs, samples = train_batch(model, seeds=(0, 1))
     head = model.roi_head
     captured = {}
-    original = head.odam_train_maps
+    original = StandardRoIAdapter.train_maps
 
-    def capture(stage, x, bbox_results, sampling_results):
-        pos, maps = original(stage, x, bbox_results, sampling_results)
-        captured.update(pos=pos, maps=maps, feats=bbox_results['bbox_feats'],
-                        sampling=sampling_results)
-        return pos, maps
+    def capture(adapter, step, pos, *args):
+        maps = original(adapter, step, pos, *args)
+        captured.update(pos=pos, maps=maps, feats=step.bbox_results['bbox_feats'],
+                        sampling=step.sampling_results)
+        return maps
 
-    head.odam_train_maps = capture
+    monkeypatch.setattr(StandardRoIAdapter, 'train_maps', capture)
     torch.manual_seed(0)
     losses = model.loss(inputs, samples)
     assert {'loss_odam_con', 'loss_odam_sep'} <= set(losses)
@@ -467,10 +476,10 @@ def test_anchor_positives_are_the_samplers(name):
     head = model.bbox_head
     adapter = build_adapter(model)
     gts, ignore, metas = unpack_gt_instances(samples)
-    fwd = dense_forward(adapter, model.extract_feat(inputs), metas)
+    fwd = adapter.forward_features(model.extract_feat(inputs), metas)
     with adapter.recording_positives() as recorded:
         head.loss_by_feat(*fwd.outputs, gts, metas, ignore)
-    pos = adapter.train_positives(fwd, recorded, gts, metas)
+    pos = adapter.train_positives(DenseTrainStep(fwd, recorded, gts, metas))
     assert len(pos) > 5
     sizes = [f.shape[-2:] for f in fwd.feats]
     anchors, valid = head.get_anchors(sizes, metas, device=inputs.device)

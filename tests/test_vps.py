@@ -7,6 +7,7 @@ import pytest
 import torch
 from skimage.segmentation import slic
 
+from odamtrain.explain import VpsSettings
 from odamtrain.explain.vps import (
     box_regions,
     greedy_order,
@@ -72,13 +73,14 @@ def test_toy_detector_looking_at_one_region_ranks_it_first():
                 for img in images]
 
     inputs = torch.ones(1, 3, *HW)
-    sal, order, values, forwards = vps_saliency(predict, inputs, box, 0, regions,
-                                                torch.zeros(3, *HW), max_steps=3,
-                                                batch_size=7)
+    sal, order, values, forwards = vps_saliency(
+        predict, inputs, box, 0, regions, torch.zeros(3, *HW),
+        VpsSettings(search='greedy', max_steps=3, batch_size=7))
     assert order[0] == target and values[0] == 2.0  # g(only) = 1, 1 - g(removed) = 1
     assert sal[regions[target]].min() > sal[~regions[target]].max()
     assert forwards == 2 * (1 + 12 + 11 + 10)  # the empty set, then 3 greedy steps
-    assert vps_forward_count(12, 3) == forwards and vps_forward_count(12) == 2 + 12 * 13
+    assert vps_forward_count(VpsSettings(search='greedy', max_steps=3), 12) == forwards
+    assert vps_forward_count(VpsSettings(search='greedy'), 12) == 2 + 12 * 13
 
 
 def coverage_function(n=9, items=14, seed=0):
@@ -112,7 +114,7 @@ def test_windowed_search_evaluates_the_window_of_highest_known_gains():
     order, values = windowed_order(f, 7, window=2, start=0.0)
     assert order == greedy_order(f, 7)[0] == [1, 4, 6, 3, 0, 5, 2]
     assert calls[0] == 7 and calls[1:7] == [2, 2, 2, 2, 2, 1]
-    assert 2 + 2 * sum(calls[:7]) == vps_forward_count(7, search='windowed', window=2)
+    assert 2 + 2 * sum(calls[:7]) == vps_forward_count(VpsSettings(window=2), 7)
     # on a coverage function a small window may differ from greedy, but stays a valid order
     f, calls = coverage_function()
     order, values = windowed_order(f, 9, window=3)
@@ -128,12 +130,12 @@ def test_vps_saliency_windowed_counts_its_forwards():
         return [(box[None], torch.tensor([0]), img[0][regions[5]].mean().reshape(1))
                 for img in images]
     _, order, _, forwards = vps_saliency(predict, torch.ones(1, 3, *HW), box, 0, regions,
-                                         torch.zeros(3, *HW), search='windowed', window=4)
+                                         torch.zeros(3, *HW), VpsSettings(window=4))
     assert order[0] == 5 and sorted(order) == list(range(12))
-    assert forwards == vps_forward_count(12, search='windowed', window=4) \
+    assert forwards == vps_forward_count(VpsSettings(window=4), 12) \
         == 2 + 2 * (12 + 4 * 8 + 3 + 2 + 1)
     with pytest.raises(ValueError, match='search must be one of'):
-        vps_forward_count(12, search='beam')
+        VpsSettings(search='beam')
 
 
 def test_slico_regions_are_scikit_image_superpixels_partitioning_the_image():
@@ -182,8 +184,8 @@ def test_windowed_search_with_a_greedy_head_and_no_window():
                                    [gains[r] for r in tail], dtype=torch.float64), 0))
     assert search_windows(8, 0, 2) == [8, 7]
     assert search_windows(64, 6, 1)[:3] == [64, 6, 6] and search_windows(64, 6, 1)[-1] == 1
-    assert vps_forward_count(8, search='windowed', window=0, head=2) == 2 + 2 * 15
-    assert vps_forward_count(64, search='windowed', window=6, head=1) == 2 + 2 * sum(
+    assert vps_forward_count(VpsSettings(window=0, head=2), 8) == 2 + 2 * 15
+    assert vps_forward_count(VpsSettings(window=6, head=1), 64) == 2 + 2 * sum(
         [64] + [min(64 - k, 6) for k in range(1, 64)])
 
 
@@ -253,8 +255,8 @@ def test_vps_saliency_gives_the_box_slots_to_the_regions_of_the_target_box():
         return [(box[None], torch.tensor([0]), img[0][regions[5]].mean().reshape(1))
                 for img in images]
     args = (predict, torch.ones(1, 3, *HW), box, 0, regions, torch.zeros(3, *HW))
-    slot = vps_saliency(*args, search='windowed', window=1, box_slots=1, input_scale=(2., 2.))
-    plain = vps_saliency(*args, search='windowed', window=1, box_slots=0)
-    unscaled = vps_saliency(*args, search='windowed', window=1, box_slots=1)  # cells 0, 1
+    slot = vps_saliency(*args, VpsSettings(window=1, box_slots=1), input_scale=(2., 2.))
+    plain = vps_saliency(*args, VpsSettings(window=1, box_slots=0))
+    unscaled = vps_saliency(*args, VpsSettings(window=1, box_slots=1))  # cells 0, 1
     assert slot[1][:3] == [5, 1, 2] and plain[1][:3] == [5, 0, 1] and unscaled[1][:3] == [5, 0, 1]
     assert slot[1][3:] == [0, 3, 4, 6, 7, 8, 9, 10, 11] and slot[3] == plain[3]

@@ -12,6 +12,7 @@ from mmengine.config import Config, DictAction
 import odamtrain  # noqa: F401  (registers odamtrain's modules, safe checkpoint I/O)
 from odamtrain.datasets import OdgtError
 from odamtrain.engine import CheckpointError
+from odamtrain.explain import UnsupportedDetectorError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # the detection metrics of tools/compare_nms.py's rows (CrowdHumanDetMetric's keys)
@@ -65,10 +66,11 @@ def preprocessed_test_images(model, num: int) -> list:
 
 @contextlib.contextmanager
 def exit_on_data_error():
-    """Turn a bad data folder, annotation or checkpoint into a one-line error, exit code 2."""
+    """Turn a bad data folder, annotation or checkpoint, or a detector odamtrain does not
+    explain, into a one-line error, exit code 2."""
     try:
         yield
-    except (OdgtError, CheckpointError, FileNotFoundError) as e:
+    except (OdgtError, CheckpointError, FileNotFoundError, UnsupportedDetectorError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
 

@@ -160,7 +160,8 @@ def main():
     args = parse_args()
     from mmengine.utils import ProgressBar
     with exit_on_data_error():
-        model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
+        model = init_detector(args.config, args.checkpoint, device=args.device,
+                              cfg_options=args.cfg_options)
         loader = test_loader(model)
     if args.hook_settings:
         base, hook_max_images = config_hook_settings(model.cfg, args.config)

@@ -40,7 +40,7 @@ from odamtrain.evaluation.functional import (
     insertion_auc,
     match_detections,
 )
-from odamtrain.explain import vps_forward_count
+from odamtrain.explain import DriseSettings, VpsSettings, vps_forward_count
 from odamtrain.explain.drise import (
     ESTIMATORS,
     drise_accumulate,
@@ -69,7 +69,7 @@ def drise_timing(model, inputs, meta, targets, masks: int, batch: int) -> dict:
     batches, and of D-RISE with one mask per forward (on masks // 8 masks)."""
     boxes, labels = targets.bboxes, targets.labels
     t_batched, _ = seconds(drise_target_maps, model, inputs, meta, boxes, labels,
-                           num_masks=masks, batch_size=batch)
+                           settings=DriseSettings(num_masks=masks, batch_size=batch))
     h, w = meta['img_shape'][:2]
     cells, shifts = drise_grids(masks, 16, 0.5, (h, w), torch.Generator().manual_seed(0))
     fill = pixel_to_input(model, inputs.new_zeros(3)).reshape(-1, 1, 1)
@@ -83,7 +83,7 @@ def drise_timing(model, inputs, meta, targets, masks: int, batch: int) -> dict:
         t_forward += t
     single = max(1, masks // 8)
     t_single, _ = seconds(drise_target_maps, model, inputs, meta, boxes, labels,
-                          num_masks=single, batch_size=1)
+                          settings=DriseSettings(num_masks=single, batch_size=1))
     return dict(batched=t_batched / masks, forwards=t_forward / masks,
                 one_per_forward=t_single / single)
 
@@ -104,7 +104,7 @@ def timing(model, objects, args) -> dict:
             drise[k].append(v)
     mean = {m: statistics.mean(v) for m, v in per_object.items()}
     d = {k: statistics.mean(v) for k, v in drise.items()}
-    forwards = vps_forward_count(args.vps_regions, search='windowed')  # default head, window
+    forwards = vps_forward_count(VpsSettings(regions=args.vps_regions))  # default search
     print(f'{"method":10s}{"s/object":>10s}{"x ODAM":>9s}')
     for m in methods:
         print(f'{m:10s}{mean[m]:>10.3f}{mean[m] / mean["odam"]:>9.1f}')
@@ -259,9 +259,11 @@ def vps_budget(model, args) -> dict:
             for name, row in rows.items():
                 search, head, window, slots = ('greedy', 1, 0, 0) if name == 'greedy' else \
                     ('windowed', *map(int, (name.split()[1] + ':0').split(':')[:3]))
+                settings = VpsSettings(search=search, head=head, window=window,
+                                       box_slots=slots, batch_size=args.batch)
                 t, (sal, _, _, forwards) = seconds(
                     vps_saliency, predict, inputs, det.bboxes[k], label, regions, baseline,
-                    None, args.batch, search, window, head, slots, meta['scale_factor'][:2])
+                    settings, meta['scale_factor'][:2])
                 curves = deletion_insertion(predict, inputs[0], sal, det.bboxes[k], label,
                                             h * w, baseline, baseline, args.vps_curve_steps,
                                             'vps', args.batch)
@@ -330,7 +332,7 @@ def main():
     p.add_argument('--out', help='write the figures as JSON')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = init_detector(args.config, args.checkpoint)
+    model = init_detector(args.config, args.checkpoint, device='cpu')
     out = dict(config=args.config, checkpoint=args.checkpoint, settings=vars(args))
     objects = detected_objects(model, preprocessed_test_images(model, args.images), args)
     print(f'{len(objects)} images, {sum(len(o[2]) for o in objects)} objects; {args.config}')

@@ -17,7 +17,7 @@ import time
 import torch
 from mmcv.ops import nms
 
-from odamtrain.ops import odam_nms
+from odamtrain.models import odam_nms
 
 
 def timed(fn, args, repeats):
@@ -41,7 +41,7 @@ def pipeline(config: str, checkpoint: str, num_images: int) -> None:
     two_stage = 'roi_head' in cfg.model
     # Odam-NMS installed in the head (its NMS is then chosen per call below)
     (cfg.model.test_cfg.rcnn if two_stage else cfg.model.test_cfg).nms.type = 'odam_nms'
-    model = init_detector(cfg, checkpoint)
+    model = init_detector(cfg, checkpoint, device='cpu')
     test_cfg = model.roi_head.test_cfg if two_stage else model.bbox_head.test_cfg
     batches = preprocessed_test_images(model, num_images)
     iou = 0.5

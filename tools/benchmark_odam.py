@@ -83,41 +83,22 @@ def batch(size: int, device: str = 'cpu'):
 
 
 def loop_maps(model, inputs, samples, dets) -> None:
-    """The slow way: one backward per prediction (score target) through the head to A,
-    then its ODAM map."""
+    """The slow way: one backward per prediction (score target) through the detector to A,
+    then its ODAM map on each tensor of A."""
     import torch
 
     from odamtrain.explain import build_adapter
-    from odamtrain.explain.adapters import DenseHeadAdapter, DETRAdapter
-    from odamtrain.explain.explainer import detector_forward
     from odamtrain.explain.heatmap import odam_heatmap
     adapter = build_adapter(model)
-    if isinstance(adapter, DETRAdapter):
-        fwd, _ = adapter.forward(inputs, samples)
-        with torch.enable_grad():
-            y = adapter.attribute('score', fwd, dets)
-        for i in range(len(dets)):
-            grads = torch.autograd.grad(y[i], fwd.leaves, retain_graph=True)
-            for g, a in zip(grads, fwd.levels):
-                odam_heatmap(g[:1], a[:1].detach())
-        return
-    fwd = detector_forward(model, adapter, inputs, samples)
-    scale = torch.ones(1, 2, device=inputs.device)
-    with torch.enable_grad():
-        if isinstance(adapter, DenseHeadAdapter):
-            leaves = [f.detach().requires_grad_(True) for f in fwd.feats]
-            outputs = adapter.head(leaves)
-            y = adapter.attribute('score', adapter.rows(outputs, dets), dets,
-                                  adapter.prior_coords(leaves, dets), scale[dets.img])
-            for i, level in enumerate(dets.level.tolist()):
-                g, = torch.autograd.grad(y[i], leaves[level], retain_graph=True)
-                odam_heatmap(g, leaves[level].detach())
-        else:
-            y = adapter.attribute('score', fwd, dets, scale)
-            for i in range(len(dets)):
-                grads = torch.autograd.grad(y[i], fwd.feats, retain_graph=True)
-                for g, f in zip(grads, fwd.feats):
-                    odam_heatmap(g[dets.roi[i]][None], f[dets.roi[i]][None].detach())
+    y, leaves, rows = adapter.leaf_attribute('score', adapter.forward(inputs, samples), dets)
+    for i, row in enumerate(rows.tolist()):
+        grads = torch.autograd.grad(y[i], leaves, retain_graph=True, allow_unused=True)
+        for g, a in zip(grads, leaves):
+            if g is not None and a.dim() == 4:
+                odam_heatmap(g[row:row + 1], a[row:row + 1].detach())
+            elif g is not None:  # DETR's memory: (B, tokens, C)
+                odam_heatmap(g[row:row + 1].transpose(1, 2)[..., None],
+                             a[row:row + 1].detach().transpose(1, 2)[..., None])
 
 
 def worker(args):
@@ -183,15 +164,14 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
         window_grads,
         window_radius,
     )
-    from odamtrain.explain.explainer import detector_forward
     from odamtrain.explain.heatmap import box_sigma, odam_heatmap
     from odamtrain.inference import prepare_batch
-    model = init_detector(config, checkpoint)
+    model = init_detector(config, checkpoint, device='cpu')
     adapter = build_adapter(model)
     stats = {}
     for path in images:
         inputs, samples = prepare_batch(model, path)
-        fwd = detector_forward(model, adapter, inputs, samples)
+        fwd = adapter.forward(inputs, samples)
         det, = adapter.predictions(fwd)
         scale = torch.tensor([samples[0].metainfo['scale_factor']], dtype=torch.float32)
         for level, feat in enumerate(fwd.feats):

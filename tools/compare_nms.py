@@ -22,13 +22,11 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import build_runner, exit_on_data_error, float_between  # noqa: E402
 
 from odamtrain.explain import build_adapter  # noqa: E402
-from odamtrain.explain.explainer import (  # noqa: E402
-    detector_forward,
-    nms_config,
+from odamtrain.models import (  # noqa: E402
     odam_nms_candidates,
+    odam_nms_results,
     odam_nms_select,
 )
-from odamtrain.models import odam_nms_results  # noqa: E402
 from odamtrain.utils import atomic_write_text  # noqa: E402
 
 COLUMNS = [('AP50', 'AP50'), ('MR-2', 'MR^-2'), ('JI', 'JI'), ('recall', 'recall'),
@@ -82,10 +80,10 @@ def sweep(cfg, checkpoint, settings: list, odam: dict) -> list:
         evaluator.dataset_meta = loader.dataset.metainfo
         evaluators.append(evaluator)
     adapter = build_adapter(model)
-    max_per_img = nms_config(adapter)[0].get('max_per_img', -1)
+    max_per_img = adapter.test_cfg.get('max_per_img', -1)
     for batch in loader:
         data = model.data_preprocessor(batch, False)
-        fwd = detector_forward(model, adapter, data['inputs'], data['data_samples'])
+        fwd = adapter.forward(data['inputs'], data['data_samples'])
         cands = odam_nms_candidates(adapter, fwd, odam)
         for (low, high), evaluator in zip(settings, evaluators):
             nms = dict(odam, corr_low=low, corr_high=high)

@@ -7,7 +7,7 @@ and ``<name>_<method>_<target>.npz`` (bboxes, scores, labels, heatmaps at the im
 
     python tools/explain.py CONFIG CHECKPOINT IMAGE_OR_DIR [...] --out-dir DIR \
         [--method odam|gradcam|gradcampp] [--target score|logit|x1|y1|x2|y2] \
-        [--score-thr 0.3] [--topk 8] [--mode fast|exact] [--no-smooth] [--device cpu]
+        [--score-thr 0.3] [--topk 8] [--mode fast|exact] [--no-smooth] [--no-verify] [--device cpu]
 """
 import argparse
 import io
@@ -45,6 +45,9 @@ def parse_args():
     p.add_argument('--mode', default='fast', choices=MODES,
                    help='dense heads: windowed (fast, windows) or exact gradients')
     p.add_argument('--no-smooth', action='store_true', help="no Gaussian Phi (authors' code)")
+    p.add_argument('--no-verify', action='store_true',
+                   help="skip the check, on the first image, that the explained detections "
+                        "are the detector's own predict")
     p.add_argument('--max-images', type=int_at_least(0), default=0,
                    help='only the first N images (0: all)')
     p.add_argument('--device', default='cpu')
@@ -92,19 +95,22 @@ def main():
     existing = [s + ext for s in stems for ext in ('.png', '_combined.png', '.npz')
                 if osp.exists(s + ext)]
     with exit_on_data_error():
-        model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
+        model = init_detector(args.config, args.checkpoint, device=args.device,
+                              cfg_options=args.cfg_options)
     os.makedirs(args.out_dir, exist_ok=True)
     if existing:
         print(f'replacing {len(existing)} files of an earlier run in {args.out_dir} '
               f'(e.g. {osp.basename(existing[0])})')
     bar = ProgressBar(len(images))
-    for path, stem in zip(images, stems):
+    for i, (path, stem) in enumerate(zip(images, stems)):
         img = cv2.imread(path)
         if img is None:
             sys.exit(f'error: cannot read image {path}')
-        pred = explain_detector(model, img, method=args.method, target=args.target,
-                                smooth=None if args.no_smooth else 'gaussian',
-                                mode=args.mode).pred_instances
+        with exit_on_data_error():
+            pred = explain_detector(model, img, method=args.method, target=args.target,
+                                    smooth=None if args.no_smooth else 'gaussian',
+                                    mode=args.mode,
+                                    verify=i == 0 and not args.no_verify).pred_instances
         keep = (pred.scores >= args.score_thr).nonzero()[:, 0][:args.topk]  # sorted by score
         pred = pred[keep]
         boxes, scores = pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
 
 import torch
 from mmengine.structures import InstanceData
@@ -10,11 +9,12 @@ from mmengine.structures import InstanceData
 from odamtrain.explain import (
     ExplanationSettings,
     drise_target_maps,
-    explain_gradients,
     normalize_maps,
     vps_target_maps,
 )
 from odamtrain.inference import prepare_batch
+
+from .gradients import explain_gradients
 
 __all__ = ['explain_detector', 'explain_batch']
 
@@ -33,7 +33,8 @@ def _eval_mode(model):
 
 def explain_batch(model, inputs: torch.Tensor, data_samples: list,
                   settings: ExplanationSettings | dict | None = None,
-                  targets: list | None = None, choose=None, **overrides) -> list:
+                  targets: list | None = None, choose=None, verify: bool = False,
+                  **overrides) -> list:
     """Detections and heat maps for a preprocessed batch (``model.data_preprocessor``
     output). Returns per image an InstanceData with ``bboxes`` (N, 4) x1y1x2y2 original
     pixels, ``scores`` (N,), ``labels`` (N,) and ``heatmaps`` (N, H, W) float >= 0,
@@ -55,6 +56,9 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
             (det_index (K,) int64, targets InstanceData or None); the image's result is then
             those K detections followed by the T targets' rows (explained as ``targets``
             are). The audit picks its objects this way.
+        verify: (gradient methods) check first that the detections explained are the
+            model's own ``predict`` (:func:`odamtrain.apis.verify_detections`); a mismatch
+            raises, naming the detector.
     """
     settings = ExplanationSettings.build(settings, **overrides)
     if targets is not None and len(targets) != len(data_samples):
@@ -68,7 +72,7 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
         else:
             with torch.no_grad():  # the gradient steps enable grad where they need it
                 dets = explain_gradients(model, inputs, data_samples, settings, targets,
-                                         choose)
+                                         choose, verify)
     for det in dets:  # the maps are ours: normalise in place
         det.heatmaps = normalize_maps(det.heatmaps.detach(), settings.normalize, inplace=True)
     return dets
@@ -83,14 +87,14 @@ def _explain_black_box(model, inputs, data_samples, settings, targets, choose):
         if choose is not None:
             targets = [_chosen_targets(i, det, choose) for i, det in enumerate(targets)]
     method = settings.method
-    options = asdict(getattr(settings, method))
     dets = []
     for i, (tgt, sample) in enumerate(zip(targets, data_samples)):
         det = tgt.clone()
         if 'scores' not in det:
             det.scores = det.bboxes.new_zeros(len(det))
         det.heatmaps = BLACK_BOX[method](model, inputs[i:i + 1], sample.metainfo, det.bboxes,
-                                         det.labels, settings.map_size, **options)
+                                         det.labels, settings.map_size,
+                                         getattr(settings, method))
         dets.append(det)
     return dets
 
@@ -109,7 +113,7 @@ def _chosen_targets(i: int, det, choose):
 
 
 def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = None,
-                     test_pipeline=None, **overrides):
+                     test_pipeline=None, verify: bool = True, **overrides):
     """Detect and explain every detection, like ``mmdet.apis.inference_detector``.
 
     Args:
@@ -118,6 +122,8 @@ def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = 
         imgs: image path(s) or BGR ``np.ndarray`` (s).
         settings / overrides: :class:`~odamtrain.explain.ExplanationSettings` and its fields
             as keywords, e.g. ``method='odam', target='score', mode='fast'``.
+        verify: check on the first image that the explained detections are the model's own
+            (``explain_batch``'s ``verify``).
     Returns:
         DetDataSample (or a list for a list of images) whose ``pred_instances`` hold mmdet's
         ``bboxes``, ``scores``, ``labels`` and ``heatmaps`` (N, H, W) at the original image
@@ -126,9 +132,9 @@ def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = 
     settings = ExplanationSettings.build(settings, **overrides)
     is_batch = isinstance(imgs, (list, tuple))
     results = []
-    for img in (list(imgs) if is_batch else [imgs]):
+    for i, img in enumerate(list(imgs) if is_batch else [imgs]):
         inputs, samples = prepare_batch(model, img, test_pipeline)
-        det, = explain_batch(model, inputs, samples, settings)
+        det, = explain_batch(model, inputs, samples, settings, verify=verify and i == 0)
         samples[0].pred_instances = det
         results.append(samples[0])
     return results if is_batch else results[0]

@@ -29,7 +29,7 @@ class OdamTrainSwitchHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         for head in model.modules():
             if getattr(head, 'odam_mixin', False) and head.odam_loss is not None:
-                head.odam_loss_active = runner.epoch >= head.odam_loss['begin_epoch']
+                head.odam_loss_active = runner.epoch >= head.odam_loss.begin_epoch
 
 
 @HOOKS.register_module()

@@ -90,6 +90,8 @@ class AuditSettings:
             images scores them as the whole), insertion starts from black; ``extent`` 'box'
             changes area(GT box) pixels in all (ODAM paper), 'image' the whole image (VPS).
         drise / vps: :class:`~odamtrain.explain.DriseSettings` / ``VpsSettings`` or dicts.
+        verify: check on the first image that the detections the gradient methods explain
+            are the detector's own ``predict`` (a mismatch is an error naming it).
     """
     methods: tuple = ('odam',)
     target: str = 'score'
@@ -102,6 +104,7 @@ class AuditSettings:
     drise: DriseSettings | dict | None = None
     vps: VpsSettings | dict | None = None
     seed: int = 0
+    verify: bool = True
 
     def __post_init__(self):
         for name, allowed in (('methods', METHODS), ('sets', SETS)):
@@ -127,6 +130,8 @@ class AuditSettings:
             value = getattr(self, name)
             if type(value) is not int or value < 0:
                 raise ValueError(f'audit {name} must be an integer >= 0, got {value!r}')
+        if type(self.verify) is not bool:
+            raise ValueError(f'audit verify must be True or False, got {self.verify!r}')
         # the explainers' own checks (target, drise, vps) run here, before any work
         checked = ExplanationSettings(target=self.target, drise=self.drise, vps=self.vps)
         object.__setattr__(self, 'drise', checked.drise)
@@ -267,7 +272,8 @@ def collect_explanation_scores(model, dataloader, settings: AuditSettings | dict
         gt_boxes = (gt.bboxes.tensor if hasattr(gt.bboxes, 'tensor') else gt.bboxes).to(inputs)
         gt_labels = gt.labels.to(inputs.device)
         for method in s.methods:
-            rows = _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s, method)
+            rows = _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s, method,
+                                    verify=s.verify and images == 0)
             for name, (gi, maps, labels) in rows.items():
                 out = scores[name][method]
                 for key, values in score_objects(model, inputs, meta, maps, gt_boxes, gi,
@@ -292,7 +298,7 @@ def collect_explanation_scores(model, dataloader, settings: AuditSettings | dict
 
 
 def _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s: AuditSettings,
-                     method: str):
+                     method: str, verify: bool = False):
     """Steps 1 and 2 for one image and method in one ``explain_batch`` call:
     {set: (gt_index (K,), maps (K, H, W), labels (K,))}."""
     objects = {}
@@ -306,7 +312,8 @@ def _explain_objects(model, inputs, samples, gt_boxes, gt_labels, s: AuditSettin
             else torch.zeros(0, dtype=torch.long)
         return det_index, InstanceData(bboxes=gt_boxes[gi], labels=gt_labels[gi])
 
-    res = explain_batch(model, inputs, samples, s.explanation(method), choose=choose)[0]
+    res = explain_batch(model, inputs, samples, s.explanation(method), choose=choose,
+                        verify=verify)[0]
     rows, start = {}, 0
     for name in (n for n in SETS if n in s.sets):  # the detected first, then the failures
         gi = objects[name][1]

@@ -1,8 +1,13 @@
 """Explanations of detections: ODAM and instance Grad-CAM / Grad-CAM++ (gradients, through
-the detector adapters), D-RISE and VPS (black box)."""
-from .adapters import UnsupportedDetectorError, build_adapter, supported_heads
+the detector adapters: :mod:`.protocol`, :mod:`.adapters`), D-RISE and VPS (black box)."""
+from .adapters import (
+    DenseTrainStep,
+    RoITrainStep,
+    build_adapter,
+    head_adapter,
+    supported_heads,
+)
 from .drise import drise_saliency, drise_target_maps
-from .explainer import dense_heatmaps, explain_gradients, odam_nms_candidates, odam_nms_select
 from .heatmap import (
     box_sigma,
     channel_weighted_map,
@@ -17,6 +22,7 @@ from .heatmap import (
     resample_maps,
     resize_maps,
 )
+from .protocol import DetectorAdapter, Forward, UnsupportedDetectorError
 from .settings import (
     DRISE_ESTIMATORS,
     GRADIENT_METHODS,
@@ -33,9 +39,9 @@ from .vps import vps_forward_count, vps_saliency, vps_target_maps
 
 __all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
            'GRADIENT_METHODS', 'TARGETS', 'MODES', 'DRISE_ESTIMATORS', 'VPS_SEGMENTATIONS',
-           'VPS_SEARCHES', 'build_adapter', 'supported_heads',
-           'UnsupportedDetectorError', 'explain_gradients', 'dense_heatmaps',
-           'odam_nms_candidates', 'odam_nms_select', 'box_sigma', 'gaussian_smooth',
+           'VPS_SEARCHES', 'build_adapter', 'head_adapter', 'supported_heads',
+           'UnsupportedDetectorError', 'DetectorAdapter', 'Forward', 'DenseTrainStep',
+           'RoITrainStep', 'box_sigma', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',
            'explanation_maps', 'normalize_maps', 'resize_maps', 'output_size',
            'paste_roi_maps', 'resample_maps', 'drise_saliency', 'drise_target_maps',

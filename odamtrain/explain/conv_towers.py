@@ -28,7 +28,7 @@ from mmcv.cnn.bricks import Swish
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['tower_support', 'TowerRecord', 'record_towers', 'window_backward', 'map_backward',
-           'gather_windows', 'window_on_map', 'paste_windows', 'frozen_norm_stats']
+           'gather_windows', 'window_on_map', 'paste_windows']
 
 
 def _is_same_3x3(conv: nn.Module) -> bool:
@@ -237,26 +237,3 @@ def map_backward(layers, record: TowerRecord, calls: dict, delta: torch.Tensor,
                 delta = delta * _norm_scale(m, (mean, rstd))[0][:, None, None]
         delta = F.conv_transpose2d(delta, m.conv.weight, padding=1)
     return delta
-
-
-@contextlib.contextmanager
-def frozen_norm_stats():
-    """Inside, every ``nn.GroupNorm`` treats its mean and variance as constants (detached),
-    so that autograd gives the gradient :func:`window_backward` computes for GroupNorm
-    towers (the oracle of ``fast`` mode; BatchNorm in eval mode is affine anyway)."""
-    original = nn.GroupNorm.forward
-
-    def forward(self, x):
-        xg = x.reshape(x.shape[0], self.num_groups, -1)
-        var, mean = torch.var_mean(xg.detach(), -1, unbiased=False, keepdim=True)
-        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape_as(x)
-        if self.affine:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
-
-    nn.GroupNorm.forward = forward
-    try:
-        yield
-    finally:
-        nn.GroupNorm.forward = original

@@ -25,10 +25,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
-from .adapters.dense import DenseHeadAdapter
 from .batched_autograd import batched_vjps
 from .conv_towers import (
     TowerRecord,
@@ -38,11 +36,19 @@ from .conv_towers import (
     record_towers,
     window_backward,
 )
-from .heatmap import box_sigma, explanation_maps, odam_heatmap
+from .heatmap import (
+    box_sigma,
+    explanation_maps,
+    odam_heatmap,
+    output_size,
+    resample_maps,
+    resize_maps,
+)
+from .protocol import Forward, scales
 from .settings import ExplanationSettings
 
-__all__ = ['DenseForward', 'dense_forward', 'level_maps', 'window_radius',
-           'EXACT_BELOW_WINDOWS', 'MODES']
+__all__ = ['DenseForward', 'dense_forward', 'dense_heatmaps', 'dense_train_maps', 'level_maps',
+           'window_radius', 'EXACT_BELOW_WINDOWS', 'MODES', 'TRAIN_MAPS']
 
 MODES = ('fast', 'windows', 'exact')
 # In 'fast' mode a level whose map holds fewer than this many windows is done 'exact': the
@@ -55,28 +61,31 @@ EXACT_BUDGET = 2 ** 22
 # Elements of one (n, C, k, k) tensor while smoothing gradient windows (16 M = 64 MB fp32;
 # smoothing holds about five such tensors).
 SMOOTHING_BUDGET = 2 ** 24
+# Predictions of one level per vectorised step (bounds memory); maps resized at a time
+CHUNK = 256
+RESIZE_CHUNK = 32
+# Odam-Train's maps: the assigned class's logit, the paper's Phi, 'windows' gradients
+TRAIN_MAPS = ExplanationSettings(method='odam', target='logit', smooth='gaussian',
+                                 normalize=None, mode='windows')
 
 
 @dataclass
-class DenseForward:
+class DenseForward(Forward):
     """One forward of a dense head, reused by every explanation of its predictions:
-    ``feats`` L x (B, C, h, w) (A), the head's ``outputs``, the images' ``metas``, the
-    ``record`` of its towers (None where the explicit modes do not apply) and ``calls``:
-    per level, {tower layer: which of its recorded calls made that level}."""
-    feats: tuple
-    outputs: tuple
-    metas: list
+    ``feats`` L x (B, C, h, w) (A: the FPN levels), the images' ``metas``, the head's
+    ``outputs``, the ``record`` of its towers (None where the explicit modes do not apply)
+    and ``calls``: per level, {tower layer: which of its recorded calls made that level}."""
+    outputs: tuple = ()
     record: TowerRecord | None = None
     calls: list | None = None
 
 
-def dense_forward(adapter: DenseHeadAdapter, feats, metas: list,
-                  record: bool = True) -> DenseForward:
+def dense_forward(adapter, feats, metas: list, record: bool = True) -> DenseForward:
     """Run the head on ``feats`` (recording its towers when ``record`` and the head has
     supported towers), under the caller's grad mode."""
     head = adapter.head
     if not record or adapter.fast_support() is not None:
-        return DenseForward(feats, head(feats), metas)
+        return DenseForward(list(feats), metas, head(feats))
     towers = [adapter.towers(level) for level in range(len(feats))]
     calls, count = [], {}
     for cls_layers, reg_layers in towers:
@@ -88,10 +97,10 @@ def dense_forward(adapter: DenseHeadAdapter, feats, metas: list,
     last = [t[k][-1] for t in towers for k in (0, 1) if t[k]]
     with record_towers(layers, last) as rec:
         outputs = head(feats)
-    return DenseForward(feats, outputs, metas, rec, calls)
+    return DenseForward(list(feats), metas, outputs, rec, calls)
 
 
-def window_radius(adapter: DenseHeadAdapter, level: int) -> int:
+def window_radius(adapter, level: int) -> int:
     """Half-width of dY/dA's support on a level: tower depth + the final convs' radius."""
     return len(adapter.towers(level)[0]) + adapter.final_radius
 
@@ -116,7 +125,7 @@ def final_window_grads(adapter, fwd: DenseForward, level: int, preds: InstanceDa
         reg_win = gather_windows(_tower_output(fwd, reg_layers, level, feat), preds.img, ys,
                                  xs, r).detach().requires_grad_(True)
         rows = adapter.rows_at(level, adapter.final_layers(level, cls_win, reg_win), anchor)
-        y = adapter.attribute(target, rows, preds, adapter.prior_coords(fwd.feats, preds),
+        y = adapter.attribute_of_rows(target, rows, preds, adapter.prior_coords(fwd.feats, preds),
                               scale[preds.img])
         return torch.autograd.grad(y.sum(), [cls_win, reg_win], allow_unused=True,
                                    create_graph=create_graph)
@@ -164,7 +173,7 @@ def exact_grads(adapter, fwd: DenseForward, level: int, preds: InstanceData, tar
         leaf = feat.detach().requires_grad_(True)
         feats = [leaf if i == level else f.detach() for i, f in enumerate(fwd.feats)]
         outputs = adapter.head(feats)
-        y = adapter.attribute(target, adapter.rows(outputs, preds), preds,
+        y = adapter.attribute_of_rows(target, adapter.rows(outputs, preds), preds,
                               adapter.prior_coords(fwd.feats, preds), scale[preds.img])
     for idx, (g,) in batched_vjps(y, [leaf], chunk, type(adapter.head).__name__):
         yield idx, g[torch.arange(len(idx)), preds.img[idx]]  # g: [n, B, C, h, w]
@@ -196,14 +205,6 @@ def level_mode(adapter, fwd: DenseForward, level: int, mode: str) -> str:
     h, w = fwd.feats[level].shape[-2:]
     small = h * w < EXACT_BELOW_WINDOWS * (2 * window_radius(adapter, level) + 1) ** 2
     return 'exact' if mode == 'fast' and small else 'windows'
-
-
-def log_fallback(adapter, mode: str) -> None:
-    """One log line when ``fast`` / ``windows`` cannot apply to the head."""
-    reason = adapter.fast_support()
-    if mode != 'exact' and reason is not None:
-        print_log(f'ODAM: {mode} mode does not apply ({reason}); using exact mode',
-                  logger='current')
 
 
 def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData,
@@ -270,3 +271,46 @@ def _smoothed_window_maps(adapter, feat, level, grads, sigma, b, ys, xs) -> torc
 def smoothing_radius(sigma: torch.Tensor | None) -> int:
     """Cells a Gaussian of the largest sigma reaches (3 sigma), 0 without smoothing."""
     return 0 if sigma is None or sigma.numel() == 0 else int(math.ceil(3 * float(sigma.max())))
+
+
+def dense_heatmaps(adapter, fwd: DenseForward, dets: list, settings: ExplanationSettings) -> None:
+    """Set ``heatmaps`` (N, H, W) at the settings' ``map_size`` on each image's predictions
+    (``img``, ``level``, ``prior``, ``labels``, ``bboxes`` original pixels)."""
+    scale = scales(fwd.metas, fwd.feats[0])
+    modes = [level_mode(adapter, fwd, level, settings.mode)
+             for level in range(len(fwd.feats))]
+    # no graph through the maps: it would keep every chunk alive (the gradient functions
+    # record what they need themselves)
+    with torch.no_grad():
+        for det, meta in zip(dets, fwd.metas):
+            out_hw = output_size(meta['ori_shape'][:2], settings.map_size)
+            preds = InstanceData(**{k: det.get(k) for k in ('img', 'level', 'prior', 'labels',
+                                                             'bboxes')})
+            heatmaps = fwd.feats[0].new_empty(len(det), *out_hw)  # every row is written
+            for level in det.level.unique().tolist():
+                idx = (det.level == level).nonzero()[:, 0]
+                stride = float(adapter.stride(det.level[idx[:1]], heatmaps)[0])
+                for part in idx.split(CHUNK):
+                    maps = level_maps(adapter, fwd, level, preds[part], settings,
+                                      modes[level], scale)
+                    for j in range(0, len(part), RESIZE_CHUNK):  # (n, H, W) temporaries
+                        heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
+                            maps[j:j + RESIZE_CHUNK], stride, meta['img_shape'][:2], out_hw)
+            det.heatmaps = heatmaps
+
+
+def dense_train_maps(adapter, fwd: DenseForward, positives: InstanceData, grid_hw,
+                     map_stride: int, second_order: bool) -> torch.Tensor:
+    """Odam-Train's maps (N, *grid_hw) of positives (``img``, ``level``, ``prior``,
+    ``labels``, ``bboxes`` input pixels) on the stride-``map_stride`` grid: 'windows'
+    gradients of the assigned class's logit on their FPN level (:data:`TRAIN_MAPS`), with
+    the graph to the features (``second_order``: also to the head's weights)."""
+    maps = fwd.feats[0].new_zeros(len(positives), *grid_hw)
+    scale = fwd.feats[0].new_ones(len(fwd.metas), 2)  # the positives' boxes: input pixels
+    for level in positives.level.unique().tolist():
+        idx = (positives.level == level).nonzero()[:, 0]
+        level_map = level_maps(adapter, fwd, level, positives[idx], TRAIN_MAPS, 'windows',
+                               scale, create_graph=second_order)
+        stride = float(adapter.stride(positives.level[idx[:1]], level_map)[0])
+        maps[idx] = resample_maps(level_map, stride, map_stride, grid_hw)
+    return maps

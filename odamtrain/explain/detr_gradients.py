@@ -38,11 +38,11 @@ def detr_grads(adapter, fwd, preds, target: str, chunk: int | None = None):
 def _as_levels(fwd, per_leaf: list) -> list:
     """Per-leaf tensors (n, *leaf.shape[1:]) -> per level (n, C, h, w), as A's levels are
     made from the leaves (the same tensors, or the memory's tokens split by level)."""
-    if len(fwd.leaves) == len(fwd.levels) and all(
-            leaf is level for leaf, level in zip(fwd.leaves, fwd.levels)):
+    if len(fwd.leaves) == len(fwd.feats) and all(
+            leaf is level for leaf, level in zip(fwd.leaves, fwd.feats)):
         return per_leaf
     tokens, out, start = per_leaf[0], [], 0  # [n, T, C]
-    for lv in fwd.levels:
+    for lv in fwd.feats:
         _, c, h, w = lv.shape
         out.append(tokens[:, start:start + h * w].transpose(1, 2).reshape(-1, c, h, w))
         start += h * w
@@ -56,15 +56,15 @@ def detr_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> No
     method, target, smooth = settings.method, settings.target, settings.smooth
     preds = InstanceData.cat(dets) if dets else InstanceData()
     scale = torch.tensor([m['scale_factor'][:2] for m in fwd.metas],
-                         dtype=fwd.levels[0].dtype, device=fwd.levels[0].device)
+                         dtype=fwd.feats[0].dtype, device=fwd.feats[0].device)
     sizes = [output_size(m['ori_shape'][:2], settings.map_size) for m in fwd.metas]
-    maps = [fwd.levels[0].new_zeros(len(d), *hw) for d, hw in zip(dets, sizes)]
+    maps = [fwd.feats[0].new_zeros(len(d), *hw) for d, hw in zip(dets, sizes)]
     offsets = torch.tensor([0] + [len(d) for d in dets]).cumsum(0)
     if len(preds):
         for idx, level_grads in detr_grads(adapter, fwd, preds, target):
             img = preds.img[idx]
             with torch.no_grad():
-                for g, a, stride in zip(level_grads, fwd.levels, fwd.strides):
+                for g, a, stride in zip(level_grads, fwd.feats, fwd.strides):
                     h, w = a.shape[-2:]
                     sigma = None
                     if method == 'odam' and smooth == 'gaussian':

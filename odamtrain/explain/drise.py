@@ -45,7 +45,7 @@ from odamtrain.inference import pixel_to_input, predict_fn
 from odamtrain.structures import best_candidates
 
 from .heatmap import output_size, resize_maps
-from .settings import DRISE_ESTIMATORS
+from .settings import DRISE_ESTIMATORS, DriseSettings
 
 __all__ = ['ESTIMATORS', 'DriseSums', 'drise_grids', 'drise_masks', 'drise_accumulate',
            'drise_estimate', 'drise_saliency', 'drise_target_maps']
@@ -147,10 +147,8 @@ def drise_estimate(sums: DriseSums, estimator: str = 'contrast') -> torch.Tensor
 
 
 def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
-                   target_labels: torch.Tensor, num_masks: int = 5000, grid: int = 16,
-                   keep_prob: float = 0.5, batch_size: int = 32, fill: float | torch.Tensor = 0.,
-                   seed: int = 0, estimator: str = 'contrast',
-                   image_hw: tuple[int, int] | None = None,
+                   target_labels: torch.Tensor, settings: DriseSettings = DriseSettings(),
+                   fill: float | torch.Tensor = 0., image_hw: tuple[int, int] | None = None,
                    progress: Callable | None = None) -> torch.Tensor:
     """D-RISE saliency of T targets of one image.
 
@@ -159,31 +157,30 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
             scores (D,)) in the pixels of ``target_boxes``.
         inputs: (1, 3, H, W) the image as the detector takes it.
         target_boxes: (T, 4) x1y1x2y2, target_labels: (T,).
+        settings: the masks (``num_masks``, ``grid``, ``keep_prob``, ``seed``: same seed,
+            same masks), ``batch_size`` masked images per forward and the ``estimator``
+            (module).
         fill: what a masked pixel becomes (a value or a (3,) per channel, in ``inputs``'
             units; D-RISE multiplies the image by the mask, i.e. black).
-        seed: the masks' random generator (same seed, same masks).
-        estimator: 'contrast', 'coverage' or 'mean' (module).
         image_hw: the image's (h, w) inside ``inputs`` (the rest is padding, not masked);
             None: all of it.
         progress: called with the number of masks done after each batch.
     Returns:
         (T, h, w) saliency.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f'estimator must be one of {ESTIMATORS}, got {estimator!r}')
+    s = settings
     hw = tuple(image_hw or inputs.shape[-2:])
-    cells, shifts = drise_grids(num_masks, grid, keep_prob, hw,
-                                torch.Generator().manual_seed(seed))
+    cells, shifts = drise_grids(s.num_masks, s.grid, s.keep_prob, hw,
+                                torch.Generator().manual_seed(s.seed))
     fill = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).reshape(-1, 1, 1)
     sums = drise_accumulate(predict, inputs, target_boxes, target_labels, cells, shifts, hw,
-                            fill, batch_size, progress)
-    return drise_estimate(sums, estimator).to(inputs.dtype)
+                            fill, s.batch_size, progress)
+    return drise_estimate(sums, s.estimator).to(inputs.dtype)
 
 
 def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
-                      labels: torch.Tensor, map_size='image', num_masks: int = 5000,
-                      grid: int = 16, keep_prob: float = 0.5, batch_size: int = 32,
-                      seed: int = 0, estimator: str = 'contrast',
+                      labels: torch.Tensor, map_size='image',
+                      settings: DriseSettings = DriseSettings(),
                       progress: Callable | None = None) -> torch.Tensor:
     """D-RISE maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels
     + labels: detections, or GT boxes to explain missed objects) of one preprocessed image
@@ -193,6 +190,6 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
     fill = pixel_to_input(model, inputs.new_zeros(3))
     hw = tuple(meta['img_shape'][:2])
     with torch.no_grad():
-        sal = drise_saliency(predict_fn(model, meta), inputs, boxes, labels, num_masks, grid,
-                             keep_prob, batch_size, fill, seed, estimator, hw, progress)
+        sal = drise_saliency(predict_fn(model, meta), inputs, boxes, labels, settings, fill, hw,
+                             progress)
     return resize_maps(sal, 1, hw, output_size(meta['ori_shape'][:2], map_size))

@@ -14,7 +14,6 @@ Shapes: R RoIs, n predictions, C channels, (s, s) the RoI feature size, (H, W) a
 from __future__ import annotations
 
 import torch
-from mmdet.structures.bbox import bbox2roi, bbox_overlaps
 from mmengine.structures import InstanceData
 
 from .heatmap import (
@@ -26,15 +25,11 @@ from .heatmap import (
     paste_roi_maps,
     resize_maps,
 )
+from .protocol import scales
 from .settings import ExplanationSettings
 
 __all__ = ['roi_grads', 'roi_heatmaps', 'fpn_rounds', 'roi_footprints', 'roi_fpn_grads',
-           'fpn_heatmaps', 'roi_positives', 'roi_positive_maps']
-
-
-def _scales(metas: list, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([m['scale_factor'][:2] for m in metas], dtype=like.dtype,
-                        device=like.device)  # [B, 2] input / original (w, h)
+           'fpn_heatmaps', 'roi_positive_maps']
 
 
 def _rounds_of_distinct_rois(roi: torch.Tensor) -> torch.Tensor:
@@ -47,18 +42,18 @@ def _rounds_of_distinct_rois(roi: torch.Tensor) -> torch.Tensor:
     return rounds
 
 
-def roi_grads(adapter, fwd, preds: InstanceData, target: str, scale: torch.Tensor) -> list:
+def roi_grads(adapter, fwd, preds: InstanceData, target: str) -> list:
     """Per stage (n, C, s, s) dY_p / dA_roi(p), one backward per round of distinct RoIs."""
-    grads = [f.new_zeros(len(preds), *f.shape[1:]) for f in fwd.feats]
+    grads = [f.new_zeros(len(preds), *f.shape[1:]) for f in fwd.roi_feats]
     if len(preds) == 0:
         return grads
     rounds = _rounds_of_distinct_rois(preds.roi)
     with torch.enable_grad():  # (the sums below are part of the graph)
-        y = adapter.attribute(target, fwd, preds, scale)  # [n]
+        y = adapter.attribute(target, fwd, preds)  # [n]
         sums = [y[rounds == r].sum() for r in range(int(rounds.max()) + 1)]
     for r, total in enumerate(sums):
         sel = (rounds == r).nonzero()[:, 0]
-        gs = torch.autograd.grad(total, fwd.feats, retain_graph=True, allow_unused=True)
+        gs = torch.autograd.grad(total, fwd.roi_feats, retain_graph=True, allow_unused=True)
         for stage, g in enumerate(gs):
             if g is not None:
                 grads[stage][sel] = g[preds.roi[sel]]
@@ -70,12 +65,12 @@ def roi_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
     (``roi``, ``labels``, ``img``) from the RoI features of every stage."""
     method, target, smooth = settings.method, settings.target, settings.smooth
     metas = fwd.metas
-    scale = _scales(metas, fwd.feats[0])
     preds = InstanceData.cat(dets) if dets else InstanceData()
-    grads = roi_grads(adapter, fwd, preds, target, scale)
+    grads = roi_grads(adapter, fwd, preds, target)
+    scale = scales(metas, fwd.roi_feats[0])
     with torch.no_grad():
         stage_maps = []
-        for g, feat in zip(grads, fwd.feats):
+        for g, feat in zip(grads, fwd.roi_feats):
             sigma = None
             if method == 'odam' and smooth == 'gaussian':
                 sigma = g.new_full((len(g),), SIGMA_PER_BOX_SIZE * feat.shape[-1])
@@ -86,7 +81,7 @@ def roi_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
             ori_h, ori_w = meta['ori_shape'][:2]
             # a RoI in input pixels -> original pixels -> the output map's pixels
             to_out = scale[i].new_tensor([out_hw[1] / ori_w, out_hw[0] / ori_h]) / scale[i]
-            det.heatmaps = fwd.feats[0].new_zeros(len(det), *out_hw)
+            det.heatmaps = fwd.roi_feats[0].new_zeros(len(det), *out_hw)
             for rois, maps in zip(fwd.rois, stage_maps):
                 det.heatmaps += paste_roi_maps(maps[start:start + len(det)],
                                                rois[det.roi, 1:] * to_out.repeat(2), out_hw)
@@ -125,14 +120,14 @@ def roi_footprints(extractor, rois: torch.Tensor, num_levels: int):
     return level, torch.cat([box[:, :2].floor() - 1, box[:, 2:].ceil() + 1], 1)
 
 
-def roi_fpn_grads(adapter, fwd, preds: InstanceData, target: str, scale: torch.Tensor):
+def roi_fpn_grads(adapter, fwd, preds: InstanceData, target: str):
     """Yield (indices, level, grads (n, C, h, w)): dY_p/d(FPN level of p's RoI) through
     RoIAlign's backward, one backward per round of :func:`fpn_rounds`."""
     levels = fwd.levels[:adapter.extractor.num_inputs]
     roi_level, cells = roi_footprints(adapter.extractor, fwd.rois[0][preds.roi], len(levels))
     rounds = fpn_rounds(roi_level, cells, preds.roi)
     with torch.enable_grad():
-        y = adapter.attribute(target, fwd, preds, scale)
+        y = adapter.attribute(target, fwd, preds)
         sums = [y[rounds == r].sum() for r in range(int(rounds.max()) + 1 if len(rounds) else 0)]
     for r, total in enumerate(sums):
         sel = (rounds == r).nonzero()[:, 0]
@@ -154,7 +149,7 @@ def fpn_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
     from the RoIs' FPN levels."""
     method, target, smooth = settings.method, settings.target, settings.smooth
     metas = fwd.metas
-    scale = _scales(metas, fwd.levels[0])
+    scale = scales(metas, fwd.levels[0])
     strides = adapter.extractor.featmap_strides
     preds = InstanceData.cat(dets) if dets else InstanceData()
     offsets = torch.cumsum(torch.tensor([0] + [len(d) for d in dets]), 0)
@@ -163,7 +158,7 @@ def fpn_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
                                                                       settings.map_size))
     if len(preds) == 0:
         return
-    for part, lvl, g in roi_fpn_grads(adapter, fwd, preds, target, scale):
+    for part, lvl, g in roi_fpn_grads(adapter, fwd, preds, target):
         with torch.no_grad():
             sigma = None
             if method == 'odam' and smooth == 'gaussian':
@@ -179,33 +174,10 @@ def fpn_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
                                                        out.shape[-2:])[0]
 
 
-def roi_positives(bbox_head, bbox_results: dict, sampling_results: list) -> InstanceData:
-    """The sampler's positive RoIs of one stage in training (Odam-Train): ``roi`` (index
-    into the stage's RoIs), ``img``, ``labels`` (assigned class), ``gt_index`` (the
-    sampler's ``pos_assigned_gt_inds``), ``rois`` (x1y1x2y2 input pixels) and ``ious`` of
-    their predicted boxes with their GT boxes."""
-    rois = bbox2roi([res.priors for res in sampling_results])
-    # the sampler puts each image's positives first among its RoIs
-    starts = torch.tensor([0] + [len(res.priors) for res in sampling_results]).cumsum(0)
-    pos = torch.cat([torch.arange(len(res.pos_inds)) + int(start)
-                     for res, start in zip(sampling_results, starts)]).to(rois.device)
-    labels = torch.cat([res.pos_gt_labels for res in sampling_results])
-    gt_boxes = torch.cat([res.pos_gt_bboxes for res in sampling_results])
-    with torch.no_grad():
-        bbox_pred = bbox_results['bbox_pred'][pos]
-        if not bbox_head.reg_class_agnostic:
-            idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
-            bbox_pred = bbox_pred.gather(1, idx)
-        boxes = bbox_head.bbox_coder.decode(rois[pos, 1:], bbox_pred)
-        ious = bbox_overlaps(boxes, gt_boxes, is_aligned=True)
-    return InstanceData(
-        roi=pos, img=rois[pos, 0].long(), labels=labels, rois=rois[pos, 1:],
-        gt_index=torch.cat([res.pos_assigned_gt_inds for res in sampling_results]), ious=ious)
-
-
 def roi_positive_maps(bbox_results: dict, positives: InstanceData, grid_hw, map_stride: int,
                       second_order: bool) -> torch.Tensor:
-    """ODAM maps (N, *grid_hw) of :func:`roi_positives` on the stride-``map_stride`` grid:
+    """ODAM maps (N, *grid_hw) of a stage's positive RoIs (``roi``, ``labels``, ``rois``
+    x1y1x2y2 input pixels) on the stride-``map_stride`` grid:
     Y = the logit of each positive's assigned class, A = its RoI features
     (``bbox_results['bbox_feats']`` (R, C, s, s)), one backward for all (RoIs are
     independent), each map pasted into its RoI; with the graph to the features

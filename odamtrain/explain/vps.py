@@ -45,7 +45,7 @@ from odamtrain.inference import input_to_rgb, pixel_to_input, predict_fn
 from odamtrain.structures import detection_evidence
 
 from .heatmap import output_size, resize_maps
-from .settings import VPS_SEARCHES, VPS_SEGMENTATIONS, VpsSettings
+from .settings import VpsSettings
 
 __all__ = ['grid_regions', 'slico_regions', 'box_regions', 'greedy_order', 'search_windows',
            'windowed_order', 'rank_attribution', 'vps_forward_count', 'vps_saliency',
@@ -189,24 +189,22 @@ def rank_attribution(order: list[int], values: list[float], n: int,
     return out
 
 
-def vps_forward_count(regions: int, max_steps: int | None = None, search: str = 'greedy',
-                      window: int = 6, head: int = 1) -> int:
-    """Images one VPS search runs through the detector: 2 for the empty set, then 2 per
-    evaluated region at each step (greedy: every remaining one, regions (regions + 1) for
-    the full order; windowed: :func:`search_windows`)."""
-    if search not in VPS_SEARCHES:
-        raise ValueError(f'search must be one of {VPS_SEARCHES}, got {search!r}')
-    if search == 'windowed':
-        return 2 + 2 * sum(search_windows(regions, window, head, max_steps))
-    steps = regions if max_steps is None else min(regions, max_steps)
-    return 2 + 2 * sum(regions - k for k in range(steps))
+def vps_forward_count(settings: VpsSettings = VpsSettings(), regions: int | None = None) -> int:
+    """Images one VPS search runs through the detector on ``regions`` sub-regions (default
+    ``settings.regions``): 2 for the empty set, then 2 per evaluated region at each step
+    (greedy: every remaining one, regions (regions + 1) for the full order; windowed:
+    :func:`search_windows`)."""
+    s = settings
+    n = s.regions if regions is None else regions
+    if s.search == 'windowed':
+        return 2 + 2 * sum(search_windows(n, s.window, s.head, s.max_steps))
+    steps = n if s.max_steps is None else min(n, s.max_steps)
+    return 2 + 2 * sum(n - k for k in range(steps))
 
 
 def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tensor,
                  target_label: int, regions: torch.Tensor, baseline: torch.Tensor,
-                 max_steps: int | None = None, batch_size: int = 32, search: str = 'greedy',
-                 window: int = VpsSettings.window, head: int = VpsSettings.head,
-                 box_slots: int = VpsSettings.box_slots,
+                 settings: VpsSettings = VpsSettings(),
                  input_scale: tuple[float, float] = (1.0, 1.0)):
     """VPS map of one target.
 
@@ -214,7 +212,9 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
         predict: images (b, 3, H, W) -> b detections (boxes, labels, scores) in the pixels of
             ``target_box``.
         inputs: (1, 3, H, W); regions: (n, H, W) bool; baseline: (3, H, W) removed pixels.
-        search / window / head / box_slots: the search (module).
+        settings: the search (``search``, ``window``, ``head``, ``box_slots``,
+            ``max_steps``: module) and ``batch_size`` images per forward (its ``regions``
+            and ``segmentation`` are the caller's, who made ``regions``).
         input_scale: (w, h) factors from the pixels of ``target_box`` to the input's (mmdet's
             ``scale_factor``), to find the regions of the box.
     Returns:
@@ -225,12 +225,13 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
     image = inputs[0]
     masks = regions.to(image)
     forwards = 0
+    s = settings
 
     def g(images):
         out = []
-        for s in range(0, len(images), batch_size):
+        for start in range(0, len(images), s.batch_size):
             out += [detection_evidence(*d, target_box, target_label, 'vps')
-                    for d in predict(images[s:s + batch_size])]
+                    for d in predict(images[start:start + s.batch_size])]
         return torch.tensor(out)
 
     def objective(sets):
@@ -242,36 +243,28 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
         values = g(torch.cat([only, removed]))
         return values[:len(sets)] + 1 - values[len(sets):]
 
-    if search not in VPS_SEARCHES:
-        raise ValueError(f'search must be one of {VPS_SEARCHES}, got {search!r}')
     empty = objective(torch.zeros(1, len(regions), dtype=torch.bool))[0]
-    if search == 'greedy':
-        order, values = greedy_order(objective, len(regions), max_steps)
+    if s.search == 'greedy':
+        order, values = greedy_order(objective, len(regions), s.max_steps)
     else:
         box = target_box * target_box.new_tensor(input_scale).repeat(2)
-        order, values = windowed_order(objective, len(regions), window, head, max_steps,
-                                       float(empty), box_regions(regions, box), box_slots)
+        order, values = windowed_order(objective, len(regions), s.window, s.head, s.max_steps,
+                                       float(empty), box_regions(regions, box), s.box_slots)
     attribution = rank_attribution(order, values, len(regions), float(empty))
     saliency = (attribution.to(masks)[:, None, None] * masks).sum(0)
     return saliency, order, values, forwards
 
 
 def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
-                    labels: torch.Tensor, map_size='image', regions: int = VpsSettings.regions,
-                    segmentation: str = VpsSettings.segmentation,
-                    search: str = VpsSettings.search, window: int = VpsSettings.window,
-                    head: int = VpsSettings.head, box_slots: int = VpsSettings.box_slots,
-                    max_steps: int | None = None,
-                    batch_size: int = VpsSettings.batch_size) -> torch.Tensor:
+                    labels: torch.Tensor, map_size='image',
+                    settings: VpsSettings = VpsSettings()) -> torch.Tensor:
     """VPS maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels +
     labels: detections, or GT boxes to explain missed objects) of one preprocessed image
-    (1, 3, H, W) of an mmdet detector. Sub-regions: about ``regions`` SLICO superpixels or
-    grid cells over the unpadded input, shared by the targets; removed pixels black, the
-    padding left as it is. Cost per
-    target: :func:`vps_forward_count` images in batches of ``batch_size``."""
-    if segmentation not in VPS_SEGMENTATIONS:
-        raise ValueError(f'segmentation must be one of {VPS_SEGMENTATIONS}, got '
-                         f'{segmentation!r}')
+    (1, 3, H, W) of an mmdet detector. Sub-regions: about ``settings.regions`` SLICO
+    superpixels or grid cells (``segmentation``) over the unpadded input, shared by the
+    targets; removed pixels black, the padding left as it is. Cost per target:
+    :func:`vps_forward_count` images in batches of ``batch_size``."""
+    regions, segmentation = settings.regions, settings.segmentation
     h, w = meta['img_shape'][:2]
     out_hw = output_size(meta['ori_shape'][:2], map_size)
     if not len(boxes):
@@ -286,6 +279,5 @@ def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor
     with torch.no_grad():
         for box, label in zip(boxes, labels.tolist()):
             maps.append(vps_saliency(predict_fn(model, meta), inputs, box, label, masks, baseline,
-                                     max_steps, batch_size, search, window, head, box_slots,
-                                     meta['scale_factor'][:2])[0])
+                                     settings, meta['scale_factor'][:2])[0])
     return resize_maps(torch.stack(maps), 1, (h, w), out_hw)

@@ -1,90 +1,111 @@
-"""Detector adapters: all knowledge of a detector's head internals (where each prediction
-came from, how to recompute its attribute from the head outputs, the candidates before NMS).
-Explainers, Odam-NMS, Odam-Train and the audit all go through :func:`build_adapter`."""
+"""Detector adapters: all knowledge of a detector's head internals, behind one protocol
+(:class:`~odamtrain.explain.protocol.DetectorAdapter`). Explainers, Odam-NMS, Odam-Train and
+the audit all go through :func:`build_adapter`, which refuses before any work a detector
+that no adapter reproduces exactly."""
 from __future__ import annotations
 
+from mmdet.models.dense_heads import DETRHead
+from mmdet.models.roi_heads import BaseRoIHead
+
+from ..protocol import DetectorAdapter, UnsupportedDetectorError
 from .dense import (
-    BOX_SIDES,
     DENSE_ADAPTERS,
     ATSSAdapter,
     AutoAssignAdapter,
     DenseHeadAdapter,
     DenseRows,
+    DenseTrainStep,
     FCOSAdapter,
     FoveaAdapter,
     GFLAdapter,
     RetinaAdapter,
     RTMDetAdapter,
     TOODAdapter,
-    UnsupportedHeadError,
     YOLOXAdapter,
 )
 from .detr import DETRAdapter, DETRForward
-from .roi import ROI_ADAPTERS, CascadeRoIAdapter, RoIForward, StandardRoIAdapter
+from .roi import ROI_ADAPTERS, CascadeRoIAdapter, RoIForward, RoITrainStep, StandardRoIAdapter
 
-__all__ = ['build_adapter', 'dense_adapter', 'roi_adapter', 'UnsupportedDetectorError',
-           'supported_heads', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward',
-           'DenseRows', 'StandardRoIAdapter', 'CascadeRoIAdapter', 'RoIForward', 'BOX_SIDES',
-           'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter', 'AutoAssignAdapter',
-           'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter']
+__all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'supported_heads',
+           'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
+           'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter', 'RoIForward',
+           'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
+           'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
+           'ADAPTERS']
 
-
-class UnsupportedDetectorError(TypeError):
-    """A detector whose head no adapter covers; says which head and what is supported."""
+ADAPTERS = DENSE_ADAPTERS + ROI_ADAPTERS + (DETRAdapter,)
 
 
 def supported_heads() -> list[str]:
-    """The mmdet head classes (and their subclasses that keep the post-processing) that
-    have an adapter."""
-    return [a.head_type.__name__ for a in DENSE_ADAPTERS + ROI_ADAPTERS + (DETRAdapter,)]
+    """The mmdet head classes (and their subclasses that keep what the adapter reproduces)
+    that have an adapter."""
+    return [a.head_type.__name__ for a in ADAPTERS]
 
 
-def _unsupported(owner, head, why: str) -> UnsupportedDetectorError:
-    where = type(head).__name__ if owner is head else (
-        f'{type(owner).__name__} with {type(head).__name__}')
-    return UnsupportedDetectorError(
-        f'{where}: {why}. odamtrain explains '
-        f'detectors whose head is one of {", ".join(supported_heads())} (or a subclass that '
-        'keeps its post-processing)')
-
-
-def _adapter_of(head, table, owner):
+def _family(head, table):
+    """The adapter class of ``head``'s most specific class covered, or None."""
     for cls in type(head).__mro__:
         adapter = next((a for a in table if a.head_type is cls), None)
         if adapter is not None:
-            try:
-                return adapter(head)
-            except UnsupportedHeadError as e:
-                raise _unsupported(owner, head, str(e)) from None
-    raise _unsupported(owner, head, 'no adapter covers this head')
+            return adapter
+    return None
 
 
-def dense_adapter(head, owner=None) -> DenseHeadAdapter:
-    """The adapter of a one-stage dense head (by its most specific class covered)."""
-    return _adapter_of(head, DENSE_ADAPTERS, owner or head)
+def _refusal(what: str, why: str) -> UnsupportedDetectorError:
+    return UnsupportedDetectorError(
+        f'{what}: {why}. odamtrain explains detectors whose head is one of '
+        f'{", ".join(supported_heads())}, or a subclass that keeps what its adapter '
+        'reproduces (README: Detectors covered)')
 
 
-def roi_adapter(roi_head, owner=None) -> StandardRoIAdapter:
-    """The adapter of a two-stage detector's RoI head."""
-    return _adapter_of(roi_head, ROI_ADAPTERS, owner or roi_head)
+def _heads(model) -> str:
+    """The head modules a detector has, for a refusal that names them."""
+    names = [f'{name}={type(m).__name__}' for name, m in model.named_children()
+             if name.endswith('head') and m is not None]
+    return ', '.join(names) or 'no head module'
 
 
-def build_adapter(model):
-    """The adapter of an mmdet detector: a two-stage one's RoI head (``roi_head``) or a
-    one-stage one's dense head (``bbox_head``), by the most specific head class covered.
+def build_adapter(model) -> DetectorAdapter:
+    """The adapter of an mmdet detector, chosen by its RoI head (two-stage) or its box head
+    (one-stage, DETR-like), most specific class first, and checked against the model's
+    own code (:meth:`~odamtrain.explain.protocol.DetectorAdapter.check`).
 
     Raises:
-        UnsupportedDetectorError: before any work, naming the head and what is supported.
+        UnsupportedDetectorError: before any work, naming the detector, the part and the
+            method that differ, and what is supported.
     """
-    if hasattr(model, 'roi_head'):
-        return roi_adapter(model.roi_head, model)
-    if isinstance(getattr(model, 'bbox_head', None), DETRAdapter.head_type):
-        try:
-            return DETRAdapter(model)
-        except UnsupportedHeadError as e:
-            raise _unsupported(model, model.bbox_head, str(e)) from None
-    if hasattr(model, 'bbox_head'):
-        return dense_adapter(model.bbox_head, model)
-    raise UnsupportedDetectorError(
-        f'{type(model).__name__}: expected an mmdet detector with a bbox_head (one-stage) or '
-        f'roi_head (two-stage); supported heads: {", ".join(supported_heads())}')
+    roi_head = getattr(model, 'roi_head', None)
+    bbox_head = getattr(model, 'bbox_head', None)
+    if roi_head is not None:
+        head, table = roi_head, ROI_ADAPTERS
+    elif isinstance(bbox_head, DETRHead):
+        head, table = bbox_head, (DETRAdapter,)
+    elif bbox_head is not None:
+        head, table = bbox_head, DENSE_ADAPTERS
+    else:
+        raise _refusal(type(model).__name__, f'no box head or RoI head to explain '
+                       f'({_heads(model)})')
+    what = f'{type(model).__name__} with {type(head).__name__}'
+    cls = _family(head, table)
+    if cls is None:
+        raise _refusal(what, 'no adapter covers this head')
+    adapter = cls(head, model)
+    try:
+        adapter.check()
+    except UnsupportedDetectorError as e:
+        raise _refusal(what, str(e)) from None
+    return adapter
+
+
+def head_adapter(head) -> DetectorAdapter:
+    """The adapter of a head alone (Odam-NMS and Odam-Train inside the head), checked on the
+    head's parts."""
+    cls = _family(head, ROI_ADAPTERS if isinstance(head, BaseRoIHead) else DENSE_ADAPTERS)
+    if cls is None:
+        raise _refusal(type(head).__name__, 'no adapter covers this head')
+    adapter = cls(head)
+    try:
+        adapter.check()
+    except UnsupportedDetectorError as e:
+        raise _refusal(type(head).__name__, str(e)) from None
+    return adapter

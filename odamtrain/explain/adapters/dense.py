@@ -32,6 +32,7 @@ from mmdet.models.dense_heads import (
     YOLOXHead,
 )
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+from mmdet.models.detectors import SingleStageDetector
 from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.models.utils import sigmoid_geometric_mean
@@ -40,27 +41,41 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 from ..conv_towers import tower_support
+from ..dense_gradients import (
+    DenseForward,
+    dense_forward,
+    dense_heatmaps,
+    dense_train_maps,
+)
+from ..protocol import (
+    BOX_SIDES,
+    DetectorAdapter,
+    Same,
+    UnsupportedDetectorError,
+    resolved,
+    scales,
+)
 
-__all__ = ['DenseRows', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter',
-           'FCOSAdapter', 'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter',
-           'YOLOXAdapter', 'BOX_SIDES']
-
-BOX_SIDES = ('x1', 'y1', 'x2', 'y2')
+__all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter',
+           'GFLAdapter', 'FCOSAdapter', 'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter',
+           'RTMDetAdapter', 'YOLOXAdapter', 'DENSE_ADAPTERS']
 
 
-class UnsupportedHeadError(TypeError):
-    """A head whose post-processing is not the one its adapter reproduces."""
+def selection(*head_methods) -> tuple:
+    """The gate of a dense family whose test-time selection is ``head_methods``: mmdet's
+    one-stage ``predict`` (``extract_feat``, then ``bbox_head.predict``) and these."""
+    return (Same('detector', (SingleStageDetector.predict, SingleStageDetector.extract_feat)),
+            Same('head', (BaseDenseHead.predict, *head_methods)))
 
 
-def resolved(cls, name: str):
-    """``getattr(cls, name)`` skipping classes that declare ``odam_mixin = True`` (the
-    Odam-NMS / Odam-Train mixins, which run the head's own methods around theirs)."""
-    for klass in cls.__mro__:
-        if klass.__dict__.get('odam_mixin'):
-            continue
-        if name in klass.__dict__:
-            return klass.__dict__[name]
-    raise AttributeError(name)
+class DenseTrainStep(NamedTuple):
+    """A dense head's training step as Odam-Train reads it: the forward, what
+    :meth:`DenseHeadAdapter.recording_positives` recorded in its ``loss_by_feat``, the GT
+    instances and metainfo of the batch."""
+    fwd: DenseForward
+    recorded: object
+    batch_gt_instances: list
+    metas: list
 
 
 class DenseRows(NamedTuple):
@@ -71,32 +86,49 @@ class DenseRows(NamedTuple):
     factor: torch.Tensor | None
 
 
-class DenseHeadAdapter:
-    """A ``BaseDenseHead`` whose test-time selection is mmdet's ``BaseDenseHead``
-    ``predict_by_feat`` -> ``_predict_by_feat_single`` (score threshold and ``nms_pre``
-    top-k per level through ``filter_scores_and_topk``) -> ``_bbox_post_process``, or a
-    subclass's override of ``_predict_by_feat_single`` of the same shape (:attr:`selection`
-    names the methods that must run). Without :meth:`towers` only ``exact`` mode applies.
+class DenseHeadAdapter(DetectorAdapter):
+    """A one-stage detector (``SingleStageDetector.predict``) whose head's test-time
+    selection is mmdet's ``BaseDenseHead`` ``predict_by_feat`` -> ``_predict_by_feat_single``
+    (score threshold and ``nms_pre`` top-k per level through ``filter_scores_and_topk``) ->
+    ``_bbox_post_process``, or a family's override of ``_predict_by_feat_single`` of the
+    same shape (:attr:`reproduces`). A = the FPN level of each prediction. Without
+    :meth:`towers` only ``exact`` mode applies.
 
     Subclasses know one family: its score formula (:meth:`score`), decoding
     (:meth:`decode`), and for ``fast`` mode its towers and final layers.
     """
     head_type = BaseDenseHead
-    selection = (BaseDenseHead.predict_by_feat, BaseDenseHead._predict_by_feat_single,
-                 BaseDenseHead._bbox_post_process)
+    reproduces = selection(BaseDenseHead.predict_by_feat, BaseDenseHead._predict_by_feat_single,
+                           BaseDenseHead._bbox_post_process)
+    features = ('auto', 'fpn')
     forward_impl = None  # (staticmethod) the forward whose final layers final_layers() copies
     final_radius = 1  # half-width of the final convs
 
-    def __init__(self, head):
-        self.head = head
+    def __init__(self, head, model=None):
+        super().__init__(head, model)
         self._priors = {}  # the last levels' priors
-        for expected in self.selection:
-            actual = resolved(type(head), expected.__name__)
-            if actual is not expected:
-                raise UnsupportedHeadError(
-                    f'{type(head).__name__}.{expected.__name__} is '
-                    f'{actual.__qualname__}, not {expected.__qualname__} that the '
-                    f'{type(self).__name__} reproduces')
+
+    @property
+    def test_cfg(self):
+        return self.head.test_cfg
+
+    def mode_fallback(self):
+        return self.fast_support()
+
+    def forward(self, inputs, data_samples, features='auto') -> DenseForward:
+        """The neck's levels (A) and the head's outputs (towers recorded)."""
+        self.check_features(features)
+        with torch.no_grad():
+            return self.forward_features(self.model.extract_feat(inputs),
+                                         [s.metainfo for s in data_samples])
+
+    def forward_features(self, feats, metas: list) -> DenseForward:
+        """The head on the neck's levels ``feats`` (its inputs), under the caller's grad
+        mode."""
+        return dense_forward(self, feats, metas)
+
+    def heatmaps(self, fwd, dets, settings) -> None:
+        dense_heatmaps(self, fwd, dets, settings)
 
     # ------------------------------------------------------------------ outputs
     def split(self, outputs) -> tuple:
@@ -172,6 +204,10 @@ class DenseHeadAdapter:
             res.img = torch.full_like(res.labels, i)
         return results
 
+    def candidates(self, fwd) -> list:
+        """After score threshold, ``nms_pre`` and the score factors: what reaches NMS."""
+        return self.predictions(fwd, with_nms=False)
+
     def every_prediction(self, fwd) -> list:
         """Every (prior, class) of every location, no threshold, top-k or NMS (to find the
         prediction that explains a target best), with provenance."""
@@ -217,8 +253,22 @@ class DenseHeadAdapter:
                          reg[0].new_zeros(0, reg[0].shape[1] // a),
                          None if factor is None else factor[0].new_zeros(0))
 
-    def attribute(self, target: str, rows: DenseRows, preds: InstanceData,
-                  prior_coords: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def attribute(self, target, fwd, preds):
+        scale = scales(fwd.metas, fwd.feats[0])[preds.img]
+        return self.attribute_of_rows(target, self.rows(fwd.outputs, preds), preds,
+                                      self.prior_coords(fwd.feats, preds), scale)
+
+    def leaf_attribute(self, target, fwd, preds):
+        with torch.enable_grad():
+            leaves = [f.detach().requires_grad_(True) for f in fwd.feats]
+            outputs = self.head(leaves)
+            y = self.attribute_of_rows(target, self.rows(outputs, preds), preds,
+                                       self.prior_coords(leaves, preds),
+                                       scales(fwd.metas, leaves[0])[preds.img])
+        return y, leaves, preds.img
+
+    def attribute_of_rows(self, target: str, rows: DenseRows, preds: InstanceData,
+                          prior_coords: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Y (n,) of the predictions from their head outputs ``rows``.
 
         Args:
@@ -273,11 +323,16 @@ class DenseHeadAdapter:
         """Inside, the head's ``loss_by_feat`` records what :meth:`train_positives` needs."""
         yield None
 
-    def train_positives(self, fwd, recorded, batch_gt_instances, metas) -> InstanceData:
+    def train_positives(self, step: DenseTrainStep) -> InstanceData:
         """Every positive of the batch as the head's own assignment made it: ``img``,
         ``level``, ``prior``, ``labels`` (assigned class), ``gt_index`` (into its image's
         GT), ``bboxes`` (predicted, input pixels, detached) and ``ious`` with its GT box."""
-        raise UnsupportedHeadError(self.train_support())
+        raise UnsupportedDetectorError(self.train_support())
+
+    def train_maps(self, step: DenseTrainStep, positives, grid_hw, map_stride, second_order):
+        """'windows' gradients on each positive's FPN level (the paper's Phi), resampled to
+        the grid; with the graph to the features (and the head with ``second_order``)."""
+        return dense_train_maps(self, step.fwd, positives, grid_hw, map_stride, second_order)
 
     def _with_ious(self, fwd, pos: InstanceData, gt_bboxes: torch.Tensor) -> InstanceData:
         """``pos`` with its predicted ``bboxes`` (input pixels) and their ``ious`` with
@@ -358,8 +413,8 @@ class SampledPositives:
         finally:
             del sampler.sample
 
-    def train_positives(self, fwd, recorded, batch_gt_instances, metas):
-        head = self.head
+    def train_positives(self, step):
+        head, (fwd, recorded, _, metas) = self.head, step
         if len(recorded) != len(metas):
             raise RuntimeError(f'{type(head).__name__}: {len(recorded)} sampling results for '
                                f'{len(metas)} images')
@@ -408,8 +463,8 @@ class GFLAdapter(SampledPositives, DenseHeadAdapter):
     """GFL: regression as a distribution over distances (``integral`` x stride), decoded
     from the anchor centres; the class score carries the quality (no factor)."""
     head_type = GFLHead
-    selection = (BaseDenseHead.predict_by_feat, GFLHead._predict_by_feat_single,
-                 BaseDenseHead._bbox_post_process)
+    reproduces = selection(BaseDenseHead.predict_by_feat, GFLHead._predict_by_feat_single,
+                           BaseDenseHead._bbox_post_process)
     forward_impl = staticmethod(GFLHead.forward_single)
 
     def decode(self, rows, preds, prior_coords):
@@ -443,10 +498,10 @@ class FCOSAdapter(DenseHeadAdapter):
         return None if type(self.head).get_targets is FCOSHead.get_targets else (
             f'{type(self.head).__name__}.get_targets is not FCOS\'s')
 
-    def train_positives(self, fwd, recorded, batch_gt_instances, metas):
+    def train_positives(self, step):
         """FCOS's targets (``get_targets``: labels and distances per location); the GT
         index, which FCOS does not return, is the GT box the target distances rebuild."""
-        head = self.head
+        head, (fwd, _, batch_gt_instances, _) = self.head, step
         sizes = [f.shape[-2:] for f in fwd.feats]
         points = head.prior_generator.grid_priors(sizes, dtype=fwd.feats[0].dtype,
                                                   device=fwd.feats[0].device)
@@ -500,8 +555,8 @@ class AutoAssignAdapter(FCOSAdapter):
 class FoveaAdapter(DenseHeadAdapter):
     """FoveaBox: GroupNorm towers, log-space distances in units of the level's base edge."""
     head_type = FoveaHead
-    selection = (BaseDenseHead.predict_by_feat, FoveaHead._predict_by_feat_single,
-                 BaseDenseHead._bbox_post_process)
+    reproduces = selection(BaseDenseHead.predict_by_feat, FoveaHead._predict_by_feat_single,
+                           BaseDenseHead._bbox_post_process)
     forward_impl = staticmethod(FoveaHead.forward_single)
 
     def decode(self, rows, preds, prior_coords):
@@ -526,8 +581,8 @@ class TOODAdapter(DenseHeadAdapter):
     applies; the class output is already a probability and the regression output is the
     box in units of the stride."""
     head_type = TOODHead
-    selection = (BaseDenseHead.predict_by_feat, TOODHead._predict_by_feat_single,
-                 BaseDenseHead._bbox_post_process)
+    reproduces = selection(BaseDenseHead.predict_by_feat, TOODHead._predict_by_feat_single,
+                           BaseDenseHead._bbox_post_process)
 
     def logit(self, rows, labels):
         """TOOD has no class logit: log(p / (1 - p)) of its aligned class probability."""
@@ -550,13 +605,15 @@ class RTMDetAdapter(DenseHeadAdapter):
     head_type = RTMDetHead
     forward_impl = staticmethod(RTMDetHead.forward)
 
-    def __init__(self, head):
-        super().__init__(head)
+    def __init__(self, head, model=None):
+        super().__init__(head, model)
         self.separate = isinstance(head, RTMDetSepBNHead)
         if self.separate:
             self.forward_impl = RTMDetSepBNHead.forward
-        k = (head.rtm_cls[0] if self.separate else head.rtm_cls).kernel_size[0]
-        self.final_radius = k // 2
+
+    @property
+    def final_radius(self) -> int:
+        return (self.head.rtm_cls[0] if self.separate else self.head.rtm_cls).kernel_size[0] // 2
 
     def towers(self, level):
         head = self.head
@@ -584,7 +641,7 @@ class YOLOXAdapter(DenseHeadAdapter):
     the best; score = sigmoid(cls) x sigmoid(objectness)); BatchNorm + SiLU towers per
     level, 1x1 final convs."""
     head_type = YOLOXHead
-    selection = (YOLOXHead.predict_by_feat, YOLOXHead._bbox_post_process)
+    reproduces = selection(YOLOXHead.predict_by_feat, YOLOXHead._bbox_post_process)
     forward_impl = staticmethod(YOLOXHead.forward_single)
     final_radius = 0
 

@@ -27,51 +27,54 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from mmdet.models.dense_heads import DETRHead
-from mmdet.models.detectors import DeformableDETR
+from mmdet.models.detectors import DeformableDETR, DetectionTransformer
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmengine.structures import InstanceData
 
-from .dense import BOX_SIDES, UnsupportedHeadError, resolved
+from ..detr_gradients import detr_heatmaps
+from ..protocol import BOX_SIDES, DetectorAdapter, Forward, Same, UnsupportedDetectorError
 
 __all__ = ['DETRForward', 'DETRAdapter']
 
 
 @dataclass
-class DETRForward:
-    """One forward of a DETR-like detector from A: ``leaves`` (the tensors A is made of,
-    requiring grad), ``levels`` L x (B, C, h, w) A as maps (views of the leaves),
+class DETRForward(Forward):
+    """One forward of a DETR-like detector from A: ``feats`` L x (B, C, h, w) A as maps
+    (views of the ``leaves``, the tensors requiring grad that A is made of), ``metas``,
     ``strides`` per level, ``cls`` (B, Q, K) and ``boxes`` (B, Q, 4) (normalised cx, cy,
-    w, h) of the last decoder layer with the graph to the leaves, and ``metas``."""
-    leaves: list
-    levels: list
-    strides: list
-    cls: torch.Tensor
-    boxes: torch.Tensor
-    metas: list
+    w, h) of the last decoder layer with the graph to the leaves, and ``dets``, mmdet's
+    detections of that forward."""
+    leaves: list = None
+    strides: list = None
+    cls: torch.Tensor = None
+    boxes: torch.Tensor = None
+    dets: list = None
 
 
-class DETRAdapter:
+class DETRAdapter(DetectorAdapter):
     """mmdet's ``DetectionTransformer`` detectors with a ``DETRHead`` (and its subclasses that
-    keep ``_predict_by_feat_single``)."""
+    keep ``_predict_by_feat_single``). Set predictions: there is no NMS."""
     head_type = DETRHead
     features = ('auto', 'backbone', 'neck', 'memory')
+    reproduces = (Same('detector', (DetectionTransformer.predict,)),
+                  Same('head', (DETRHead._predict_by_feat_single,)))
 
-    def __init__(self, model):
-        self.model = model
-        self.head = model.bbox_head
-        own = resolved(type(self.head), '_predict_by_feat_single')
-        if own is not DETRHead._predict_by_feat_single:
-            raise UnsupportedHeadError(
-                f'{type(self.head).__name__}._predict_by_feat_single is {own.__qualname__}, '
-                f'not DETRHead\'s that {type(self).__name__} reproduces')
-        for name in ('forward_transformer', 'pre_transformer', 'forward_encoder',
-                     'pre_decoder', 'forward_decoder'):
-            if not hasattr(model, name):
-                raise UnsupportedHeadError(f'{type(model).__name__} has no {name} (expected '
-                                           'an mmdet DetectionTransformer)')
+    def other_problems(self):
+        return [f'{self.name} has no {name} (expected an mmdet DetectionTransformer)'
+                for name in ('forward_transformer', 'pre_transformer', 'forward_encoder',
+                             'pre_decoder', 'forward_decoder') if not hasattr(self.model, name)]
 
-    def default_features(self) -> str:
+    @property
+    def test_cfg(self):
+        return self.head.test_cfg
+
+    def check_features(self, features: str) -> str:
+        if super().check_features(features) != 'auto':
+            return features
         return 'neck' if isinstance(self.model, DeformableDETR) else 'backbone'
+
+    def mode_fallback(self):
+        return f'every query of {self.name} attends to the whole map'
 
     # ------------------------------------------------------------------ forward
     @contextlib.contextmanager
@@ -91,14 +94,10 @@ class DETRAdapter:
         finally:
             del head.predict_by_feat
 
-    def forward(self, inputs: torch.Tensor, data_samples: list,
-                features: str = 'auto') -> tuple:
-        """The detector from A (leaves, grad enabled inside) -> (:class:`DETRForward`,
-        mmdet's detections of ``bbox_head.predict``)."""
-        if features not in self.features:
-            raise ValueError(f'{type(self.model).__name__}: features must be one of '
-                             f'{self.features}, got {features!r}')
-        features = self.default_features() if features == 'auto' else features
+    def forward(self, inputs, data_samples, features='auto') -> DETRForward:
+        """The detector from A (leaves, grad enabled inside), with mmdet's detections of
+        ``bbox_head.predict``."""
+        features = self.check_features(features)
         model, store = self.model, {}
         metas = [s.metainfo for s in data_samples]
         with torch.no_grad():
@@ -120,7 +119,7 @@ class DETRAdapter:
             dets = model.bbox_head.predict(**head_inputs, batch_data_samples=data_samples,
                                            rescale=True)
         strides = [_stride(inputs.shape[-2], lv.shape[-2]) for lv in levels]
-        return DETRForward(leaves, levels, strides, store['cls'], store['boxes'], metas), dets
+        return DETRForward(levels, metas, leaves, strides, store['cls'], store['boxes'], dets)
 
     def _from_memory(self, img_feats, data_samples):
         """mmdet's ``forward_transformer`` with the encoder's output as the leaf."""
@@ -152,10 +151,11 @@ class DETRAdapter:
         _, query = scores.topk(max_per_img)
         return query, labels[query]
 
-    def predictions(self, fwd: DETRForward, dets: list) -> list:
-        """mmdet's detections (from :meth:`forward`) with ``query`` and ``img``."""
+    def predictions(self, fwd, cfg=None) -> list:
+        """mmdet's detections (from :meth:`forward`, made with the head's own test config:
+        ``cfg`` is not used) with ``query`` and ``img``."""
         out = []
-        for i, det in enumerate(dets):
+        for i, det in enumerate(fwd.dets):
             max_per_img = self.head.test_cfg.get('max_per_img', fwd.cls.shape[1])
             query, labels = self._selected(fwd.cls[i].detach(), max_per_img)
             if not torch.equal(labels, det.labels):
@@ -167,7 +167,11 @@ class DETRAdapter:
             out.append(det)
         return out
 
-    def every_prediction(self, fwd: DETRForward) -> list:
+    def candidates(self, fwd) -> list:
+        raise UnsupportedDetectorError(f'{self.name} makes set predictions: there is no NMS '
+                                       'for Odam-NMS to replace')
+
+    def every_prediction(self, fwd) -> list:
         """Every (query, class) of every image (to find the one that explains a target)."""
         out = []
         q, k, device = fwd.cls.shape[1], self.head.num_classes, fwd.cls.device
@@ -183,10 +187,8 @@ class DETRAdapter:
         return out
 
     # ---------------------------------------------------------------- attribute
-    def attribute(self, target: str, fwd: DETRForward, preds: InstanceData) -> torch.Tensor:
-        """Y (n,) of predictions (``img``, ``query``, ``labels``) with the graph to A:
-        'score' (mmdet's: sigmoid, or softmax with the no-object class left out), 'logit',
-        or a box side 'x1' | 'y1' | 'x2' | 'y2' in original pixels (not clipped)."""
+    def attribute(self, target, fwd, preds):
+        """'score' is mmdet's: sigmoid, or softmax with the no-object class left out."""
         cls = fwd.cls[preds.img, preds.query]  # [n, K]
         if target == 'logit':
             return cls.gather(1, preds.labels[:, None])[:, 0]
@@ -201,6 +203,14 @@ class DETRAdapter:
             return box * size[preds.img, 0]
         raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
                          f'got {target!r}')
+
+    def leaf_attribute(self, target, fwd, preds):
+        with torch.enable_grad():
+            y = self.attribute(target, fwd, preds)
+        return y, fwd.leaves, preds.img
+
+    def heatmaps(self, fwd, dets, settings) -> None:
+        detr_heatmaps(self, fwd, dets, settings)
 
 
 def _stride(input_size: int, level_size: int) -> int:

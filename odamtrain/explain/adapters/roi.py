@@ -1,62 +1,85 @@
-"""Adapters of mmdet's two-stage RoI heads: the only code that knows their internals.
+"""Adapters of mmdet's two-stage detectors: the only code that knows their RoI heads'
+internals.
 
 Shapes: R RoIs of the batch, n predictions, C channels, (s, s) the RoI feature size, K
 classes (+1 background).
 
 A prediction's provenance: ``roi`` (index into the batch's RoIs, the same in every stage),
-``labels`` and ``img``. A = the RoI features of every stage the score reads, each a leaf of
-the graph (:meth:`StandardRoIAdapter.forward`): Faster / Mask R-CNN one stage, Cascade
-R-CNN all stages (mmdet averages the stages' class logits, then softmax; the box is the last
-stage's regression of the last stage's RoIs). The box head treats RoIs independently, so
-one backward of a sum of predictions on distinct RoIs gives each its own gradient.
+``labels`` and ``img``. A (``features``): 'roi' (the paper), the RoI features of every stage
+the score reads, each a leaf of the graph: Faster / Mask R-CNN one stage, Cascade R-CNN all
+stages (mmdet averages the stages' class logits, then softmax; the box is the last stage's
+regression of the last stage's RoIs); or 'fpn' (one stage): the FPN levels, through
+RoIAlign's backward. The box head treats RoIs independently, so one backward of a sum of
+predictions on distinct RoIs gives each its own gradient.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+from mmdet.models.detectors import TwoStageDetector
 from mmdet.models.layers import multiclass_nms
-from mmdet.models.roi_heads import CascadeRoIHead, StandardRoIHead
-from mmdet.structures.bbox import bbox2roi, get_box_tensor
+from mmdet.models.roi_heads import BaseRoIHead, CascadeRoIHead, StandardRoIHead
+from mmdet.models.roi_heads.bbox_heads import BBoxHead
+from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+from mmdet.structures.bbox import bbox2roi, bbox_overlaps, get_box_tensor
 from mmengine.structures import InstanceData
 
-from .dense import BOX_SIDES, UnsupportedHeadError, resolved
+from ..protocol import BOX_SIDES, DetectorAdapter, Forward, Same, scales
+from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
-__all__ = ['RoIForward', 'StandardRoIAdapter', 'CascadeRoIAdapter', 'ROI_ADAPTERS']
+__all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
+           'ROI_ADAPTERS']
+
+_TWO_STAGE = Same('detector', (TwoStageDetector.predict, TwoStageDetector.extract_feat))
+_BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_feat_single))
 
 
 @dataclass
-class RoIForward:
-    """One forward of the RoI head with its RoI features as leaves: per stage ``rois``
-    (R, 5) (batch index, x1y1x2y2 input pixels) and ``feats`` (R, C, s, s) requiring grad;
-    ``cls_score`` (R, K + 1) logits as mmdet scores them (Cascade: the stages' mean) and
-    ``bbox_pred`` (R, 4 K | 4) of the last stage, with the graph to ``feats``; ``counts``
-    RoIs per image; ``levels`` the FPN levels, leaves when ``features='fpn'``; ``metas``
-    the images' metainfo."""
-    rois: list
-    feats: list
-    cls_score: torch.Tensor
-    bbox_pred: torch.Tensor
-    counts: list
-    levels: list
-    metas: list
+class RoIForward(Forward):
+    """One forward of the RoI head: ``feats`` A (the ``roi_feats`` or the ``levels``, as
+    ``features`` says), ``metas``; per stage ``rois`` (R, 5) (batch index, x1y1x2y2 input
+    pixels) and ``roi_feats`` (R, C, s, s) (leaves with 'roi'); ``cls_score`` (R, K + 1)
+    logits as mmdet scores them (Cascade: the stages' mean) and ``bbox_pred`` (R, 4 K | 4) of
+    the last stage, with the graph to A; ``counts`` RoIs per image; ``levels`` the FPN
+    levels (leaves with 'fpn')."""
+    rois: list = None
+    roi_feats: list = None
+    cls_score: torch.Tensor = None
+    bbox_pred: torch.Tensor = None
+    counts: list = None
+    levels: list = None
+    features: str = 'roi'
 
 
-class StandardRoIAdapter:
-    """``StandardRoIHead`` (Faster R-CNN, Mask R-CNN and the like): A = each RoI's
-    features (the paper), or with ``features='fpn'`` the RoI's FPN level through
-    RoIAlign's backward."""
+class RoITrainStep(NamedTuple):
+    """A stage of a RoI head's training step as Odam-Train reads it: ``bbox_results`` of
+    its ``bbox_loss`` (``bbox_feats``, ``cls_score``, ``bbox_pred`` of the sampled RoIs) and
+    the sampler's ``sampling_results``; ``stage`` (None for a one-stage RoI head)."""
+    stage: int | None
+    bbox_results: dict
+    sampling_results: list
+
+
+class StandardRoIAdapter(DetectorAdapter):
+    """``StandardRoIHead`` (Faster R-CNN, Mask R-CNN and the like, whose mask branch does not
+    rescore): A = each RoI's features (the paper), or with ``features='fpn'`` the RoI's FPN
+    level through RoIAlign's backward."""
+    head_attr = 'roi_head'
     head_type = StandardRoIHead
-    features = ('roi', 'fpn')
+    features = ('auto', 'roi', 'fpn')
+    reproduces = (_TWO_STAGE, _BOX_HEAD,
+                  Same('head', (BaseRoIHead.predict, StandardRoIHead.predict_bbox,
+                                StandardRoIHead._bbox_forward, StandardRoIHead.predict_mask)))
 
-    def __init__(self, roi_head):
-        self.roi_head = roi_head
-        actual = resolved(type(roi_head), 'predict_bbox')
-        if actual is not self.head_type.predict_bbox:
-            raise UnsupportedHeadError(
-                f'{type(self.roi_head).__name__}.predict_bbox is '
-                f'{actual.__qualname__}, not the '
-                f'{self.head_type.__name__} one that {type(self).__name__} reproduces')
+    @property
+    def roi_head(self):
+        return self.head
+
+    @property
+    def test_cfg(self):
+        return self.roi_head.test_cfg
 
     @property
     def bbox_head(self):
@@ -67,12 +90,41 @@ class StandardRoIAdapter:
     def extractor(self):
         return self.roi_head.bbox_roi_extractor
 
+    def stage_parts(self, name: str) -> list:
+        """The stages' box heads or RoI extractors (``name`` 'bbox_head' /
+        'bbox_roi_extractor')."""
+        part = getattr(self.roi_head, name)
+        return list(part) if isinstance(part, torch.nn.ModuleList) else [part]
+
+    def parts(self) -> dict:
+        return dict(super().parts(), bbox_head=self.stage_parts('bbox_head'))
+
+    def check_features(self, features: str) -> str:
+        features = 'roi' if super().check_features(features) == 'auto' else features
+        if features == 'fpn' and type(self.extractor) is not SingleRoIExtractor:
+            raise ValueError(f"{self.name}: features='fpn' needs mmdet's SingleRoIExtractor "
+                             f'(its level mapping), not {type(self.extractor).__name__}')
+        return features
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, inputs, data_samples, features='auto') -> RoIForward:
+        """mmdet's two-stage ``predict`` up to the box head: the RPN's proposals (or, without
+        an RPN, the data samples' ``proposals``), then :meth:`forward_rois`."""
+        features = self.check_features(features)
+        with torch.no_grad():
+            feats = self.model.extract_feat(inputs)
+            if data_samples[0].get('proposals', None) is None:
+                proposals = self.model.rpn_head.predict(feats, data_samples, rescale=False)
+            else:
+                proposals = [s.proposals for s in data_samples]
+        return self.forward_rois(feats, proposals, [s.metainfo for s in data_samples],
+                                 features)
+
     def _stage_forward(self, stage: int, levels, rois, features: str):
-        """(feats (R, C, s, s) leaf or with the graph to the levels, cls_score, bbox_pred)."""
-        extractor = (self.roi_head.bbox_roi_extractor[stage]
-                     if isinstance(self.roi_head, CascadeRoIHead) else self.extractor)
-        bbox_head = (self.roi_head.bbox_head[stage]
-                     if isinstance(self.roi_head, CascadeRoIHead) else self.bbox_head)
+        """(feats (R, C, s, s) leaf or with the graph to the levels, cls_score, bbox_pred),
+        as the RoI head's ``_bbox_forward`` computes them."""
+        extractor = self.stage_parts('bbox_roi_extractor')[stage]
+        bbox_head = self.stage_parts('bbox_head')[stage]
         feat = extractor(levels[:extractor.num_inputs], rois.detach())
         if getattr(self.roi_head, 'with_shared_head', False):
             feat = self.roi_head.shared_head(feat)
@@ -81,17 +133,15 @@ class StandardRoIAdapter:
         cls_score, bbox_pred = bbox_head(feat)
         return feat, cls_score, bbox_pred
 
-    def forward(self, feats, proposals: list, metas: list, features: str = 'roi') -> RoIForward:
+    def forward_rois(self, feats, proposals: list, metas: list,
+                     features: str = 'roi') -> RoIForward:
         """The box head on the proposals with the graph from A (grad enabled inside)."""
-        if features not in self.features:
-            raise ValueError(f'{type(self.roi_head).__name__}: features must be one of '
-                             f'{self.features}, got {features!r}')
         rois = bbox2roi([p.bboxes for p in proposals])
         with torch.enable_grad():
             levels = [f.detach().requires_grad_(features == 'fpn') for f in feats]
             feat, cls_score, bbox_pred = self._stage_forward(0, levels, rois, features)
-        return RoIForward([rois], [feat], cls_score, bbox_pred, [len(p) for p in proposals],
-                          levels, metas)
+        return RoIForward(levels if features == 'fpn' else [feat], metas, [rois], [feat],
+                          cls_score, bbox_pred, [len(p) for p in proposals], levels, features)
 
     # -------------------------------------------------------------- predictions
     def _per_roi(self, fwd: RoIForward, sl: slice, meta: dict) -> InstanceData:
@@ -108,12 +158,10 @@ class StandardRoIAdapter:
             yield slice(start, start + count)
             start += count
 
-    def predictions(self, fwd: RoIForward, cfg=None) -> list:
-        """mmdet's detections per image (``bboxes`` original pixels, ``scores``,
-        ``labels``) with ``roi`` (batch index) and ``img``: mmdet's decoding and
-        ``multiclass_nms(..., return_inds=True)``, as ``bbox_head.predict_by_feat``;
-        ``cfg`` replaces the RoI head's ``test_cfg``."""
-        rcnn_cfg = self.roi_head.test_cfg if cfg is None else cfg
+    def predictions(self, fwd, cfg=None) -> list:
+        """mmdet's decoding and ``multiclass_nms(..., return_inds=True)``, as
+        ``bbox_head.predict_by_feat``; provenance ``roi`` (batch index) and ``img``."""
+        rcnn_cfg = self.test_cfg if cfg is None else cfg
         dets = []
         for i, (sl, meta) in enumerate(zip(self._slices(fwd), fwd.metas)):
             per_roi = self._per_roi(fwd, sl, meta)
@@ -126,9 +174,10 @@ class StandardRoIAdapter:
                                      img=torch.full_like(labels, i)))
         return dets
 
-    def candidates(self, fwd: RoIForward, score_thr: float = -1.0) -> list:
-        """Per image the (RoI, class) pairs scoring above ``score_thr``, RoI-major as in
-        mmdet's ``multiclass_nms`` (what reaches NMS), with ``roi`` and ``img``."""
+    def candidates(self, fwd, score_thr: float | None = None) -> list:
+        """The (RoI, class) pairs scoring above ``score_thr`` (default: the test config's),
+        RoI-major as in mmdet's ``multiclass_nms`` (what reaches NMS)."""
+        score_thr = self.test_cfg.score_thr if score_thr is None else score_thr
         cands = []
         for i, (sl, meta) in enumerate(zip(self._slices(fwd), fwd.metas)):
             per_roi = self._per_roi(fwd, sl, meta)
@@ -141,16 +190,12 @@ class StandardRoIAdapter:
                                       img=torch.full_like(labels, i)))
         return cands
 
-    # ---------------------------------------------------------------- attribute
-    def attribute(self, target: str, fwd: RoIForward, preds: InstanceData,
-                  scale: torch.Tensor) -> torch.Tensor:
-        """Y (n,) of predictions (``roi``, ``labels``, ``img``) with the graph to A.
+    def every_prediction(self, fwd) -> list:
+        return self.candidates(fwd, score_thr=-1.0)
 
-        Args:
-            target: 'score' (softmax probability, as mmdet scores), 'logit', or a box side
-                'x1' | 'y1' | 'x2' | 'y2' (decoded, original pixels, not clipped).
-            scale: (B, 2) input / original (w, h).
-        """
+    # ---------------------------------------------------------------- attribute
+    def attribute(self, target, fwd, preds):
+        """'score' is the softmax probability, as mmdet scores."""
         cls_score = fwd.cls_score[preds.roi]
         if target == 'logit':
             return cls_score.gather(1, preds.labels[:, None])[:, 0]
@@ -160,23 +205,57 @@ class StandardRoIAdapter:
             boxes = self.boxes(fwd.bbox_pred[preds.roi], fwd.rois[-1][preds.roi, 1:],
                                preds.labels)
             i = BOX_SIDES.index(target)
-            return boxes[:, i] / scale[preds.img, i % 2]
+            return boxes[:, i] / scales(fwd.metas, boxes)[preds.img, i % 2]
         raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
                          f'got {target!r}')
 
-    def boxes(self, bbox_pred: torch.Tensor, rois: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
-        """(n, 4) x1y1x2y2 boxes (input pixels, not clipped) decoded from the deltas of each
-        RoI's class (bbox_pred (n, 4 K) or class-agnostic (n, 4); rois (n, 4))."""
-        bbox_head = self.bbox_head
+    def leaf_attribute(self, target, fwd, preds):
+        with torch.enable_grad():
+            y = self.attribute(target, fwd, preds)
+        return y, fwd.feats, preds.roi if fwd.features == 'roi' else preds.img
+
+    def boxes(self, bbox_pred: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
+              bbox_head=None) -> torch.Tensor:
+        """(n, 4) x1y1x2y2 boxes (input pixels, not clipped) decoded by ``bbox_head`` (default:
+        the last stage's) from the deltas of each RoI's class (bbox_pred (n, 4 K) or
+        class-agnostic (n, 4); rois (n, 4))."""
+        bbox_head = self.bbox_head if bbox_head is None else bbox_head
         if not bbox_head.reg_class_agnostic:
             idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
             bbox_pred = bbox_pred.gather(1, idx)
         return bbox_head.bbox_coder.decode(rois, bbox_pred)
 
-    def every_prediction(self, fwd: RoIForward) -> list:
-        """Every (RoI, class) pair (to find the prediction that explains a target best)."""
-        return self.candidates(fwd, score_thr=-1.0)
+    def heatmaps(self, fwd, dets, settings) -> None:
+        (fpn_heatmaps if fwd.features == 'fpn' else roi_heatmaps)(self, fwd, dets, settings)
+
+    # --------------------------------------------------------------- Odam-Train
+    def train_positives(self, step: RoITrainStep) -> InstanceData:
+        """The sampler's positive RoIs of one stage: ``roi`` (index into the stage's RoIs),
+        ``img``, ``labels`` (assigned class), ``gt_index`` (``pos_assigned_gt_inds``),
+        ``rois`` (x1y1x2y2 input pixels) and ``ious`` of their predicted boxes with their GT
+        boxes."""
+        sampling_results = step.sampling_results
+        bbox_head = self.stage_parts('bbox_head')[step.stage or 0]
+        rois = bbox2roi([res.priors for res in sampling_results])
+        # the sampler puts each image's positives first among its RoIs
+        starts = torch.tensor([0] + [len(res.priors) for res in sampling_results]).cumsum(0)
+        pos = torch.cat([torch.arange(len(res.pos_inds)) + int(start)
+                         for res, start in zip(sampling_results, starts)]).to(rois.device)
+        labels = torch.cat([res.pos_gt_labels for res in sampling_results])
+        gt_boxes = torch.cat([res.pos_gt_bboxes for res in sampling_results])
+        with torch.no_grad():
+            boxes = self.boxes(step.bbox_results['bbox_pred'][pos], rois[pos, 1:], labels,
+                               bbox_head)
+            ious = bbox_overlaps(boxes, gt_boxes, is_aligned=True)
+        return InstanceData(
+            roi=pos, img=rois[pos, 0].long(), labels=labels, rois=rois[pos, 1:], ious=ious,
+            gt_index=torch.cat([res.pos_assigned_gt_inds for res in sampling_results]))
+
+    def train_maps(self, step: RoITrainStep, positives, grid_hw, map_stride, second_order):
+        """A = the RoI features of the stage (one backward for all), each map pasted into its
+        RoI."""
+        return roi_positive_maps(step.bbox_results, positives, grid_hw, map_stride,
+                                 second_order)
 
 
 class CascadeRoIAdapter(StandardRoIAdapter):
@@ -185,7 +264,12 @@ class CascadeRoIAdapter(StandardRoIAdapter):
     the last stage's regression of RoIs the earlier stages refined), so a map is the sum of
     the stages' maps, each pasted into the RoI that stage pooled."""
     head_type = CascadeRoIHead
-    features = ('roi',)
+    features = ('auto', 'roi')
+    reproduces = (_TWO_STAGE, _BOX_HEAD,
+                  Same('bbox_head', (BBoxHead.regress_by_class,)),
+                  Same('head', (BaseRoIHead.predict, CascadeRoIHead.predict_bbox,
+                                CascadeRoIHead._bbox_forward, CascadeRoIHead._refine_roi,
+                                CascadeRoIHead.predict_mask)))
 
     @property
     def bbox_head(self):
@@ -195,11 +279,8 @@ class CascadeRoIAdapter(StandardRoIAdapter):
     def extractor(self):
         return self.roi_head.bbox_roi_extractor[-1]
 
-    def forward(self, feats, proposals: list, metas: list, features: str = 'roi') -> RoIForward:
+    def forward_rois(self, feats, proposals, metas, features='roi') -> RoIForward:
         """mmdet's ``_refine_roi`` with each stage's RoI features as leaves."""
-        if features not in self.features:
-            raise ValueError(f'{type(self.roi_head).__name__}: features must be one of '
-                             f'{self.features}, got {features!r}')
         head = self.roi_head
         counts = [len(p) for p in proposals]
         rois = bbox2roi([p.bboxes for p in proposals])
@@ -214,7 +295,8 @@ class CascadeRoIAdapter(StandardRoIAdapter):
                 if stage < head.num_stages - 1:
                     rois = self._refine(stage, rois, cls_score, bbox_pred, counts, metas)
             mean_score = sum(scores) / len(scores)
-        return RoIForward(all_rois, all_feats, mean_score, bbox_pred, counts, levels, metas)
+        return RoIForward(all_feats, metas, all_rois, all_feats, mean_score, bbox_pred,
+                          counts, levels, features)
 
     def _refine(self, stage, rois, cls_score, bbox_pred, counts, metas):
         """The next stage's RoIs as mmdet's ``_refine_roi`` makes them (with the graph of
@@ -232,4 +314,5 @@ class CascadeRoIAdapter(StandardRoIAdapter):
         return torch.cat(refined) if refined else rois
 
 
+# build_adapter takes the head's most specific class here
 ROI_ADAPTERS = (CascadeRoIAdapter, StandardRoIAdapter)

@@ -1,4 +1,5 @@
-"""Odam-NMS (Zhao & Chan, ICLR'23, Algorithm 1): NMS that asks the heat maps.
+"""Odam-NMS (Zhao & Chan, ICLR'23, Algorithm 1): NMS that asks the heat maps. The operator,
+the candidates it compares and their maps, and its wiring into any covered head.
 
 Walking the boxes by decreasing score, box p is a duplicate of an already kept box d if
 
@@ -10,16 +11,35 @@ The paper writes IoU >= T_iou; like mmcv's ``nms`` and the authors' code we use 
 corr is the normalised correlation of the maps, as in the authors' code: each map is resized
 to short edge 50, flattened and L2-normalised; corr is the dot product (cosine similarity).
 Maps are >= 0, so corr lies in [0, 1]; an all-zero map has corr 0 with everything.
+
+In a detector: ``test_cfg.nms = dict(type='odam_nms', iou_threshold=0.5, corr_low=0.2,
+corr_high=0.8)`` (two-stage: ``test_cfg.rcnn.nms``). The candidates that reach NMS
+(:meth:`~odamtrain.explain.protocol.DetectorAdapter.candidates`) are explained with ODAM from
+the forward that made them (class logit, maps at short edge 50; keys ``target``, ``mode``,
+``map_size``, ``keep_heatmaps``: :data:`ODAM_NMS_DEFAULTS`) and suppressed with
+:func:`odam_nms`. Any other NMS type is mmdet's own path (Odam-NMS's keys dropped, so
+``--cfg-options model.test_cfg.nms.type=nms`` just works). :class:`OdamNMSDenseMixin` /
+:class:`OdamNMSRoIMixin` put this into a head (:func:`odamtrain.models.install_odam`).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmdet.structures.bbox import scale_boxes
 from mmengine.config import ConfigDict
 
+from odamtrain.explain import ExplanationSettings, head_adapter
+
 __all__ = ['odam_nms', 'batched_odam_nms', 'map_correlation', 'box_iou', 'odam_nms_keep',
-           'MAP_KEYS', 'without_odam_keys', 'plain_nms_config', 'is_odam_nms']
+           'MAP_KEYS', 'without_odam_keys', 'plain_nms_config', 'is_odam_nms',
+           'odam_nms_settings', 'odam_nms_candidates', 'odam_nms_select', 'odam_nms_detections',
+           'odam_nms_results', 'OdamNMSDenseMixin', 'OdamNMSRoIMixin', 'ODAM_NMS_DEFAULTS']
+
+# Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients
+ODAM_NMS_DEFAULTS = dict(target='logit', mode='fast', map_size=50)
 
 MAP_SHORT_EDGE = 50
 
@@ -137,3 +157,92 @@ def odam_nms_keep(cand, nms_cfg: dict, max_per_img: int = -1):
     op_cfg = {k: v for k, v in nms_cfg.items() if k not in MAP_KEYS}
     _, keep = batched_odam_nms(cand.bboxes, cand.scores, cand.heatmaps, cand.labels, op_cfg)
     return keep[:max_per_img] if max_per_img > 0 else keep
+
+
+# ------------------------------------------------------------------ in a detector
+def odam_nms_settings(nms_cfg: dict) -> ExplanationSettings:
+    """The maps an ``odam_nms`` config asks for: ODAM with the paper's Gaussian Phi, its
+    ``target``, ``mode`` and ``map_size`` (:data:`ODAM_NMS_DEFAULTS`), validated."""
+    return ExplanationSettings(method='odam', smooth='gaussian', normalize=None, **{
+        k: nms_cfg.get(k, v) for k, v in ODAM_NMS_DEFAULTS.items()})
+
+
+def odam_nms_candidates(adapter, fwd, nms_cfg: dict | None = None) -> list:
+    """Per image the candidates that reach NMS (boxes in original pixels) with the ODAM
+    ``heatmaps`` an ``odam_nms`` config asks for (default: the adapter's test config's),
+    from the forward ``fwd``."""
+    cands = adapter.candidates(fwd)
+    adapter.heatmaps(fwd, cands, odam_nms_settings(nms_cfg or adapter.test_cfg.nms))
+    return cands
+
+
+def odam_nms_select(cands: list, nms_cfg: dict, max_per_img: int = -1) -> list:
+    """Odam-NMS of each image's candidates (at most ``max_per_img`` kept); the kept
+    predictions keep their fields, ``heatmaps`` included."""
+    return [cand[odam_nms_keep(cand, nms_cfg, max_per_img)] for cand in cands]
+
+
+def odam_nms_detections(adapter, fwd) -> list:
+    """Odam-NMS's detections of each image, as the adapter's test config asks (at most its
+    ``max_per_img``)."""
+    cfg = adapter.test_cfg
+    return odam_nms_select(odam_nms_candidates(adapter, fwd), cfg.nms,
+                           cfg.get('max_per_img', -1))
+
+
+def odam_nms_results(kept: list, batch_img_metas: list, nms_cfg: dict,
+                     rescale: bool = True) -> list:
+    """Odam-NMS's kept predictions in mmdet's result format (``bboxes``, ``scores``,
+    ``labels``; ``heatmaps`` too with ``nms_cfg['keep_heatmaps']``); boxes back to the
+    network input's scale when ``rescale`` is False."""
+    results = []
+    keys = ('bboxes', 'scores', 'labels') + (
+        ('heatmaps',) if nms_cfg.get('keep_heatmaps', False) else ())
+    for res, meta in zip(kept, batch_img_metas):
+        for key in list(res.keys()):
+            if key not in keys:
+                res.pop(key)
+        if not rescale:
+            res.bboxes = scale_boxes(res.bboxes, meta['scale_factor'])
+        results.append(res)
+    return results
+
+
+@contextlib.contextmanager
+def _test_cfg(head, cfg):
+    original = head.test_cfg
+    head.test_cfg = cfg
+    try:
+        yield
+    finally:
+        head.test_cfg = original
+
+
+class OdamNMSDenseMixin:
+    """Odam-NMS in a one-stage dense head's ``predict`` (through its adapter)."""
+    odam_mixin = True  # the adapters look through it at the head's own methods
+
+    def predict(self, x, batch_data_samples, rescale: bool = False):
+        if not is_odam_nms(self.test_cfg):  # mmdet's own path
+            with _test_cfg(self, plain_nms_config(self.test_cfg)):
+                return super().predict(x, batch_data_samples, rescale=rescale)
+        adapter = head_adapter(self)
+        metas = [s.metainfo for s in batch_data_samples]
+        with torch.no_grad():
+            kept = odam_nms_detections(adapter, adapter.forward_features(x, metas))
+        return odam_nms_results(kept, metas, self.test_cfg.nms, rescale)
+
+
+class OdamNMSRoIMixin:
+    """Odam-NMS in a two-stage RoI head's ``predict_bbox`` (Standard and Cascade)."""
+    odam_mixin = True
+
+    def predict_bbox(self, x, batch_img_metas, rpn_results_list, rcnn_test_cfg,
+                     rescale: bool = False):
+        if not is_odam_nms(rcnn_test_cfg) or sum(len(r) for r in rpn_results_list) == 0:
+            return super().predict_bbox(x, batch_img_metas, rpn_results_list,
+                                        plain_nms_config(rcnn_test_cfg), rescale=rescale)
+        adapter = head_adapter(self)  # (mmdet passes the RoI head's own test_cfg)
+        kept = odam_nms_detections(adapter, adapter.forward_rois(x, rpn_results_list,
+                                                                 batch_img_metas))
+        return odam_nms_results(kept, batch_img_metas, rcnn_test_cfg.nms, rescale)

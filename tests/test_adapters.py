@@ -243,9 +243,10 @@ def leaf_roi_features(roi_head):
     heads = roi_head.bbox_head if isinstance(roi_head, CascadeRoIHead) else [roi_head.bbox_head]
     leaves, handles = [], []
 
-    def hook(module, args):
-        leaves.append(args[0].detach().requires_grad_(True))
-        return (leaves[-1],)
+    def hook(module, args):  # (Double-Head: the class read and the box read)
+        new = tuple(a.detach().requires_grad_(True) for a in args)
+        leaves.extend(new)
+        return new
 
     for h in heads:
         handles.append(h.register_forward_pre_hook(hook))
@@ -289,7 +290,7 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
     fwd = adapter.forward_rois(feats, proposals, [meta])
     det, = adapter.predictions(fwd)
     leaves, (res,) = mmdet_roi_graph(model, inputs, samples)
-    assert len(leaves) == len(fwd.feats) == (3 if name == 'cascade-rcnn' else 1)
+    assert len(leaves) == len(fwd.feats) == dict(cascade=3, double=2).get(name.split('-')[0], 1)
     got = roi_grads(adapter, fwd, det, target)
     for p in range(min(len(det), 6)):
         if not unclipped(res, p, target, meta, model):
@@ -297,8 +298,9 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
         with torch.enable_grad():
             if target == 'logit':  # the class output the score reads
                 y = fwd.cls_score[det.roi[p], det.labels[p]]
-                refs = torch.autograd.grad(y, fwd.feats, retain_graph=True)
-                refs = [r[det.roi[p]] for r in refs]
+                refs = torch.autograd.grad(y, fwd.feats, retain_graph=True, allow_unused=True)
+                refs = [torch.zeros_like(f[0]) if r is None else r[det.roi[p]]
+                        for r, f in zip(refs, fwd.feats)]
             else:
                 y = res.scores[p] if target == 'score' else res.bboxes[p, SIDES.index(target)]
                 refs = [g[det.roi[p]] for g in torch.autograd.grad(y, leaves, retain_graph=True)]
@@ -307,9 +309,11 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
 
 
 def test_cascade_maps_sum_the_stages(two_stage):
+    """A map sums its RoI reads' maps, each pasted into the box it was read from (Cascade:
+    the stages, Double-Head: the class and the enlarged box reads)."""
     name, model, inputs, samples = two_stage
-    if name != 'cascade-rcnn':
-        pytest.skip('one stage')
+    if name not in ('cascade-rcnn', 'double-head-rcnn'):
+        pytest.skip('one RoI read')
     meta = samples[0].metainfo
     det, = explain_batch(model, inputs, samples, smooth=None, normalize=None)
     adapter = build_adapter(model)

@@ -452,7 +452,8 @@ def zoo_training(name, num_gt):
     return model, inputs.to(TEST_DEVICE), samples
 
 
-@pytest.mark.parametrize('name', ['retinanet', 'atss', 'gfl', 'cascade-rcnn'])
+@pytest.mark.parametrize('name', ['retinanet', 'atss', 'gfl', 'cascade-rcnn',
+                                  'double-head-rcnn'])
 @pytest.mark.parametrize('num_gt', [0, 1, 6])
 def test_zoo_odam_losses_are_finite_and_reach_the_fpn(name, num_gt):
     model, inputs, samples = zoo_training(name, num_gt)

@@ -39,8 +39,6 @@ REFUSED = {
                           'SABLHead._predict_by_feat_single'),
     'sabl-retinanet': ('sabl/sabl-retinanet_r50_fpn_1x_coco.py',
                        'SABLRetinaHead.predict_by_feat'),
-    'double-head': ('double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
-                    'DoubleHeadRoIHead._bbox_forward'),
     'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py',
                   'GridRoIHead.predict_bbox'),
     'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', 'SparseRoIHead.predict_bbox'),

@@ -30,6 +30,8 @@ ZOO = {
     'faster-rcnn': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', dict()),
     'mask-rcnn': ('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', dict()),
     'cascade-rcnn': ('cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', dict()),
+    'double-head-rcnn': ('double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
+                         dict(conv_out_channels=32)),
 }
 DENSE = [k for k in ZOO if 'rcnn' not in k]
 TWO_STAGE = [k for k in ZOO if 'rcnn' in k]
@@ -77,7 +79,8 @@ def zoo_config(name: str, num_classes: int = 3):
         heads = model.roi_head.bbox_head
         heads = heads if isinstance(heads, list) else [heads]
         for h in heads:
-            h.update(num_classes=num_classes, in_channels=32, fc_out_channels=64)
+            h.update(num_classes=num_classes, in_channels=32, fc_out_channels=64,
+                     **head_options)
         extractors = model.roi_head.bbox_roi_extractor
         for e in (extractors if isinstance(extractors, list) else [extractors]):
             e.out_channels = 32

@@ -24,11 +24,19 @@ from .dense import (
     YOLOXAdapter,
 )
 from .detr import DETRAdapter, DETRForward
-from .roi import ROI_ADAPTERS, CascadeRoIAdapter, RoIForward, RoITrainStep, StandardRoIAdapter
+from .roi import (
+    ROI_ADAPTERS,
+    CascadeRoIAdapter,
+    DoubleHeadRoIAdapter,
+    RoIForward,
+    RoITrainStep,
+    StandardRoIAdapter,
+)
 
 __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'supported_heads',
            'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
-           'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter', 'RoIForward',
+           'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
+           'DoubleHeadRoIAdapter', 'RoIForward',
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
            'ADAPTERS']

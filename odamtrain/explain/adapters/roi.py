@@ -20,7 +20,12 @@ from typing import NamedTuple
 import torch
 from mmdet.models.detectors import TwoStageDetector
 from mmdet.models.layers import multiclass_nms
-from mmdet.models.roi_heads import BaseRoIHead, CascadeRoIHead, StandardRoIHead
+from mmdet.models.roi_heads import (
+    BaseRoIHead,
+    CascadeRoIHead,
+    DoubleHeadRoIHead,
+    StandardRoIHead,
+)
 from mmdet.models.roi_heads.bbox_heads import BBoxHead
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.structures.bbox import bbox2roi, bbox_overlaps, get_box_tensor
@@ -30,7 +35,7 @@ from ..protocol import BOX_SIDES, DetectorAdapter, Forward, Same, scales
 from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
-           'ROI_ADAPTERS']
+           'DoubleHeadRoIAdapter', 'ROI_ADAPTERS']
 
 _TWO_STAGE = Same('detector', (TwoStageDetector.predict, TwoStageDetector.extract_feat))
 _BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_feat_single))
@@ -39,10 +44,11 @@ _BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_fe
 @dataclass
 class RoIForward(Forward):
     """One forward of the RoI head: ``feats`` A (the ``roi_feats`` or the ``levels``, as
-    ``features`` says), ``metas``; per stage ``rois`` (R, 5) (batch index, x1y1x2y2 input
-    pixels) and ``roi_feats`` (R, C, s, s) (leaves with 'roi'); ``cls_score`` (R, K + 1)
-    logits as mmdet scores them (Cascade: the stages' mean) and ``bbox_pred`` (R, 4 K | 4) of
-    the last stage, with the graph to A; ``counts`` RoIs per image; ``levels`` the FPN
+    ``features`` says), ``metas``; per RoI read (a cascade's stages, Double-Head's class and
+    box reads) ``rois`` (R, 5) (batch index, x1y1x2y2 input pixels) and ``roi_feats`` (R, C,
+    s, s) read there (leaves with 'roi'); ``cls_score`` (R, K + 1) logits as mmdet scores
+    them (Cascade: the stages' mean) and ``bbox_pred`` (R, 4 K | 4) decoded from
+    ``box_rois`` (R, 5), with the graph to A; ``counts`` RoIs per image; ``levels`` the FPN
     levels (leaves with 'fpn')."""
     rois: list = None
     roi_feats: list = None
@@ -51,6 +57,7 @@ class RoIForward(Forward):
     counts: list = None
     levels: list = None
     features: str = 'roi'
+    box_rois: torch.Tensor = None
 
 
 class RoITrainStep(NamedTuple):
@@ -141,7 +148,8 @@ class StandardRoIAdapter(DetectorAdapter):
             levels = [f.detach().requires_grad_(features == 'fpn') for f in feats]
             feat, cls_score, bbox_pred = self._stage_forward(0, levels, rois, features)
         return RoIForward(levels if features == 'fpn' else [feat], metas, [rois], [feat],
-                          cls_score, bbox_pred, [len(p) for p in proposals], levels, features)
+                          cls_score, bbox_pred, [len(p) for p in proposals], levels, features,
+                          rois)
 
     # -------------------------------------------------------------- predictions
     def _per_roi(self, fwd: RoIForward, sl: slice, meta: dict) -> InstanceData:
@@ -149,7 +157,7 @@ class StandardRoIAdapter(DetectorAdapter):
         (r, K + 1)), without NMS and without a graph."""
         with torch.no_grad():
             return self.bbox_head._predict_by_feat_single(
-                fwd.rois[-1][sl], fwd.cls_score[sl], fwd.bbox_pred[sl], meta, rescale=True,
+                fwd.box_rois[sl], fwd.cls_score[sl], fwd.bbox_pred[sl], meta, rescale=True,
                 rcnn_test_cfg=None)
 
     def _slices(self, fwd: RoIForward):
@@ -202,7 +210,7 @@ class StandardRoIAdapter(DetectorAdapter):
         if target == 'score':
             return cls_score.softmax(-1).gather(1, preds.labels[:, None])[:, 0]
         if target in BOX_SIDES:
-            boxes = self.boxes(fwd.bbox_pred[preds.roi], fwd.rois[-1][preds.roi, 1:],
+            boxes = self.boxes(fwd.bbox_pred[preds.roi], fwd.box_rois[preds.roi, 1:],
                                preds.labels)
             i = BOX_SIDES.index(target)
             return boxes[:, i] / scales(fwd.metas, boxes)[preds.img, i % 2]
@@ -296,7 +304,7 @@ class CascadeRoIAdapter(StandardRoIAdapter):
                     rois = self._refine(stage, rois, cls_score, bbox_pred, counts, metas)
             mean_score = sum(scores) / len(scores)
         return RoIForward(all_feats, metas, all_rois, all_feats, mean_score, bbox_pred,
-                          counts, levels, features)
+                          counts, levels, features, all_rois[-1])
 
     def _refine(self, stage, rois, cls_score, bbox_pred, counts, metas):
         """The next stage's RoIs as mmdet's ``_refine_roi`` makes them (with the graph of
@@ -314,5 +322,36 @@ class CascadeRoIAdapter(StandardRoIAdapter):
         return torch.cat(refined) if refined else rois
 
 
+class DoubleHeadRoIAdapter(StandardRoIAdapter):
+    """Double-Head R-CNN (``DoubleHeadRoIHead`` with ``DoubleConvFCBBoxHead``): the class
+    reads the RoI's features, the box its features in the RoI enlarged by
+    ``reg_roi_scale_factor`` (two RoIAlign reads of the same levels). A = both reads, each a
+    leaf; a map is the sum of their maps, each pasted into the box it was read from (the
+    score's map is the class read's, a box side's the enlarged read's)."""
+    head_type = DoubleHeadRoIHead
+    features = ('auto', 'roi')
+    reproduces = (_TWO_STAGE, _BOX_HEAD,
+                  Same('head', (BaseRoIHead.predict, StandardRoIHead.predict_bbox,
+                                DoubleHeadRoIHead._bbox_forward, StandardRoIHead.predict_mask)))
+
+    def forward_rois(self, feats, proposals, metas, features='roi') -> RoIForward:
+        """mmdet's ``DoubleHeadRoIHead._bbox_forward`` with both reads as leaves."""
+        head, extractor = self.roi_head, self.extractor
+        rois = bbox2roi([p.bboxes for p in proposals])
+        scales_ = (None, head.reg_roi_scale_factor)
+        with torch.enable_grad():
+            levels = [f.detach() for f in feats]
+            reads = []
+            for scale in scales_:
+                feat = extractor(levels[:extractor.num_inputs], rois, roi_scale_factor=scale)
+                if head.with_shared_head:
+                    feat = head.shared_head(feat)
+                reads.append(feat.detach().requires_grad_(True))
+            cls_score, bbox_pred = head.bbox_head(*reads)
+        read_rois = [rois if s is None else extractor.roi_rescale(rois, s) for s in scales_]
+        return RoIForward(reads, metas, read_rois, reads, cls_score, bbox_pred,
+                          [len(p) for p in proposals], levels, features, rois)
+
+
 # build_adapter takes the head's most specific class here
-ROI_ADAPTERS = (CascadeRoIAdapter, StandardRoIAdapter)
+ROI_ADAPTERS = (CascadeRoIAdapter, DoubleHeadRoIAdapter, StandardRoIAdapter)

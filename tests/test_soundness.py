@@ -47,7 +47,6 @@ REFUSED = {
                   'CenterNetHead.predict_by_feat'),
     'reppoints': ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
                   'RepPointsHead._predict_by_feat_single'),
-    'yolov3': ('yolo/yolov3_d53_8xb8-320-273e_coco.py', 'YOLOV3Head.predict_by_feat'),
     'condinst': ('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
                  'CondInst.predict is SingleStageInstanceSegmentor.predict'),
     'rtmdet-ins': ('rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py',

@@ -27,6 +27,7 @@ ZOO = {
     'tood': ('tood/tood_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'rtmdet': ('rtmdet/rtmdet_tiny_8xb32-300e_coco.py', dict(exp_on_reg=True)),
     'yolox': ('yolox/yolox_tiny_8xb8-300e_coco.py', dict()),
+    'yolov3': ('yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', dict()),
     'faster-rcnn': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', dict()),
     'mask-rcnn': ('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', dict()),
     'cascade-rcnn': ('cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', dict()),

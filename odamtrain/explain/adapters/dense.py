@@ -29,6 +29,7 @@ from mmdet.models.dense_heads import (
     RTMDetHead,
     RTMDetSepBNHead,
     TOODHead,
+    YOLOV3Head,
     YOLOXHead,
 )
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
@@ -58,7 +59,7 @@ from ..protocol import (
 
 __all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter',
            'GFLAdapter', 'FCOSAdapter', 'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter',
-           'RTMDetAdapter', 'YOLOXAdapter', 'DENSE_ADAPTERS']
+           'RTMDetAdapter', 'YOLOXAdapter', 'YOLOv3Adapter', 'DENSE_ADAPTERS']
 
 
 def selection(*head_methods) -> tuple:
@@ -717,7 +718,98 @@ class YOLOXAdapter(DenseHeadAdapter):
                 self.centre(head.multi_level_conv_obj[level](reg_feat)))
 
 
+class YOLOv3Adapter(DenseHeadAdapter):
+    """YOLOv3: one output map per level, A anchors x (4 box, 1 objectness, K classes); its
+    own ``predict_by_feat``: all levels flattened, objectness >= ``conf_thr``, then score
+    threshold and top-k over (prior, class) (``filter_scores_and_topk``), mmdet's base
+    ``_bbox_post_process``; score = sigmoid(class) x sigmoid(objectness); boxes by YOLO's
+    coder from the sigmoided centre offsets. Exact mode only (LeakyReLU bridge convs)."""
+    head_type = YOLOV3Head
+    reproduces = selection(YOLOV3Head.predict_by_feat, BaseDenseHead._bbox_post_process)
+
+    @contextlib.contextmanager
+    def provenance(self):
+        """Inside, ``_bbox_post_process`` receives ``level`` / ``prior`` of YOLOv3's
+        candidates: its top-k (recorded) of the predictions that pass ``conf_thr``
+        (recomputed from the outputs it is given)."""
+        head, adapter = self.head, self
+        module = sys.modules[YOLOV3Head.predict_by_feat.__module__]
+        original, state = module.filter_scores_and_topk, {}
+
+        def predict_by_feat(pred_maps, batch_img_metas, cfg=None, rescale=False,
+                            with_nms=True):
+            state.update(maps=pred_maps, cfg=head.test_cfg if cfg is None else cfg, img=0)
+            return YOLOV3Head.predict_by_feat(head, pred_maps, batch_img_metas, cfg, rescale,
+                                              with_nms)
+
+        def recording(scores, score_thr, topk, results=None):
+            out = original(scores, score_thr, topk, results)
+            state['kept'] = out[2]
+            return out
+
+        def post_process(results, cfg, rescale=False, with_nms=True, img_meta=None):
+            flat = adapter._passing_conf(state['maps'], state['img'], state['cfg'])
+            results.level, results.prior = adapter._level_prior(flat[state['kept']],
+                                                                state['maps'])
+            state['img'] += 1
+            return BaseDenseHead._bbox_post_process(head, results, cfg, rescale, with_nms,
+                                                    img_meta)
+
+        module.filter_scores_and_topk = recording
+        head.predict_by_feat, head._bbox_post_process = predict_by_feat, post_process
+        try:
+            yield
+        finally:
+            module.filter_scores_and_topk = original
+            del head.predict_by_feat, head._bbox_post_process
+
+    def _flat(self, maps: list, img: int) -> torch.Tensor:
+        """(sum h w A, 5 + K) the raw outputs of image ``img``, levels flattened in order."""
+        return torch.cat([m[img].permute(1, 2, 0).reshape(-1, self.head.num_attrib)
+                          for m in maps])
+
+    def _passing_conf(self, maps: list, img: int, cfg) -> torch.Tensor:
+        """Flat indices of the predictions whose objectness passes ``conf_thr``."""
+        objectness = self._flat(maps, img)[:, 4].sigmoid()
+        conf_thr = cfg.get('conf_thr', -1)
+        return ((objectness >= conf_thr).nonzero()[:, 0] if conf_thr > 0
+                else torch.arange(len(objectness), device=objectness.device))
+
+    def _level_prior(self, flat: torch.Tensor, maps: list) -> tuple:
+        sizes = [m.shape[2] * m.shape[3] * self.num_priors(i) for i, m in enumerate(maps)]
+        starts = torch.tensor([0] + sizes, device=flat.device).cumsum(0)
+        level = torch.searchsorted(starts[1:], flat, right=True)
+        return level, flat - starts[level]
+
+    def every_prediction(self, fwd):
+        cfg = ConfigDict(self.head.test_cfg or {})
+        cfg.update(score_thr=-1.0, conf_thr=-1,
+                   nms_pre=sum(m[0].numel() for m in fwd.outputs[0]) + 1, min_bbox_size=-1)
+        return self.predictions(fwd, cfg, with_nms=False)
+
+    def rows(self, outputs, preds):
+        maps, parts, order = outputs[0], [], []
+        for level in preds.level.unique().tolist():
+            idx = (preds.level == level).nonzero()[:, 0]
+            order.append(idx)
+            m = maps[level]  # [B, A * (5 + K), h, w]
+            flat = m.permute(0, 2, 3, 1).reshape(len(m), -1, self.head.num_attrib)
+            parts.append(flat[preds.img[idx], preds.prior[idx]])
+        x = (torch.cat(parts)[torch.argsort(torch.cat(order))] if order
+             else maps[0].new_zeros(0, self.head.num_attrib))
+        return DenseRows(x[:, 5:], x[:, :4], x[:, 4])
+
+    def score(self, rows, labels):
+        return rows.cls.sigmoid().gather(1, labels[:, None])[:, 0] * rows.factor.sigmoid()
+
+    def decode(self, rows, preds, prior_coords):
+        reg = torch.cat([rows.reg[:, :2].sigmoid(), rows.reg[:, 2:]], 1)
+        return self.head.bbox_coder.decode(prior_coords, reg,
+                                           self.stride(preds.level, reg)[:, None])
+
+
 # build_adapter takes the head's most specific class here; DenseHeadAdapter covers any
 # other head with mmdet's base post-processing (exact mode)
 DENSE_ADAPTERS = (RetinaAdapter, ATSSAdapter, GFLAdapter, FCOSAdapter, AutoAssignAdapter,
-                  FoveaAdapter, TOODAdapter, RTMDetAdapter, YOLOXAdapter, DenseHeadAdapter)
+                  FoveaAdapter, TOODAdapter, RTMDetAdapter, YOLOXAdapter, YOLOv3Adapter,
+                  DenseHeadAdapter)

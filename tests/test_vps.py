@@ -57,10 +57,32 @@ def test_greedy_on_a_coverage_function_matches_brute_force_for_the_first_pick_pa
     assert all(a <= b + 1e-9 for a, b in itertools.pairwise(values))  # monotone
 
 
-def test_rank_attribution_decreases_with_rank():
+def test_rank_attribution_is_the_papers_formula_by_hand():
+    """A_k = A_{k-1} - |F(S_k) - F(S_{k-1})| from F(empty) (the authors' add_value), then
+    min-max: region k gets the gains ranked after it."""
     a = rank_attribution([2, 0, 1], [0.5, 0.8, 0.7], 4, start=0.1)
-    # gains |.4|, |.3|, |-.1| -> tails .8, .4, .1 ; region 3 never reached
-    torch.testing.assert_close(a, torch.tensor([0.4, 0.1, 0.8, 0.0], dtype=torch.float64))
+    # gains |.4|, |.3|, |-.1|: region 2 (first) .3 + .1, region 0 .1, region 1 (last) 0;
+    # region 3 never reached
+    torch.testing.assert_close(a, torch.tensor([0.1, 0.0, 0.4, 0.0], dtype=torch.float64))
+    # the authors' running value, painted in order, then min-max: the same map
+    running, painted = 0.0, {}
+    for region, gain in zip([2, 0, 1], [0.4, 0.3, 0.1]):
+        running -= gain
+        painted[region] = running
+    lo, hi = min(painted.values()), max(painted.values())
+    want = torch.tensor([(painted[r] - lo) / (hi - lo) for r in range(3)], dtype=torch.float64)
+    torch.testing.assert_close(a[:3] / a[:3].max(), want)
+
+
+def test_rank_attribution_ties_and_the_degenerate_case():
+    # equal gains: a strictly decreasing staircase, whatever the values' sign
+    torch.testing.assert_close(rank_attribution([1, 0, 2], [1.0, 0.8, 1.0], 3, start=0.8),
+                               torch.tensor([0.2, 0.4, 0.0], dtype=torch.float64))
+    # the first region reaches F(V), no later gain (the authors' 0/0): it alone, its gain
+    torch.testing.assert_close(rank_attribution([2, 0, 1], [1.5, 1.5, 1.5], 3, start=1.0),
+                               torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64))
+    # no gain at all: nothing explains the target
+    assert rank_attribution([0, 1], [1.0, 1.0], 2, start=1.0).abs().sum() == 0
 
 
 def test_toy_detector_looking_at_one_region_ranks_it_first():
@@ -260,3 +282,37 @@ def test_vps_saliency_gives_the_box_slots_to_the_regions_of_the_target_box():
     unscaled = vps_saliency(*args, VpsSettings(window=1, box_slots=1))  # cells 0, 1
     assert slot[1][:3] == [5, 1, 2] and plain[1][:3] == [5, 0, 1] and unscaled[1][:3] == [5, 0, 1]
     assert slot[1][3:] == [0, 3, 4, 6, 7, 8, 9, 10, 11] and slot[3] == plain[3]
+
+
+@pytest.mark.parametrize('weights', [[0.1, 0.4, 0.2, 0.25],  # distinct
+                                     [0.125, 0.25, 0.125, 0.25],  # ties (exact in float)
+                                     [0.0, 0.6, 0.0, 0.0]])  # the first reaches F(V)
+def test_vps_map_of_a_toy_detector_is_the_papers_formula(weights):
+    """A detector whose score is sum_r w_r x (how much of region r is visible): greedy picks
+    by w (ties: the lower index, the authors' argmax), F(S) = 1 - W + 2 sum_S w, and each
+    region's map value is the gains ranked after it (the degenerate case: the first
+    region's own gain), every pixel of every region."""
+    regions = grid_regions((8, 8), 4)
+    w = torch.tensor(weights)
+    box = torch.tensor([0., 0., 8., 8.])
+
+    def predict(images):
+        return [(box[None], torch.tensor([0]),
+                 (torch.stack([img[0][r].mean() for r in regions]) * w).sum().reshape(1))
+                for img in images]
+
+    sal, order, values, _ = vps_saliency(predict, torch.ones(1, 3, 8, 8), box, 0, regions,
+                                         torch.zeros(3, 8, 8), VpsSettings(search='greedy'))
+    want_order = sorted(range(4), key=lambda r: (-weights[r], r))
+    assert order == want_order
+    total = float(w.sum())
+    path = [1 - total + 2 * sum(weights[r] for r in want_order[:k + 1]) for k in range(4)]
+    torch.testing.assert_close(torch.tensor(values, dtype=torch.float64),
+                               torch.tensor(path, dtype=torch.float64))
+    gains = [2 * weights[r] for r in want_order]
+    after = [sum(gains[k + 1:]) for k in range(4)]
+    if after[0] == 0:
+        after[0] = gains[0]
+    for k, r in enumerate(want_order):
+        assert torch.allclose(sal[regions[r]], torch.tensor(after[k], dtype=sal.dtype),
+                              atol=1e-6)

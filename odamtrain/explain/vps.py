@@ -179,13 +179,22 @@ def _window(rest, gain, seen, focus, size: int, slots: int) -> torch.Tensor:
 
 def rank_attribution(order: list[int], values: list[float], n: int,
                      start: float = 0.0) -> torch.Tensor:
-    """(n,) attribution: region order[k] gets sum_{j >= k} |F_j - F_{j-1}| (F_{-1} =
-    ``start``, the objective of the empty set); regions not in ``order`` get 0."""
-    gains = torch.tensor(values, dtype=torch.float64) - torch.tensor(
-        [start] + values[:-1], dtype=torch.float64)
-    tail = gains.abs().flip(0).cumsum(0).flip(0)
+    """(n,) attribution of the paper (and the authors' ``add_value``): region order[k] gets
+    the gains of the regions ranked after it, sum_{j > k} |F_j - F_{j-1}| (F_{-1} = ``start``,
+    the objective of the empty set), so that after min-max the first region is 1 and the
+    last 0. Regions not in ``order`` get 0.
+
+    The authors leave one case undefined (their min-max divides 0 by 0): every gain after
+    the first is 0, the first region alone reached F(V). Then the first region gets its own
+    gain (1 after min-max, the rest 0); with no gain at all the map is 0. The authors also
+    accumulate in float16; this is float64."""
+    gains = (torch.tensor(values, dtype=torch.float64) - torch.tensor(
+        [start] + values[:-1], dtype=torch.float64)).abs()
+    after = gains.flip(0).cumsum(0).flip(0) - gains  # sum_{j > k}
+    if len(after) and after[0] == 0:
+        after[0] = gains[0]
     out = torch.zeros(n, dtype=torch.float64)
-    out[torch.tensor(order, dtype=torch.long)] = tail
+    out[torch.tensor(order, dtype=torch.long)] = after
     return out
 
 

@@ -41,9 +41,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from odamtrain.inference import pixel_to_input, predict_fn
+from odamtrain.inference import pixel_to_input
 from odamtrain.structures import best_candidates
 
+from .evidence import evidence_fn
 from .heatmap import output_size, resize_maps
 from .settings import DRISE_ESTIMATORS, DriseSettings
 
@@ -190,6 +191,7 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
     fill = pixel_to_input(model, inputs.new_zeros(3))
     hw = tuple(meta['img_shape'][:2])
     with torch.no_grad():
-        sal = drise_saliency(predict_fn(model, meta), inputs, boxes, labels, settings, fill, hw,
+        sal = drise_saliency(evidence_fn(model, meta, settings.evidence), inputs, boxes, labels,
+                             settings, fill, hw,
                              progress)
     return resize_maps(sal, 1, hw, output_size(meta['ori_shape'][:2], map_size))

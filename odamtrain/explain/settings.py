@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, fields
 
 __all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
            'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
-           'VPS_SEGMENTATIONS', 'VPS_SEARCHES']
+           'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'EVIDENCE_SOURCES']
 
 METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'vps')
 GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp')
@@ -15,6 +15,7 @@ FEATURES = ('auto', 'fpn', 'roi', 'backbone', 'neck', 'memory')
 DRISE_ESTIMATORS = ('contrast', 'coverage', 'mean')
 VPS_SEGMENTATIONS = ('slico', 'grid')
 VPS_SEARCHES = ('greedy', 'windowed')
+EVIDENCE_SOURCES = ('detections', 'candidates')
 
 
 def _check(name: str, value, allowed) -> None:
@@ -33,16 +34,21 @@ class DriseSettings:
     cells kept with ``keep_prob``, ``batch_size`` masked images per forward, ``seed``;
     ``estimator`` 'contrast' (mean weight of the masks that keep a pixel minus that of the
     masks that remove it: the most stable at few masks), 'coverage' (the masks that keep
-    it, as xaitk-saliency) or 'mean' (the paper's sum / N); see ``drise.py``."""
+    it, as xaitk-saliency) or 'mean' (the paper's sum / N); see ``drise.py``. ``evidence``:
+    what a masked image's weight is read from: 'detections' (mmdet's final detections) or
+    'candidates' (every prediction before score threshold and NMS, with mmdet's score of
+    that head; through the detector's adapter)."""
     num_masks: int = 5000
     grid: int = 16
     keep_prob: float = 0.5
     batch_size: int = 32
     seed: int = 0
     estimator: str = 'contrast'
+    evidence: str = 'detections'
 
     def __post_init__(self):
         _check('drise.estimator', self.estimator, DRISE_ESTIMATORS)
+        _check('drise.evidence', self.evidence, EVIDENCE_SOURCES)
         _positive_int('drise.num_masks', self.num_masks)
         _positive_int('drise.grid', self.grid)
         _positive_int('drise.batch_size', self.batch_size)
@@ -61,7 +67,8 @@ class VpsSettings:
     step, 0: the rest ordered by their last gains; ``box_slots`` of the window's places,
     at most all of them, given round-robin to the regions overlapping the target box; see
     ``vps.py`` and docs/benchmarks.md for the default 3), at most ``max_steps``
-    steps (None: all), ``batch_size`` images per forward."""
+    steps (None: all), ``batch_size`` images per forward; ``evidence`` as D-RISE's (the
+    authors' mmdet wrappers score every prior: 'candidates')."""
     regions: int = 64
     segmentation: str = 'slico'
     search: str = 'windowed'
@@ -70,11 +77,13 @@ class VpsSettings:
     box_slots: int = 3
     max_steps: int | None = None
     batch_size: int = 32
+    evidence: str = 'detections'
 
     def __post_init__(self):
         _positive_int('vps.regions', self.regions, minimum=2)
         _check('vps.segmentation', self.segmentation, VPS_SEGMENTATIONS)
         _check('vps.search', self.search, VPS_SEARCHES)
+        _check('vps.evidence', self.evidence, EVIDENCE_SOURCES)
         _positive_int('vps.head', self.head)
         _positive_int('vps.window', self.window, minimum=0)
         _positive_int('vps.box_slots', self.box_slots, minimum=0)

@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from skimage.segmentation import slic
 
-from odamtrain.inference import input_to_rgb, pixel_to_input, predict_fn
+from odamtrain.inference import input_to_rgb, pixel_to_input
 from odamtrain.structures import detection_evidence
 
+from .evidence import evidence_fn
 from .heatmap import output_size, resize_maps
 from .settings import VpsSettings
 
@@ -284,9 +285,9 @@ def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor
     masks[:, :h, :w] = cells
     baseline = inputs[0].clone()  # the padding stays as it is in every image
     baseline[:, :h, :w] = pixel_to_input(model, inputs.new_zeros(3, h, w))
-    maps = []
+    maps, predict = [], evidence_fn(model, meta, settings.evidence)
     with torch.no_grad():
         for box, label in zip(boxes, labels.tolist()):
-            maps.append(vps_saliency(predict_fn(model, meta), inputs, box, label, masks, baseline,
-                                     settings, meta['scale_factor'][:2])[0])
+            maps.append(vps_saliency(predict, inputs, box, label, masks, baseline, settings,
+                                     meta['scale_factor'][:2])[0])
     return resize_maps(torch.stack(maps), 1, (h, w), out_hw)

@@ -172,17 +172,20 @@ class DETRAdapter(DetectorAdapter):
                                        'for Odam-NMS to replace')
 
     def every_prediction(self, fwd) -> list:
-        """Every (query, class) of every image (to find the one that explains a target)."""
+        """Every (query, class) of every image with its score and box as mmdet's
+        ``_predict_by_feat_single`` makes them (clipped to the image, original pixels)."""
         out = []
         q, k, device = fwd.cls.shape[1], self.head.num_classes, fwd.cls.device
-        for i in range(len(fwd.metas)):
+        for i, meta in enumerate(fwd.metas):
             query = torch.arange(q, device=device).repeat_interleave(k)
             labels = torch.arange(k, device=device).repeat(q)
             preds = InstanceData(query=query, labels=labels, img=torch.full_like(query, i))
+            h, w = meta['img_shape'][:2]
             with torch.no_grad():
                 preds.scores = self.attribute('score', fwd, preds)
-                preds.bboxes = torch.stack([self.attribute(s, fwd, preds) for s in BOX_SIDES],
-                                           1)
+                box = bbox_cxcywh_to_xyxy(fwd.boxes[i, query]) * box_scale(w, h, fwd.boxes)
+                box = torch.minimum(box.clamp(min=0), box_scale(w, h, fwd.boxes))
+                preds.bboxes = box / box_scale(*meta['scale_factor'][:2], fwd.boxes)
             out.append(preds)
         return out
 
@@ -211,6 +214,11 @@ class DETRAdapter(DetectorAdapter):
 
     def heatmaps(self, fwd, dets, settings) -> None:
         detr_heatmaps(self, fwd, dets, settings)
+
+
+def box_scale(sx: float, sy: float, like: torch.Tensor) -> torch.Tensor:
+    """(4,) (sx, sy, sx, sy) for x1y1x2y2 boxes."""
+    return like.new_tensor([sx, sy, sx, sy])
 
 
 def _stride(input_size: int, level_size: int) -> int:

@@ -36,6 +36,8 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'yolox-l': 'mmdet::yolox/yolox_l_8xb8-300e_coco.py',
     'faster-rcnn': 'configs/faster-rcnn_r50_fpn_crowdhuman.py',
     'cascade-rcnn': 'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
+    'double-head-rcnn': 'mmdet::double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
+    'yolov3': 'mmdet::yolo/yolov3_d53_8xb8-320-273e_coco.py',
     'detr': 'mmdet::detr/detr_r50_8xb2-150e_coco.py',
     'dino': 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
 }
@@ -63,7 +65,7 @@ def build(family: str, n: int):
         cfg.model.test_cfg.rpn.update(nms_pre=max(1000, n), max_per_img=max(1000, n))
         cfg.model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=n, nms=keep_all)
     else:  # (YOLOX ignores max_per_img: its NMS keeps at most n)
-        cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n,
+        cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n, conf_thr=-1,
                                   nms=dict(keep_all, max_num=n))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).eval()

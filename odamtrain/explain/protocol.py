@@ -93,13 +93,10 @@ class DetectorAdapter(abc.ABC):
     """One family of mmdet detectors (module docstring).
 
     Class attributes:
-        head_attr: the detector attribute that holds the head the family is about
-            ('bbox_head' or 'roi_head').
         head_type: the head class whose subclasses it covers (when they pass the gate).
         reproduces: the gate's :class:`Same` entries.
         features: the choices of A it offers ('auto' first).
     """
-    head_attr = 'bbox_head'
     head_type: type = object
     reproduces: tuple = ()
     features: tuple = ('auto',)

@@ -45,10 +45,17 @@ def _odam_class(cls, kind: str):
     return _ODAM_CLASSES[cls]
 
 
+def _head(model):
+    """The head Odam goes into: the RoI head of a two-stage detector, else the box head
+    (None without either)."""
+    roi_head = getattr(model, 'roi_head', None)
+    return roi_head if roi_head is not None else getattr(model, 'bbox_head', None)
+
+
 def asks_for_odam(model) -> list[str]:
     """What of Odam a detector's config asks for: 'odam_loss' (``train_cfg.odam_loss``),
     'odam_nms' (its head's test-time NMS)."""
-    head = getattr(model, 'roi_head', None) or getattr(model, 'bbox_head', None)
+    head = _head(model)
     train_cfg = getattr(model, 'train_cfg', None) or {}
     return ([k for k in ('odam_loss',) if train_cfg.get(k) is not None]
             + (['odam_nms'] if is_odam_nms(getattr(head, 'test_cfg', None)) else []))
@@ -66,8 +73,7 @@ def install_odam(model):
             naming the detector, its head and why.
     """
     asked = asks_for_odam(model)
-    roi_head = getattr(model, 'roi_head', None)
-    head = roi_head if roi_head is not None else getattr(model, 'bbox_head', None)
+    head = _head(model)
     if not asked:
         return model
     where = f'{type(model).__name__} with {type(head).__name__}'
@@ -77,7 +83,7 @@ def install_odam(model):
                'Faster R-CNN); ODAM maps work' if head is not None
                else 'it has no box head or RoI head')
         raise ValueError(f'{where} asks for {" and ".join(asked)}, but {why}')
-    kind = 'roi' if roi_head is not None else 'dense'
+    kind = 'roi' if getattr(model, 'roi_head', None) is not None else 'dense'
     settings = OdamLossSettings.from_config(model.train_cfg.get('odam_loss') if 'odam_loss'
                                             in asked else None, ODAM_LOSS_WEIGHTS[kind])
     adapter = head_adapter(head)

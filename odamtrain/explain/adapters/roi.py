@@ -73,7 +73,6 @@ class StandardRoIAdapter(DetectorAdapter):
     """``StandardRoIHead`` (Faster R-CNN, Mask R-CNN and the like, whose mask branch does not
     rescore): A = each RoI's features (the paper), or with ``features='fpn'`` the RoI's FPN
     level through RoIAlign's backward."""
-    head_attr = 'roi_head'
     head_type = StandardRoIHead
     features = ('auto', 'roi', 'fpn')
     reproduces = (_TWO_STAGE, _BOX_HEAD,

@@ -23,7 +23,8 @@ from .helpers.oracles import frozen_norm_stats
 from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
-FAST = ['retinanet', 'atss', 'gfl', 'fcos', 'autoassign', 'foveabox', 'rtmdet', 'yolox']
+FAST = ['retinanet', 'atss', 'gfl', 'fcos', 'autoassign', 'foveabox', 'rtmdet', 'yolox',
+        'yolov3']
 
 
 @pytest.fixture(scope='module', params=DENSE)

@@ -37,7 +37,7 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'faster-rcnn': 'configs/faster-rcnn_r50_fpn_crowdhuman.py',
     'cascade-rcnn': 'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
     'double-head-rcnn': 'mmdet::double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
-    'yolov3': 'mmdet::yolo/yolov3_d53_8xb8-320-273e_coco.py',
+    'yolov3': 'mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
     'detr': 'mmdet::detr/detr_r50_8xb2-150e_coco.py',
     'dino': 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
 }

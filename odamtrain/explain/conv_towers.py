@@ -14,7 +14,7 @@ Shapes: n detections, B images, C channels, (k, k) a window, (h, w) a level.
 
 Supported layers (:func:`tower_support`): 3x3 stride-1 convs, norm GroupNorm / BatchNorm
 (eval: running statistics; training: the batch's, held constant) / none, activation ReLU /
-SiLU (mmcv's Swish) / none, in the order conv-norm-act.
+LeakyReLU / SiLU (mmcv's Swish) / none, in the order conv-norm-act.
 """
 from __future__ import annotations
 
@@ -51,8 +51,10 @@ def tower_support(layers) -> str | None:
         if norm is not None and not isinstance(norm, (nn.GroupNorm, _BatchNorm)):
             return f'tower norm {type(norm).__name__} is not GroupNorm or BatchNorm'
         act = m.activate if m.with_activation else None
-        if act is not None and not isinstance(act, (nn.ReLU, nn.SiLU, Swish)):
-            return f'tower activation {type(act).__name__} is not ReLU or SiLU'
+        if act is not None and not (isinstance(act, (nn.ReLU, nn.SiLU, Swish)) or (
+                isinstance(act, nn.LeakyReLU) and act.negative_slope >= 0)):
+            return (f'tower activation {type(act).__name__} is not ReLU, LeakyReLU (slope >= '
+                    '0) or SiLU')
     return None
 
 
@@ -91,10 +93,11 @@ def record_towers(layers, last_layers):
 
     def act_hook(owner):
         def hook(module, args):
-            # an in-place activation overwrites its input: copy it, but for ReLU, whose
-            # output is positive exactly where its input is (all the backward needs)
+            # an in-place activation overwrites its input: copy it, but for (leaky) ReLU,
+            # whose output is positive exactly where its input is (all the backward needs)
             z = args[0].detach()
-            copy = getattr(module, 'inplace', False) and not isinstance(module, nn.ReLU)
+            copy = getattr(module, 'inplace', False) and not isinstance(
+                module, (nn.ReLU, nn.LeakyReLU))
             record.z.setdefault(owner, []).append(z.clone() if copy else z)
         return hook
 
@@ -130,6 +133,8 @@ def _statistics(norm: nn.Module, x: torch.Tensor) -> tuple:
 def _act_grad(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
     if isinstance(act, nn.ReLU):
         return (z > 0).to(z.dtype)
+    if isinstance(act, nn.LeakyReLU):
+        return torch.where(z > 0, 1.0, act.negative_slope).to(z.dtype)
     s = torch.sigmoid(z)  # SiLU / Swish: d(z * s) / dz
     return s * (1 + z * (1 - s))
 

@@ -723,9 +723,21 @@ class YOLOv3Adapter(DenseHeadAdapter):
     own ``predict_by_feat``: all levels flattened, objectness >= ``conf_thr``, then score
     threshold and top-k over (prior, class) (``filter_scores_and_topk``), mmdet's base
     ``_bbox_post_process``; score = sigmoid(class) x sigmoid(objectness); boxes by YOLO's
-    coder from the sigmoided centre offsets. Exact mode only (LeakyReLU bridge convs)."""
+    coder from the sigmoided centre offsets. Towers: each level's 3x3 bridge conv (BN +
+    LeakyReLU), shared by every output, then a 1x1 prediction conv."""
     head_type = YOLOV3Head
     reproduces = selection(YOLOV3Head.predict_by_feat, BaseDenseHead._bbox_post_process)
+    forward_impl = staticmethod(YOLOV3Head.forward)
+    final_radius = 0
+
+    def towers(self, level):
+        return [self.head.convs_bridge[level]], []
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        out = self.centre(self.head.convs_pred[level](cls_feat))  # [n, A * (5 + K)]
+        x = out.reshape(len(out), self.num_priors(level), self.head.num_attrib)
+        return (x[..., 5:].reshape(len(out), -1), x[..., :4].reshape(len(out), -1),
+                x[..., 4])
 
     @contextlib.contextmanager
     def provenance(self):

@@ -49,8 +49,6 @@ REFUSED = {
                   'RepPointsHead._predict_by_feat_single'),
     'condinst': ('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
                  'CondInst.predict is SingleStageInstanceSegmentor.predict'),
-    'rtmdet-ins': ('rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py',
-                   'RTMDetInsSepBNHead.predict_by_feat'),
     'crowddet': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
                  'MultiInstanceRoIHead.predict_bbox'),
     'solov2': ('solov2/solov2_r50_fpn_1x_coco.py',

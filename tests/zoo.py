@@ -26,6 +26,7 @@ ZOO = {
     'foveabox': ('foveabox/fovea_r50_fpn_4xb4-1x_coco.py', dict(feat_channels=32)),
     'tood': ('tood/tood_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'rtmdet': ('rtmdet/rtmdet_tiny_8xb32-300e_coco.py', dict(exp_on_reg=True)),
+    'rtmdet-ins': ('rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py', dict()),
     'yolox': ('yolox/yolox_tiny_8xb8-300e_coco.py', dict()),
     'yolov3': ('yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', dict()),
     'faster-rcnn': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', dict()),

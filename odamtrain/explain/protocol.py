@@ -144,6 +144,10 @@ class DetectorAdapter(abc.ABC):
         gradients are used), or None."""
         return None
 
+    def nms_support(self) -> str | None:
+        """None if Odam-NMS can take the place of the detector's NMS, else why not."""
+        return None
+
     def explain_mode(self, mode: str) -> None:
         """One log line when ``mode`` does not apply (:meth:`mode_fallback`)."""
         reason = self.mode_fallback()

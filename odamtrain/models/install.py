@@ -87,6 +87,10 @@ def install_odam(model):
     settings = OdamLossSettings.from_config(model.train_cfg.get('odam_loss') if 'odam_loss'
                                             in asked else None, ODAM_LOSS_WEIGHTS[kind])
     adapter = head_adapter(head)
+    reason = adapter.nms_support() if 'odam_nms' in asked else None
+    if reason is not None:
+        raise ValueError(f'{where}: odam_nms: Odam-NMS cannot replace the NMS of '
+                         f'{type(head).__name__}: {reason}')
     if settings is not None and kind == 'dense':
         reason = adapter.train_support() or adapter.fast_support()
         if reason is not None:

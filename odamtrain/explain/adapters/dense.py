@@ -27,6 +27,8 @@ from mmdet.models.dense_heads import (
     GFLHead,
     RetinaHead,
     RTMDetHead,
+    RTMDetInsHead,
+    RTMDetInsSepBNHead,
     RTMDetSepBNHead,
     TOODHead,
     YOLOV3Head,
@@ -59,7 +61,7 @@ from ..protocol import (
 
 __all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter',
            'GFLAdapter', 'FCOSAdapter', 'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter',
-           'RTMDetAdapter', 'YOLOXAdapter', 'YOLOv3Adapter', 'DENSE_ADAPTERS']
+           'RTMDetAdapter', 'RTMDetInsAdapter', 'YOLOXAdapter', 'YOLOv3Adapter', 'DENSE_ADAPTERS']
 
 
 def selection(*head_methods) -> tuple:
@@ -103,6 +105,7 @@ class DenseHeadAdapter(DetectorAdapter):
                            BaseDenseHead._bbox_post_process)
     features = ('auto', 'fpn')
     forward_impl = None  # (staticmethod) the forward whose final layers final_layers() copies
+    post_process_name = '_bbox_post_process'  # what _predict_by_feat_single ends with
     final_radius = 1  # half-width of the final convs
 
     def __init__(self, head, model=None):
@@ -174,7 +177,7 @@ class DenseHeadAdapter(DetectorAdapter):
             kept.append(out[2])  # prior index of each kept (prior, class) of this level
             return out
 
-        def post_process(results, cfg, rescale=False, with_nms=True, img_meta=None):
+        def post_process(results, *args, **kwargs):
             if sum(len(k) for k in kept) != len(results):
                 raise RuntimeError(f'{type(head).__name__}: recorded {len(kept)} levels of '
                                    f'candidates that do not match its {len(results)}')
@@ -182,16 +185,21 @@ class DenseHeadAdapter(DetectorAdapter):
                                        enumerate(kept)])
             results.prior = torch.cat(kept)
             kept.clear()
-            return type(head)._bbox_post_process(head, results, cfg, rescale, with_nms,
-                                                 img_meta)
+            return self.post_process(results, *args, **kwargs)
 
         module.filter_scores_and_topk = recording
-        head._bbox_post_process = post_process
+        setattr(head, self.post_process_name, post_process)
         try:
             yield
         finally:
             module.filter_scores_and_topk = original
-            del head._bbox_post_process
+            delattr(head, self.post_process_name)
+
+    def post_process(self, results: InstanceData, *args, **kwargs) -> InstanceData:
+        """The head's own post-processing (:attr:`post_process_name`) of one image's
+        candidates."""
+        return getattr(type(self.head), self.post_process_name)(self.head, results, *args,
+                                                                **kwargs)
 
     def predictions(self, fwd, cfg=None, with_nms: bool = True) -> list:
         """mmdet's ``predict_by_feat`` of a forward (``outputs``, ``metas``; boxes in
@@ -605,12 +613,14 @@ class RTMDetAdapter(DenseHeadAdapter):
     logit (mmdet's ``inverse_sigmoid(sigmoid_geometric_mean(cls, obj))``)."""
     head_type = RTMDetHead
     forward_impl = staticmethod(RTMDetHead.forward)
+    separate_type = RTMDetSepBNHead  # the head with towers and final convs per level
+    separate_forward = staticmethod(RTMDetSepBNHead.forward)
 
     def __init__(self, head, model=None):
         super().__init__(head, model)
-        self.separate = isinstance(head, RTMDetSepBNHead)
+        self.separate = isinstance(head, self.separate_type)
         if self.separate:
-            self.forward_impl = RTMDetSepBNHead.forward
+            self.forward_impl = self.separate_forward
 
     @property
     def final_radius(self) -> int:
@@ -628,13 +638,59 @@ class RTMDetAdapter(DenseHeadAdapter):
         cls = pick(head.rtm_cls)(cls_feat)
         if head.with_objectness:
             cls = inverse_sigmoid(sigmoid_geometric_mean(cls, pick(head.rtm_obj)(reg_feat)))
-        reg = pick(head.rtm_reg)(reg_feat)
         stride = head.prior_generator.strides[level][0]
-        if not self.separate:
-            reg = head.scales[level](reg.exp()).float() * stride
-        else:
-            reg = (reg.exp() if head.exp_on_reg else reg) * stride
+        reg = self.distances(level, pick(head.rtm_reg)(reg_feat)) * stride
         return self.centre(cls), self.centre(reg), None
+
+    def distances(self, level: int, reg: torch.Tensor) -> torch.Tensor:
+        """The box regression conv's output -> distances in units of the stride, as the
+        head's ``forward``."""
+        if self.separate:
+            return reg.exp() if self.head.exp_on_reg else reg
+        return self.head.scales[level](reg.exp()).float()
+
+
+class RTMDetInsAdapter(RTMDetAdapter):
+    """RTMDet-Ins, its detections (the box branch; the masks are mmdet's, not explained):
+    RTMDet's towers and score; distances by ReLU (SepBN) or the level's scale, x stride;
+    its own ``_predict_by_feat_single`` (priors with strides, the kernels carried along)
+    ending in ``_bbox_mask_post_process`` (NMS, then the masks of the kept detections).
+    The candidates that reach NMS are that step's first part, which is mmdet's base
+    ``_bbox_post_process`` without NMS (rescale, score factors, size filter)."""
+    head_type = RTMDetInsHead
+    reproduces = selection(RTMDetInsHead.predict_by_feat, RTMDetInsHead._predict_by_feat_single,
+                           RTMDetInsHead._bbox_mask_post_process)
+    forward_impl = staticmethod(RTMDetInsHead.forward)
+    separate_type = RTMDetInsSepBNHead
+    separate_forward = staticmethod(RTMDetInsSepBNHead.forward)
+    post_process_name = '_bbox_mask_post_process'
+
+    def split(self, outputs):
+        return outputs[0], outputs[1], None  # (kernels and the mask features: the masks)
+
+    def priors(self, sizes, like):
+        return self.head.prior_generator.grid_priors(sizes, dtype=like.dtype,
+                                                     device=like.device, with_stride=True)
+
+    def decode(self, rows, preds, prior_coords):
+        return self.head.bbox_coder.decode(prior_coords[:, :2], rows.reg)
+
+    def post_process(self, results, mask_feat, cfg, rescale=False, with_nms=True,
+                     img_meta=None):
+        if with_nms:
+            return RTMDetInsHead._bbox_mask_post_process(self.head, results, mask_feat, cfg,
+                                                         rescale, with_nms, img_meta)
+        return BaseDenseHead._bbox_post_process(self.head, results, cfg, rescale, False,
+                                                img_meta)
+
+    def distances(self, level, reg):
+        if self.separate:
+            return torch.relu(reg)
+        return self.head.scales[level](reg)
+
+    def nms_support(self):
+        return ('its NMS is followed by the masks of the kept detections, which Odam-NMS '
+                'does not make')
 
 
 class YOLOXAdapter(DenseHeadAdapter):
@@ -823,5 +879,5 @@ class YOLOv3Adapter(DenseHeadAdapter):
 # build_adapter takes the head's most specific class here; DenseHeadAdapter covers any
 # other head with mmdet's base post-processing (exact mode)
 DENSE_ADAPTERS = (RetinaAdapter, ATSSAdapter, GFLAdapter, FCOSAdapter, AutoAssignAdapter,
-                  FoveaAdapter, TOODAdapter, RTMDetAdapter, YOLOXAdapter, YOLOv3Adapter,
-                  DenseHeadAdapter)
+                  FoveaAdapter, TOODAdapter, RTMDetInsAdapter, RTMDetAdapter, YOLOXAdapter,
+                  YOLOv3Adapter, DenseHeadAdapter)

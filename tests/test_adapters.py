@@ -9,7 +9,13 @@ import contextlib
 
 import pytest
 import torch
-from mmdet.models.dense_heads import RTMDetInsHead, TOODHead, YOLOV3Head, YOLOXHead
+from mmdet.models.dense_heads import (
+    CondInstBboxHead,
+    RTMDetInsHead,
+    TOODHead,
+    YOLOV3Head,
+    YOLOXHead,
+)
 from mmdet.models.roi_heads import CascadeRoIHead
 
 from odamtrain.apis import explain_batch
@@ -23,8 +29,8 @@ from .helpers.oracles import frozen_norm_stats
 from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
-FAST = ['retinanet', 'atss', 'gfl', 'fcos', 'autoassign', 'foveabox', 'rtmdet', 'rtmdet-ins',
-        'yolox', 'yolov3']
+FAST = ['retinanet', 'atss', 'gfl', 'fcos', 'condinst', 'autoassign', 'foveabox', 'rtmdet',
+        'rtmdet-ins', 'yolox', 'yolov3']
 
 
 @pytest.fixture(scope='module', params=DENSE)
@@ -47,15 +53,25 @@ def mmdet_dense_graph(model, inputs, samples, frozen=False):
             return leaves, outs, head.predict_by_feat(*outs, batch_img_metas=metas,
                                                       rescale=True)
         sizes = [c.shape[-2:] for c in outs[0]]
-        instances = isinstance(head, RTMDetInsHead)  # priors with strides, kernels, masks
+        instances = isinstance(head, (RTMDetInsHead, CondInstBboxHead))  # with strides
         priors = head.prior_generator.grid_priors(sizes, dtype=leaves[0].dtype,
                                                   device=leaves[0].device,
                                                   with_stride=instances)
-        if instances:
+        if isinstance(head, RTMDetInsHead):  # kernels and masks too
             return leaves, outs, [head._predict_by_feat_single(
                 [c[i] for c in outs[0]], [r[i] for r in outs[1]], [k[i] for k in outs[2]],
                 outs[3][i], [None] * len(sizes), priors, meta, head.test_cfg, rescale=True)
                 for i, meta in enumerate(metas)]
+        if isinstance(head, CondInstBboxHead):  # boxes at the input's scale: the mask
+            results = []                         # head rescales them
+            for i, meta in enumerate(metas):
+                lists = [[o[i] for o in level] for level in outs]
+                res = head._predict_by_feat_single(
+                    *lists, [p[:, :2] for p in priors], [p[:, 2] for p in priors], meta,
+                    head.test_cfg, rescale=False)
+                res.bboxes = res.bboxes / res.bboxes.new_tensor(meta['scale_factor']).repeat(2)
+                results.append(res)
+            return leaves, outs, results
         results = []
         for i, meta in enumerate(metas):
             lists = [[o[i] for o in level] for level in outs]

@@ -26,8 +26,8 @@ def with_odam_nms(model, corr_low, corr_high, **nms):
     return install_odam(odam)
 
 
-# (RTMDet-Ins makes masks of what its NMS keeps: Odam-NMS is refused for it, below)
-WITH_NMS = [n for n in DENSE + TWO_STAGE if n != 'rtmdet-ins']
+# (RTMDet-Ins and CondInst make masks of what their NMS keeps: Odam-NMS is refused, below)
+WITH_NMS = [n for n in DENSE + TWO_STAGE if n not in ('rtmdet-ins', 'condinst')]
 
 
 @pytest.mark.parametrize('name', WITH_NMS)
@@ -48,9 +48,11 @@ def test_limit_is_exactly_mmdet_nms_for_every_family(name, rescale):
     assert set(got.keys()) == set(want.keys())  # no extra fields leak into the results
 
 
-def test_odam_nms_is_refused_where_the_nms_feeds_more_than_boxes():
-    with pytest.raises(ValueError, match='RTMDetInsSepBNHead: .*masks of the kept'):
-        with_odam_nms(build_zoo_detector('rtmdet-ins'), 0.2, 0.8)
+@pytest.mark.parametrize('name, why', [('rtmdet-ins', 'RTMDetInsSepBNHead: .*masks of the kept'),
+                                       ('condinst', 'CondInstBboxHead: .*dynamic parameters')])
+def test_odam_nms_is_refused_where_the_nms_feeds_more_than_boxes(name, why):
+    with pytest.raises(ValueError, match=why):
+        with_odam_nms(build_zoo_detector(name), 0.2, 0.8)
 
 
 def test_never_suppressing_keeps_all_candidates_by_score():

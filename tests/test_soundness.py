@@ -47,8 +47,6 @@ REFUSED = {
                   'CenterNetHead.predict_by_feat'),
     'reppoints': ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
                   'RepPointsHead._predict_by_feat_single'),
-    'condinst': ('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
-                 'CondInst.predict is SingleStageInstanceSegmentor.predict'),
     'crowddet': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
                  'MultiInstanceRoIHead.predict_bbox'),
     'solov2': ('solov2/solov2_r50_fpn_1x_coco.py',

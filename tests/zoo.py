@@ -27,6 +27,8 @@ ZOO = {
     'tood': ('tood/tood_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'rtmdet': ('rtmdet/rtmdet_tiny_8xb32-300e_coco.py', dict(exp_on_reg=True)),
     'rtmdet-ins': ('rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py', dict()),
+    'condinst': ('condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
+                 dict(feat_channels=32)),
     'yolox': ('yolox/yolox_tiny_8xb8-300e_coco.py', dict()),
     'yolov3': ('yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', dict()),
     'faster-rcnn': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', dict()),
@@ -97,6 +99,8 @@ def zoo_config(name: str, num_classes: int = 3):
         head.update(num_classes=num_classes, **head_options)
         if model.neck.get('out_channels') == 32:
             head.in_channels = 32
+            if 'mask_head' in model:  # CondInst's mask branch reads the neck too
+                model.mask_head.mask_feature_head.in_channels = 32
         model.test_cfg.update(score_thr=0.0, nms_pre=100, max_per_img=30)
         if model.bbox_head.type == 'YOLOXHead':  # YOLOX ignores max_per_img
             model.test_cfg.score_thr = 0.3

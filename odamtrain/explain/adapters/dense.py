@@ -22,6 +22,8 @@ import torch
 from mmdet.models.dense_heads import (
     ATSSHead,
     AutoAssignHead,
+    CondInstBboxHead,
+    CondInstMaskHead,
     FCOSHead,
     FoveaHead,
     GFLHead,
@@ -36,6 +38,7 @@ from mmdet.models.dense_heads import (
 )
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from mmdet.models.detectors import SingleStageDetector
+from mmdet.models.detectors.single_stage_instance_seg import SingleStageInstanceSegmentor
 from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.models.utils import sigmoid_geometric_mean
@@ -60,8 +63,9 @@ from ..protocol import (
 )
 
 __all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter',
-           'GFLAdapter', 'FCOSAdapter', 'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter',
-           'RTMDetAdapter', 'RTMDetInsAdapter', 'YOLOXAdapter', 'YOLOv3Adapter', 'DENSE_ADAPTERS']
+           'GFLAdapter', 'FCOSAdapter', 'CondInstAdapter', 'AutoAssignAdapter', 'FoveaAdapter',
+           'TOODAdapter', 'RTMDetAdapter', 'RTMDetInsAdapter', 'YOLOXAdapter', 'YOLOv3Adapter',
+           'DENSE_ADAPTERS']
 
 
 def selection(*head_methods) -> tuple:
@@ -106,6 +110,7 @@ class DenseHeadAdapter(DetectorAdapter):
     features = ('auto', 'fpn')
     forward_impl = None  # (staticmethod) the forward whose final layers final_layers() copies
     post_process_name = '_bbox_post_process'  # what _predict_by_feat_single ends with
+    rescale_in_head = True  # the head's predict_by_feat rescales the boxes (rescale=True)
     final_radius = 1  # half-width of the final convs
 
     def __init__(self, head, model=None):
@@ -208,9 +213,12 @@ class DenseHeadAdapter(DetectorAdapter):
         ``test_cfg``; without NMS these are the candidates that reach it."""
         with torch.no_grad(), self.provenance():
             results = self.head.predict_by_feat(*fwd.outputs, batch_img_metas=fwd.metas,
-                                                cfg=cfg, rescale=True, with_nms=with_nms)
-        for i, res in enumerate(results):
+                                                cfg=cfg, rescale=self.rescale_in_head,
+                                                with_nms=with_nms)
+        for i, (res, meta) in enumerate(zip(results, fwd.metas)):
             res.img = torch.full_like(res.labels, i)
+            if not self.rescale_in_head:  # as the detector rescales the head's boxes
+                res.bboxes = res.bboxes / res.bboxes.new_tensor(meta['scale_factor']).repeat(2)
         return results
 
     def candidates(self, fwd) -> list:
@@ -546,6 +554,37 @@ class FCOSAdapter(DenseHeadAdapter):
         return self.head.bbox_coder.decode(prior_coords, reg)
 
 
+class CondInstAdapter(FCOSAdapter):
+    """CondInst, its detections (the box branch; the masks are mmdet's, not explained):
+    FCOS's towers, score and decoding; its own ``_predict_by_feat_single`` (the dynamic
+    mask parameters carried along) ending in mmdet's base ``_bbox_post_process``. mmdet's
+    instance segmentor predicts the boxes at the input's scale and its mask head rescales
+    them (divides by the scale factor), as the adapter does."""
+    head_type = CondInstBboxHead
+    reproduces = (
+        Same('detector', (SingleStageInstanceSegmentor.predict,
+                          SingleStageInstanceSegmentor.extract_feat)),
+        Same('head', (BaseDenseHead.predict, CondInstBboxHead.predict_by_feat,
+                      CondInstBboxHead._predict_by_feat_single,
+                      BaseDenseHead._bbox_post_process)),
+        Same('mask_head', (CondInstMaskHead.predict, CondInstMaskHead.predict_by_feat,
+                           CondInstMaskHead._predict_by_feat_single)))
+    forward_impl = staticmethod(CondInstBboxHead.forward_single)
+    rescale_in_head = False
+
+    def parts(self):
+        parts = super().parts()
+        if self.model is not None:
+            parts['mask_head'] = [self.model.mask_head]
+        return parts
+
+    def train_support(self):
+        return 'CondInst trains its box and mask branches together (its own loss_by_feat)'
+
+    def nms_support(self):
+        return 'its mask head reads the kept detections\' dynamic parameters'
+
+
 class AutoAssignAdapter(FCOSAdapter):
     """AutoAssign: FCOS's towers; distances clamped and x stride; objectness-weighted
     centerness as score factor."""
@@ -878,6 +917,6 @@ class YOLOv3Adapter(DenseHeadAdapter):
 
 # build_adapter takes the head's most specific class here; DenseHeadAdapter covers any
 # other head with mmdet's base post-processing (exact mode)
-DENSE_ADAPTERS = (RetinaAdapter, ATSSAdapter, GFLAdapter, FCOSAdapter, AutoAssignAdapter,
-                  FoveaAdapter, TOODAdapter, RTMDetInsAdapter, RTMDetAdapter, YOLOXAdapter,
-                  YOLOv3Adapter, DenseHeadAdapter)
+DENSE_ADAPTERS = (RetinaAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
+                  AutoAssignAdapter, FoveaAdapter, TOODAdapter, RTMDetInsAdapter,
+                  RTMDetAdapter, YOLOXAdapter, YOLOv3Adapter, DenseHeadAdapter)

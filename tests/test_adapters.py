@@ -10,6 +10,7 @@ import contextlib
 import pytest
 import torch
 from mmdet.models.dense_heads import (
+    CenterNetHead,
     CondInstBboxHead,
     RTMDetInsHead,
     TOODHead,
@@ -23,7 +24,9 @@ from odamtrain.explain import UnsupportedDetectorError, build_adapter
 from odamtrain.explain.conv_towers import paste_windows
 from odamtrain.explain.dense_gradients import dense_forward, exact_grads, window_grads
 from odamtrain.explain.heatmap import odam_heatmap, paste_roi_maps, resize_maps
+from odamtrain.explain.protocol import scales
 from odamtrain.explain.roi_gradients import roi_grads
+from odamtrain.inference import image_window
 
 from .helpers.oracles import frozen_norm_stats
 from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
@@ -52,11 +55,16 @@ def mmdet_dense_graph(model, inputs, samples, frozen=False):
         if isinstance(head, (YOLOXHead, YOLOV3Head)):  # their predict_by_feat keeps the graph
             return leaves, outs, head.predict_by_feat(*outs, batch_img_metas=metas,
                                                       rescale=True)
+        if isinstance(head, CenterNetHead):  # its own selection, one image at a time
+            return leaves, outs, [head._predict_by_feat_single(
+                *(o[0][i:i + 1] for o in outs), meta, rescale=True)
+                for i, meta in enumerate(metas)]
         sizes = [c.shape[-2:] for c in outs[0]]
         instances = isinstance(head, (RTMDetInsHead, CondInstBboxHead))  # with strides
         priors = head.prior_generator.grid_priors(sizes, dtype=leaves[0].dtype,
                                                   device=leaves[0].device,
-                                                  with_stride=instances)
+                                                  **(dict(with_stride=True) if instances
+                                                     else {}))
         if isinstance(head, RTMDetInsHead):  # kernels and masks too
             return leaves, outs, [head._predict_by_feat_single(
                 [c[i] for c in outs[0]], [r[i] for r in outs[1]], [k[i] for k in outs[2]],
@@ -88,7 +96,7 @@ def oracle_value(name, outs, res, p, target):
         return res.scores[p]
     if target in SIDES:
         return res.bboxes[p, SIDES.index(target)]
-    if name == 'tood':  # no logit: inverse sigmoid of its class probability
+    if name in ('tood', 'centernet'):  # no logit out: inverse sigmoid of its probability
         s = res.scores[p].clamp(1e-6, 1 - 1e-6)
         return torch.log(s / (1 - s))
     grads = torch.autograd.grad(res.scores[p], list(outs[0]), retain_graph=True,
@@ -104,10 +112,10 @@ def oracle_value(name, outs, res, p, target):
 
 
 def unclipped(res, p, target, meta, model=None):
-    """mmdet clips boxes to the image (but YOLOX); the adapters do not (border boxes keep
-    their gradient): compare box sides only where mmdet did not clip."""
+    """mmdet clips boxes to the image (but YOLOX, YOLOv3, CenterNet); the adapters do not
+    (border boxes keep their gradient): compare box sides only where mmdet did not clip."""
     if target not in SIDES or isinstance(getattr(model, 'bbox_head', None),
-                                         (YOLOXHead, YOLOV3Head)):
+                                         (YOLOXHead, YOLOV3Head, CenterNetHead)):
         return True
     i = SIDES.index(target)
     limit = meta['img_shape'][1 - i % 2]  # mmdet clips in input pixels (FoveaBox to - 1)
@@ -158,7 +166,7 @@ def test_dense_exact_gradients_equal_mmdets_graph(dense, target, explicit):
     leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
     assert torch.equal(res.bboxes, det.bboxes)
     chosen = pick(det)
-    scale = inputs.new_tensor([meta['scale_factor'][:2]])
+    scale = scales([meta], inputs)
     checked = 0
     for level in det.level[chosen].unique().tolist():
         preds = det[chosen[det.level[chosen] == level]]
@@ -194,7 +202,7 @@ def test_dense_window_gradients_equal_frozen_statistics_autograd(name, target):
     det, = adapter.predictions(fwd)
     leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples, frozen=True)
     chosen = pick(det)
-    scale = inputs.new_tensor([meta['scale_factor'][:2]])
+    scale = scales([meta], inputs)
     for level in det.level[chosen].unique().tolist():
         sel = chosen[det.level[chosen] == level]
         grads, _ = window_grads(adapter, fwd, level, det[sel], target, scale)
@@ -217,13 +225,14 @@ def test_dense_maps_equal_the_oracle_maps(dense):
     det, = explain_batch(model, inputs, samples, mode='exact', smooth=None, normalize=None)
     leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
     meta = samples[0].metainfo
-    strides = [s[0] for s in model.bbox_head.prior_generator.strides]
     for p in pick(det).tolist():
         grads = torch.autograd.grad(res.scores[p], leaves, retain_graph=True,
                                     allow_unused=True)
         level = next(i for i, g in enumerate(grads) if g is not None and g.abs().sum() > 0)
         ref = odam_heatmap(grads[level], leaves[level].detach())
-        ref = resize_maps(ref, strides[level], meta['img_shape'][:2], meta['ori_shape'][:2])
+        origin, image_hw = image_window(meta)
+        stride = inputs.shape[-2] / leaves[level].shape[-2]
+        ref = resize_maps(ref, stride, image_hw, meta['ori_shape'][:2], origin)
         torch.testing.assert_close(det.heatmaps[p], ref[0], rtol=1e-4, atol=1e-6)
 
 
@@ -241,7 +250,6 @@ def test_tood_box_side_maps_take_the_per_detection_fallback(monkeypatch):
     assert any('one backward per prediction' in m for m in logged)
     leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
     meta = samples[0].metainfo
-    strides = [s[0] for s in model.bbox_head.prior_generator.strides]
     checked = 0
     for p in pick(det).tolist():
         if not unclipped(res, p, 'x1', meta, model):
@@ -251,7 +259,9 @@ def test_tood_box_side_maps_take_the_per_detection_fallback(monkeypatch):
         grads = torch.autograd.grad(y, leaves, retain_graph=True, allow_unused=True)
         level = int(det.level[p])
         ref = odam_heatmap(grads[level], leaves[level].detach())
-        ref = resize_maps(ref, strides[level], meta['img_shape'][:2], meta['ori_shape'][:2])
+        origin, image_hw = image_window(meta)
+        stride = inputs.shape[-2] / leaves[level].shape[-2]
+        ref = resize_maps(ref, stride, image_hw, meta['ori_shape'][:2], origin)
         torch.testing.assert_close(det.heatmaps[p], ref[0], rtol=1e-4,
                                    atol=1e-6 * max(1.0, float(ref.abs().max())))
         checked += 1
@@ -360,8 +370,8 @@ def test_cascade_maps_sum_the_stages(two_stage):
 
 # --------------------------------------------------------------------- errors
 @pytest.mark.parametrize('config, head', [('paa/paa_r50_fpn_1x_coco.py', 'PAAHead'),
-                                          ('centernet/centernet_r18_8xb16-crop512-140e_coco.py',
-                                           'CenterNetHead'),
+                                          ('sabl/sabl-retinanet_r50_fpn_1x_coco.py',
+                                           'SABLRetinaHead'),
                                           ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
                                            'RepPointsHead')])
 def test_unsupported_head_is_one_clear_error_before_any_work(config, head):
@@ -403,6 +413,24 @@ def test_tood_explains_exactly_with_a_log_line(monkeypatch):
     torch.testing.assert_close(fast.heatmaps, exact.heatmaps)
 
 
+def test_image_window_is_where_centernets_pipeline_put_the_image():
+    """CenterNet's test pipeline pastes the image, not resized, into a larger canvas: the
+    input at image_window is the image (a grey one: channel order aside), and the
+    explained boxes are mmdet's (the border subtracted)."""
+    import numpy as np
+
+    from odamtrain.inference import pixel_to_input, prepare_batch
+    model = build_zoo_detector('centernet')
+    grey = np.random.default_rng(0).integers(0, 255, (150, 190), dtype=np.uint8)
+    inputs, samples = prepare_batch(model, np.repeat(grey[..., None], 3, 2))
+    (top, left), (h, w) = image_window(samples[0].metainfo)
+    assert (h, w) == (150, 190) and (top, left) != (0, 0)
+    want = pixel_to_input(model, torch.from_numpy(grey).float().expand(3, -1, -1))
+    torch.testing.assert_close(inputs[0, :, top:top + h, left:left + w], want)
+    det, = explain_batch(model, inputs, samples, verify=True)
+    assert len(det) and det.heatmaps.shape[1:] == (150, 190)
+
+
 # ------------------------------------------------------------------- black box
 @pytest.mark.parametrize('name', DENSE + TWO_STAGE + list(DETR_ZOO))
 def test_drise_and_vps_take_every_family_as_a_black_box(name):
@@ -424,14 +452,15 @@ def test_drise_and_vps_take_every_family_as_a_black_box(name):
               seed=0, estimator='coverage')
     det, = explain_batch(model, inputs, samples, method='drise', normalize=None,
                          targets=[target], drise=kw)
-    h, w = meta['img_shape'][:2]
+    (top, left), (h, w) = image_window(meta)  # (CenterNet pastes the image at an offset)
+    window = (Ellipsis, slice(top, top + h), slice(left, left + w))
     cells, shifts = drise_grids(6, 4, 0.5, (h, w), torch.Generator().manual_seed(0))
     masks = drise_masks(cells, shifts, (h, w)).to(inputs)
     black = pixel_to_input(model, inputs.new_zeros(3))[:, None, None]
     weighted = inputs.new_zeros(h, w)
     for m in masks:
         masked = inputs.clone()
-        masked[..., :h, :w] = inputs[..., :h, :w] * m + black * (1 - m)
+        masked[window] = inputs[window] * m + black * (1 - m)
         with torch.no_grad():
             out = model.predict(masked, samples)[0].pred_instances
         same = out.labels == target.labels[0]

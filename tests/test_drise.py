@@ -100,12 +100,16 @@ def test_recovers_the_region_the_detector_looks_at(estimator, away):
         assert sal[inside].mean() > 10 * sal[far].mean()
 
 
-def test_masks_leave_the_padding_of_the_input_alone():
-    """Only the image (top-left image_hw) is masked: the detector sees the padding as it
-    was, and the saliency covers the image."""
+@pytest.mark.parametrize('origin', [(0, 0), (7, 3)])
+def test_masks_leave_the_padding_of_the_input_alone(origin):
+    """Only the image (image_hw from origin: the top-left, or pasted at an offset) is
+    masked: the detector sees the padding as it was, and the saliency covers the image."""
     inputs = torch.rand(1, 3, *HW, generator=torch.Generator().manual_seed(1))
     image_hw = (40, 50)
-    seen = []
+    (top, left), seen = origin, []
+    window = (slice(None), slice(None), slice(top, top + 40), slice(left, left + 50))
+    outside = torch.ones(HW, dtype=torch.bool)
+    outside[window[2:]] = False
 
     def predict(masked):
         seen.append(masked)
@@ -113,16 +117,15 @@ def test_masks_leave_the_padding_of_the_input_alone():
 
     sal = drise_saliency(predict, inputs, BOX, torch.tensor([0]),
                          DriseSettings(num_masks=10, grid=4, batch_size=4, seed=0), fill=-1.0,
-                         image_hw=image_hw)
+                         image_hw=image_hw, origin=origin)
     assert sal.shape == (1, *image_hw)
     masked = torch.cat(seen)
-    assert torch.equal(masked[:, :, 40:], inputs[:, :, 40:].expand(10, -1, -1, -1))
-    assert torch.equal(masked[:, :, :, 50:], inputs[:, :, :, 50:].expand(10, -1, -1, -1))
+    assert torch.equal(masked[:, :, outside], inputs[:, :, outside].expand(10, -1, -1))
     cells, shifts = drise_grids(10, 4, 0.5, image_hw, torch.Generator().manual_seed(0))
     masks = drise_masks(cells, shifts, image_hw)[:, None]
-    torch.testing.assert_close(masked[:, :, :40, :50], -1 + (inputs[:, :, :40, :50] + 1) * masks)
+    torch.testing.assert_close(masked[window], -1 + (inputs[window] + 1) * masks)
     sums = drise_accumulate(region_detector, inputs, BOX, torch.tensor([0]), cells, shifts,
-                            image_hw, torch.full((3, 1, 1), -1.), batch_size=3)
+                            image_hw, torch.full((3, 1, 1), -1.), batch_size=3, origin=origin)
     torch.testing.assert_close(sums.coverage, masks[:, 0].double().sum(0))
     assert sums.count == 10 and sums.weighted.dtype == torch.float64
     torch.testing.assert_close(sal, drise_estimate(sums).float())

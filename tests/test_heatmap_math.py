@@ -105,14 +105,18 @@ def test_resize_crops_padding_and_scales():
 @pytest.mark.parametrize('stride,input_hw,out_hw', [
     (8, (20, 30), (40, 60)), (16, (37, 53), (50, 71)), (32, (100, 70), (100, 70)),
     (1, (9, 11), (5, 23)), (8, (200, 300), (400, 600))])
-def test_resize_equals_upsampling_by_the_stride_then_resizing(stride, input_hw, out_hw):
+@pytest.mark.parametrize('origin', [(0, 0), (5, 1), (16, 29)])
+def test_resize_equals_upsampling_by_the_stride_then_resizing(stride, input_hw, out_hw, origin):
+    """Both paths (matrices for small outputs, two bilinear passes for large ones), the
+    image at the input's top-left or pasted at an offset (CenterNet's canvas)."""
     torch.manual_seed(0)
-    hc, wc = math.ceil(input_hw[0] / stride), math.ceil(input_hw[1] / stride)
+    (top, left), (h, w) = origin, input_hw
+    hc, wc = math.ceil((top + h) / stride), math.ceil((left + w) / stride)
     maps = torch.randn(3, hc + 2, wc + 1, dtype=torch.float64).relu()  # padded batch map
     x = F.interpolate(maps[:, None, :hc, :wc], scale_factor=stride, mode='bilinear',
-                      align_corners=False)[..., :input_hw[0], :input_hw[1]]
+                      align_corners=False)[..., top:top + h, left:left + w]
     ref = F.interpolate(x, size=out_hw, mode='bilinear', align_corners=False)[:, 0]
-    got = resize_maps(maps, stride, input_hw, out_hw)
+    got = resize_maps(maps, stride, input_hw, out_hw, origin)
     torch.testing.assert_close(got, ref)
     assert got.min() >= 0  # convex combinations of maps >= 0
 

@@ -20,14 +20,15 @@ def with_odam_nms(model, corr_low, corr_high, **nms):
     IoU threshold, installed as OdamRunner does."""
     odam = copy.deepcopy(model)
     head = odam.roi_head if hasattr(odam, 'roi_head') else odam.bbox_head
-    iou = head.test_cfg.nms.get('iou_threshold', 0.5)
+    iou = head.test_cfg.get('nms', {}).get('iou_threshold', 0.5)
     head.test_cfg.nms = dict(type='odam_nms', iou_threshold=iou, corr_low=corr_low,
                              corr_high=corr_high, **nms)
     return install_odam(odam)
 
 
-# (RTMDet-Ins and CondInst make masks of what their NMS keeps: Odam-NMS is refused, below)
-WITH_NMS = [n for n in DENSE + TWO_STAGE if n not in ('rtmdet-ins', 'condinst')]
+# (RTMDet-Ins and CondInst make masks of what their NMS keeps, CenterNet has no NMS:
+# Odam-NMS is refused for them, below)
+WITH_NMS = [n for n in DENSE + TWO_STAGE if n not in ('rtmdet-ins', 'condinst', 'centernet')]
 
 
 @pytest.mark.parametrize('name', WITH_NMS)
@@ -49,7 +50,8 @@ def test_limit_is_exactly_mmdet_nms_for_every_family(name, rescale):
 
 
 @pytest.mark.parametrize('name, why', [('rtmdet-ins', 'RTMDetInsSepBNHead: .*masks of the kept'),
-                                       ('condinst', 'CondInstBboxHead: .*dynamic parameters')])
+                                       ('condinst', 'CondInstBboxHead: .*dynamic parameters'),
+                                       ('centernet', 'CenterNetHead: .*no NMS')])
 def test_odam_nms_is_refused_where_the_nms_feeds_more_than_boxes(name, why):
     with pytest.raises(ValueError, match=why):
         with_odam_nms(build_zoo_detector(name), 0.2, 0.8)

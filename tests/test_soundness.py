@@ -43,8 +43,6 @@ REFUSED = {
                   'GridRoIHead.predict_bbox'),
     'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', 'SparseRoIHead.predict_bbox'),
     'paa': ('paa/paa_r50_fpn_1x_coco.py', 'PAAHead._predict_by_feat_single'),
-    'centernet': ('centernet/centernet_r18_8xb16-crop512-140e_coco.py',
-                  'CenterNetHead.predict_by_feat'),
     'reppoints': ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
                   'RepPointsHead._predict_by_feat_single'),
     'crowddet': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',

@@ -31,6 +31,8 @@ ZOO = {
                  dict(feat_channels=32)),
     'yolox': ('yolox/yolox_tiny_8xb8-300e_coco.py', dict()),
     'yolov3': ('yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', dict()),
+    'centernet': ('centernet/centernet_r18_8xb16-crop512-140e_coco.py',
+                  dict(in_channels=32, feat_channels=32)),
     'faster-rcnn': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', dict()),
     'mask-rcnn': ('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', dict()),
     'cascade-rcnn': ('cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', dict()),
@@ -73,7 +75,10 @@ def zoo_config(name: str, num_classes: int = 3):
     path, head_options = ZOO[name]
     cfg = get_config(f'mmdet::{path}')
     model = cfg.model
-    if model.backbone.type == 'ResNet':
+    if model.neck.type == 'CTResNetNeck':  # CenterNet: the last stage, upsampled
+        model.backbone = dict(NARROW_RESNET['backbone'], out_indices=(3,))
+        model.neck.update(in_channels=64, num_deconv_filters=(32, 32, 32))
+    elif model.backbone.type == 'ResNet':
         model.backbone = NARROW_RESNET['backbone']
         model.neck.update(NARROW_RESNET['neck'])
     else:
@@ -102,6 +107,8 @@ def zoo_config(name: str, num_classes: int = 3):
             if 'mask_head' in model:  # CondInst's mask branch reads the neck too
                 model.mask_head.mask_feature_head.in_channels = 32
         model.test_cfg.update(score_thr=0.0, nms_pre=100, max_per_img=30)
+        if model.bbox_head.type == 'CenterNetHead':  # its top-k is all it keeps
+            model.test_cfg.topk = 30
         if model.bbox_head.type == 'YOLOXHead':  # YOLOX ignores max_per_img
             model.test_cfg.score_thr = 0.3
     _tiny_pipeline(cfg)
@@ -162,6 +169,8 @@ def _spread_outputs(model, seed):
             p.data = torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5
         else:
             p.data = torch.randn(p.shape, generator=g) * 0.1
+    if hasattr(head, 'wh_head'):  # CenterNet: box sizes of a few cells (not < 0: IoU 0)
+        head.wh_head[-1].bias.data += 6.0
 
 
 def zoo_batch(model, seed: int = 0):

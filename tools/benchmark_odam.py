@@ -38,6 +38,9 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'cascade-rcnn': 'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
     'double-head-rcnn': 'mmdet::double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
     'yolov3': 'mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
+    'rtmdet-ins-l': 'mmdet::rtmdet/rtmdet-ins_l_8xb32-300e_coco.py',
+    'condinst': 'mmdet::condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
+    'centernet': 'mmdet::centernet/centernet_r18_8xb16-crop512-140e_coco.py',
     'detr': 'mmdet::detr/detr_r50_8xb2-150e_coco.py',
     'dino': 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
 }
@@ -64,9 +67,9 @@ def build(family: str, n: int):
     elif 'roi_head' in cfg.model:
         cfg.model.test_cfg.rpn.update(nms_pre=max(1000, n), max_per_img=max(1000, n))
         cfg.model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=n, nms=keep_all)
-    else:  # (YOLOX ignores max_per_img: its NMS keeps at most n)
+    else:  # (YOLOX ignores max_per_img: its NMS keeps at most n; CenterNet keeps its top-k)
         cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n, conf_thr=-1,
-                                  nms=dict(keep_all, max_num=n))
+                                  nms=dict(keep_all, max_num=n), topk=n)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).eval()
     model.cfg = cfg
@@ -80,7 +83,8 @@ def batch(size: int, device: str = 'cpu'):
     inputs = inputs.to(device)
     sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
                                          pad_shape=(size, size), scale_factor=(1.0, 1.0),
-                                         batch_input_shape=(size, size)))
+                                         batch_input_shape=(size, size),
+                                         border=(0, size, 0, size)))  # (CenterNet reads it)
     return inputs, [sample]
 
 
@@ -186,7 +190,7 @@ def accuracy(config: str, checkpoint: str, images: list) -> list:
             win, _ = window_grads(adapter, fwd, level, d, 'score', scale)
             ys, xs, _ = adapter.location(level, d.prior, (h, w))
             fast = paste_windows(win, ys, xs, (h, w))
-            stride = float(adapter.stride(d.level[:1], feat)[0])
+            stride = adapter.level_stride(fwd, level)
             sigma = box_sigma(d.bboxes * scale.repeat(1, 2), stride)
             m_fast, m_exact = odam_heatmap(fast, feat, sigma), odam_heatmap(exact, feat, sigma)
             both_zero = (m_fast.flatten(1).sum(1) == 0) & (m_exact.flatten(1).sum(1) == 0)

@@ -40,6 +40,7 @@ from mmengine.structures import InstanceData
 
 from odamtrain.apis import explain_batch, pixel_to_input, predict_fn
 from odamtrain.explain import METHODS, DriseSettings, ExplanationSettings, VpsSettings
+from odamtrain.inference import image_window
 
 from .functional import (
     EVIDENCES,
@@ -217,8 +218,8 @@ def score_objects(model, inputs: torch.Tensor, meta: dict, maps: torch.Tensor,
         3, *inputs.shape[-2:], generator=_image_generator(settings.seed, meta)).to(inputs) * 255)
     black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))
     on_input = _maps_on_input(maps, meta, inputs.shape[-2:])
-    scale = inputs.new_tensor(meta['scale_factor'][:2])
-    h, w = meta['img_shape'][:2]
+    scale = inputs.new_tensor(meta.get('scale_factor', (1.0, 1.0))[:2])
+    _, (h, w) = image_window(meta)
     predict = predict_fn(model, meta)
     for k, (g, label) in enumerate(zip(gt_index.tolist(), labels.tolist())):
         box = gt_boxes[g]
@@ -370,10 +371,10 @@ def summarize_scores(raw: dict) -> dict:
 
 def _maps_on_input(maps: torch.Tensor, meta: dict, pad_hw) -> torch.Tensor:
     """(K, H_ori, W_ori) maps -> (K, H_pad, W_pad) on the network input (resized to the
-    unpadded input, zero in the padding)."""
-    h, w = meta['img_shape'][:2]
+    image in it, zero in the padding)."""
+    (top, left), (h, w) = image_window(meta)
     out = maps.new_zeros(len(maps), *pad_hw)
     if len(maps):
-        out[:, :h, :w] = F.interpolate(maps[:, None], size=(h, w), mode='bilinear',
-                                       align_corners=False)[:, 0]
+        out[:, top:top + h, left:left + w] = F.interpolate(
+            maps[:, None], size=(h, w), mode='bilinear', align_corners=False)[:, 0]
     return out

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from mmengine.structures import InstanceData
 
+from odamtrain.inference import image_window
+
 from .batched_autograd import batched_vjps
 from .conv_towers import (
     TowerRecord,
@@ -125,7 +127,7 @@ def final_window_grads(adapter, fwd: DenseForward, level: int, preds: InstanceDa
         reg_win = gather_windows(_tower_output(fwd, reg_layers, level, feat), preds.img, ys,
                                  xs, r).detach().requires_grad_(True)
         rows = adapter.rows_at(level, adapter.final_layers(level, cls_win, reg_win), anchor)
-        y = adapter.attribute_of_rows(target, rows, preds, adapter.prior_coords(fwd.feats, preds),
+        y = adapter.attribute_of_rows(target, rows, preds, adapter.prior_coords(fwd, preds),
                               scale[preds.img])
         return torch.autograd.grad(y.sum(), [cls_win, reg_win], allow_unused=True,
                                    create_graph=create_graph)
@@ -174,7 +176,7 @@ def exact_grads(adapter, fwd: DenseForward, level: int, preds: InstanceData, tar
         feats = [leaf if i == level else f.detach() for i, f in enumerate(fwd.feats)]
         outputs = adapter.head(feats)
         y = adapter.attribute_of_rows(target, adapter.rows(outputs, preds), preds,
-                              adapter.prior_coords(fwd.feats, preds), scale[preds.img])
+                              adapter.prior_coords(fwd, preds), scale[preds.img])
     for idx, (g,) in batched_vjps(y, [leaf], chunk, type(adapter.head).__name__):
         yield idx, g[torch.arange(len(idx)), preds.img[idx]]  # g: [n, B, C, h, w]
 
@@ -224,7 +226,7 @@ def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData,
     feat = fwd.feats[level]
     h, w = feat.shape[-2:]
     b = preds.img
-    stride = adapter.stride(preds.level[:1], feat)[0] if len(preds) else 1
+    stride = adapter.level_stride(fwd, level)
     sigma = None
     if method == 'odam' and smooth == 'gaussian':
         sigma = box_sigma(preds.bboxes * scale[b].repeat(1, 2), stride, max_sigma=max(h, w))
@@ -284,18 +286,19 @@ def dense_heatmaps(adapter, fwd: DenseForward, dets: list, settings: Explanation
     with torch.no_grad():
         for det, meta in zip(dets, fwd.metas):
             out_hw = output_size(meta['ori_shape'][:2], settings.map_size)
+            origin, image_hw = image_window(meta)
             preds = InstanceData(**{k: det.get(k) for k in ('img', 'level', 'prior', 'labels',
                                                              'bboxes')})
             heatmaps = fwd.feats[0].new_empty(len(det), *out_hw)  # every row is written
             for level in det.level.unique().tolist():
                 idx = (det.level == level).nonzero()[:, 0]
-                stride = float(adapter.stride(det.level[idx[:1]], heatmaps)[0])
+                stride = adapter.level_stride(fwd, level)
                 for part in idx.split(CHUNK):
                     maps = level_maps(adapter, fwd, level, preds[part], settings,
                                       modes[level], scale)
                     for j in range(0, len(part), RESIZE_CHUNK):  # (n, H, W) temporaries
                         heatmaps[part[j:j + RESIZE_CHUNK]] = resize_maps(
-                            maps[j:j + RESIZE_CHUNK], stride, meta['img_shape'][:2], out_hw)
+                            maps[j:j + RESIZE_CHUNK], stride, image_hw, out_hw, origin)
             det.heatmaps = heatmaps
 
 
@@ -311,6 +314,6 @@ def dense_train_maps(adapter, fwd: DenseForward, positives: InstanceData, grid_h
         idx = (positives.level == level).nonzero()[:, 0]
         level_map = level_maps(adapter, fwd, level, positives[idx], TRAIN_MAPS, 'windows',
                                scale, create_graph=second_order)
-        stride = float(adapter.stride(positives.level[idx[:1]], level_map)[0])
+        stride = adapter.level_stride(fwd, level)
         maps[idx] = resample_maps(level_map, stride, map_stride, grid_hw)
     return maps

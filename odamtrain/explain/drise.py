@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from odamtrain.inference import pixel_to_input
+from odamtrain.inference import image_window, pixel_to_input
 from odamtrain.structures import best_candidates
 
 from .evidence import evidence_fn
@@ -93,21 +93,22 @@ class DriseSums(NamedTuple):
 def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
                      target_labels: torch.Tensor, cells: torch.Tensor, shifts: torch.Tensor,
                      image_hw: tuple[int, int], fill: torch.Tensor, batch_size: int = 32,
-                     progress: Callable | None = None):
+                     progress: Callable | None = None, origin: tuple[int, int] = (0, 0)):
     """Run the masks of ``cells`` / ``shifts`` (:func:`drise_grids`) through the detector.
 
     Args:
         predict: masked inputs (b, 3, H, W) -> b detections, each (boxes (D, 4), labels (D,),
             scores (D,)) in the pixels of ``target_boxes``.
-        inputs: (1, 3, H, W); the masks cover its top-left ``image_hw`` (the image), the
-            rest (padding) is left as it is.
+        inputs: (1, 3, H, W); the masks cover the image in it (``image_hw`` from
+            ``origin``, (top, left)), the rest (padding) is left as it is.
         target_boxes: (T, 4) x1y1x2y2, target_labels: (T,).
         fill: (3, 1, 1) what a masked pixel becomes, in ``inputs``' units.
     Returns:
         :class:`DriseSums` of these masks.
     """
-    h, w = image_hw
-    image = inputs[:, :, :h, :w]
+    (top, left), (h, w) = origin, image_hw
+    window = (slice(None), slice(None), slice(top, top + h), slice(left, left + w))
+    image = inputs[window]
     diff = image - fill  # masked = fill + (image - fill) * mask: one fused op per batch
     sums = dict(dtype=torch.float64, device=inputs.device)  # contrast subtracts large sums
     weighted = torch.zeros(len(target_boxes), h, w, **sums)
@@ -117,7 +118,7 @@ def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torc
         sl = slice(start, start + batch_size)
         masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
         masked = inputs.repeat(len(masks), 1, 1, 1)
-        masked[:, :, :h, :w] = torch.addcmul(fill, diff, masks[:, None])
+        masked[window] = torch.addcmul(fill, diff, masks[:, None])
         weights = torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
                                for det in predict(masked)])  # [b, T]
         weights, masks = weights.double(), masks.double()
@@ -150,7 +151,8 @@ def drise_estimate(sums: DriseSums, estimator: str = 'contrast') -> torch.Tensor
 def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.Tensor,
                    target_labels: torch.Tensor, settings: DriseSettings = DriseSettings(),
                    fill: float | torch.Tensor = 0., image_hw: tuple[int, int] | None = None,
-                   progress: Callable | None = None) -> torch.Tensor:
+                   progress: Callable | None = None,
+                   origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """D-RISE saliency of T targets of one image.
 
     Args:
@@ -163,8 +165,8 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
             (module).
         fill: what a masked pixel becomes (a value or a (3,) per channel, in ``inputs``'
             units; D-RISE multiplies the image by the mask, i.e. black).
-        image_hw: the image's (h, w) inside ``inputs`` (the rest is padding, not masked);
-            None: all of it.
+        image_hw: the image's (h, w) inside ``inputs``, from ``origin`` (top, left) (the
+            rest is padding, not masked); None: all of it.
         progress: called with the number of masks done after each batch.
     Returns:
         (T, h, w) saliency.
@@ -175,7 +177,7 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
                                 torch.Generator().manual_seed(s.seed))
     fill = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).reshape(-1, 1, 1)
     sums = drise_accumulate(predict, inputs, target_boxes, target_labels, cells, shifts, hw,
-                            fill, s.batch_size, progress)
+                            fill, s.batch_size, progress, origin)
     return drise_estimate(sums, s.estimator).to(inputs.dtype)
 
 
@@ -189,9 +191,8 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
     stays as it is. Cost: ``num_masks / batch_size`` batched forwards, shared by the
     targets."""
     fill = pixel_to_input(model, inputs.new_zeros(3))
-    hw = tuple(meta['img_shape'][:2])
+    origin, hw = image_window(meta)
     with torch.no_grad():
         sal = drise_saliency(evidence_fn(model, meta, settings.evidence), inputs, boxes, labels,
-                             settings, fill, hw,
-                             progress)
+                             settings, fill, hw, progress, origin)
     return resize_maps(sal, 1, hw, output_size(meta['ori_shape'][:2], map_size))

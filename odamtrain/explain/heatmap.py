@@ -199,49 +199,54 @@ def output_size(ori_hw, map_size) -> tuple[int, int]:
 
 
 def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
-                out_hw: tuple[int, int]) -> torch.Tensor:
+                out_hw: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """Feature-map heat maps -> image heat maps.
 
-    The map is cropped to the cells that cover the unpadded network input
-    (``ceil(input / stride)``), upsampled bilinearly by ``stride``, cropped to the input size
-    and resized bilinearly to ``out_hw`` (e.g. the original image). Both steps take convex
-    combinations of cells, so maps >= 0 stay >= 0.
+    The map is cropped to the cells that cover the image in the network input
+    (``ceil((origin + input) / stride)``), upsampled bilinearly by ``stride``, cropped to
+    the image (``input_hw`` from ``origin``) and resized bilinearly to ``out_hw`` (e.g. the
+    original image). Both steps take convex combinations of cells, so maps >= 0 stay >= 0.
 
     Args:
         maps: (N, h, w) on a feature map of the given stride (padded batch size allowed).
-        input_hw: (h_in, w_in) unpadded network input size.
+        input_hw: (h_in, w_in) the image's size in the network input (unpadded).
         out_hw: (H, W) output size.
+        origin: (top, left) of the image in the network input
+            (:func:`~odamtrain.inference.image_window`).
     Returns:
         (N, H, W).
     """
     n = maps.shape[0]
-    hc, wc = math.ceil(input_hw[0] / stride), math.ceil(input_hw[1] / stride)
+    (top, left), (h_in, w_in) = origin, input_hw
+    hc, wc = math.ceil((top + h_in) / stride), math.ceil((left + w_in) / stride)
     if n == 0:
         return maps.new_zeros(0, *out_hw)
     out_cells = out_hw[0] * out_hw[1]
-    if out_cells * wc > 8 * (input_hw[0] * input_hw[1] + out_cells):
+    if out_cells * wc > 8 * (h_in * w_in + out_cells):
         # a large output: two bilinear passes cost less than the dense matrices
         x = F.interpolate(maps[:, None, :hc, :wc], size=(hc * int(round(stride)),
                                                           wc * int(round(stride))),
-                          mode='bilinear', align_corners=False)[..., :input_hw[0], :input_hw[1]]
+                          mode='bilinear', align_corners=False)[..., top:top + h_in,
+                                                                left:left + w_in]
         if tuple(x.shape[-2:]) != tuple(out_hw):
             x = F.interpolate(x, size=tuple(out_hw), mode='bilinear', align_corners=False)
         return x[:, 0]
     # a small output (e.g. Odam-NMS's short edge 50): one matrix per axis
-    rows = _resize_matrix(hc, stride, input_hw[0], out_hw[0], maps)  # [H, hc]
-    cols = _resize_matrix(wc, stride, input_hw[1], out_hw[1], maps)  # [W, wc]
+    rows = _resize_matrix(hc, stride, top, h_in, out_hw[0], maps)  # [H, hc]
+    cols = _resize_matrix(wc, stride, left, w_in, out_hw[1], maps)  # [W, wc]
     return rows @ maps[:, :hc, :wc] @ cols.T
 
 
-def _resize_matrix(cells: int, stride: float, size_in: int, size_out: int,
+def _resize_matrix(cells: int, stride: float, start: int, size_in: int, size_out: int,
                    like: torch.Tensor) -> torch.Tensor:
     """(size_out, cells): :func:`resize_maps` along one axis as a matrix: linear upsampling
-    of ``cells`` by the integer stride, crop to ``size_in``, linear resampling to
-    ``size_out`` (both like ``F.interpolate(..., align_corners=False)``; bilinear resizing
-    is separable, so one matrix per axis gives the two-step resize in two products)."""
+    of ``cells`` by the integer stride, crop to ``size_in`` from ``start``, linear
+    resampling to ``size_out`` (both like ``F.interpolate(..., align_corners=False)``;
+    bilinear resizing is separable, so one matrix per axis gives the two-step resize in two
+    products)."""
     eye = torch.eye(cells, dtype=like.dtype, device=like.device)[None]  # [1, cells, cells]
     up = F.interpolate(eye, size=cells * int(round(stride)), mode='linear',
-                       align_corners=False)[0, :, :size_in]  # [cells, size_in]
+                       align_corners=False)[0, :, start:start + size_in]  # [cells, size_in]
     if size_in != size_out:
         up = F.interpolate(up[None], size=size_out, mode='linear', align_corners=False)[0]
     return up.T

@@ -213,6 +213,7 @@ class DetectorAdapter(abc.ABC):
 
 
 def scales(metas: list, like: torch.Tensor) -> torch.Tensor:
-    """(B, 2) input / original (w, h) of each image."""
-    return torch.tensor([m['scale_factor'][:2] for m in metas], dtype=like.dtype,
-                        device=like.device)
+    """(B, 2) input / original (w, h) of each image (1 where the pipeline does not resize:
+    no ``scale_factor``)."""
+    return torch.tensor([m.get('scale_factor', (1.0, 1.0))[:2] for m in metas],
+                        dtype=like.dtype, device=like.device)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from mmengine.structures import InstanceData
 
+from odamtrain.inference import image_window
+
 from .heatmap import (
     SIGMA_PER_BOX_SIZE,
     box_sigma,
@@ -81,10 +83,13 @@ def roi_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
             ori_h, ori_w = meta['ori_shape'][:2]
             # a RoI in input pixels -> original pixels -> the output map's pixels
             to_out = scale[i].new_tensor([out_hw[1] / ori_w, out_hw[0] / ori_h]) / scale[i]
+            (top, left), _ = image_window(meta)
+            origin = scale[i].new_tensor([left, top]).repeat(2)
             det.heatmaps = fwd.roi_feats[0].new_zeros(len(det), *out_hw)
             for rois, maps in zip(fwd.rois, stage_maps):
                 det.heatmaps += paste_roi_maps(maps[start:start + len(det)],
-                                               rois[det.roi, 1:] * to_out.repeat(2), out_hw)
+                                               (rois[det.roi, 1:] - origin) * to_out.repeat(2),
+                                               out_hw)
             start += len(det)
 
 
@@ -169,9 +174,9 @@ def fpn_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
             for j, p in enumerate(part.tolist()):
                 b = int(preds.img[p])
                 out = dets[b].heatmaps
-                out[p - int(offsets[b])] = resize_maps(maps[j:j + 1], strides[lvl],
-                                                       metas[b]['img_shape'][:2],
-                                                       out.shape[-2:])[0]
+                origin, image_hw = image_window(metas[b])
+                out[p - int(offsets[b])] = resize_maps(maps[j:j + 1], strides[lvl], image_hw,
+                                                       out.shape[-2:], origin)[0]
 
 
 def roi_positive_maps(bbox_results: dict, positives: InstanceData, grid_hw, map_stride: int,

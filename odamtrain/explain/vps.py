@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from skimage.segmentation import slic
 
-from odamtrain.inference import input_to_rgb, pixel_to_input
+from odamtrain.inference import image_window, input_to_rgb, pixel_to_input
 from odamtrain.structures import detection_evidence
 
 from .evidence import evidence_fn
@@ -215,7 +215,8 @@ def vps_forward_count(settings: VpsSettings = VpsSettings(), regions: int | None
 def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tensor,
                  target_label: int, regions: torch.Tensor, baseline: torch.Tensor,
                  settings: VpsSettings = VpsSettings(),
-                 input_scale: tuple[float, float] = (1.0, 1.0)):
+                 input_scale: tuple[float, float] = (1.0, 1.0),
+                 input_origin: tuple[float, float] = (0.0, 0.0)):
     """VPS map of one target.
 
     Args:
@@ -225,8 +226,9 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
         settings: the search (``search``, ``window``, ``head``, ``box_slots``,
             ``max_steps``: module) and ``batch_size`` images per forward (its ``regions``
             and ``segmentation`` are the caller's, who made ``regions``).
-        input_scale: (w, h) factors from the pixels of ``target_box`` to the input's (mmdet's
-            ``scale_factor``), to find the regions of the box.
+        input_scale, input_origin: (w, h) factors and (x, y) offset from the pixels of
+            ``target_box`` to the input's (mmdet's ``scale_factor``; the image's left and top
+            in the input), to find the regions of the box.
     Returns:
         (saliency (H, W) >= 0, order, values, forwards): the map (attribution of each region
         spread over its pixels), the search order, F after each step and the number of
@@ -257,7 +259,8 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
     if s.search == 'greedy':
         order, values = greedy_order(objective, len(regions), s.max_steps)
     else:
-        box = target_box * target_box.new_tensor(input_scale).repeat(2)
+        box = (target_box * target_box.new_tensor(input_scale).repeat(2)
+               + target_box.new_tensor(input_origin).repeat(2))
         order, values = windowed_order(objective, len(regions), s.window, s.head, s.max_steps,
                                        float(empty), box_regions(regions, box), s.box_slots)
     attribution = rank_attribution(order, values, len(regions), float(empty))
@@ -275,19 +278,20 @@ def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor
     targets; removed pixels black, the padding left as it is. Cost per target:
     :func:`vps_forward_count` images in batches of ``batch_size``."""
     regions, segmentation = settings.regions, settings.segmentation
-    h, w = meta['img_shape'][:2]
+    (top, left), (h, w) = image_window(meta)
+    window = (slice(None), slice(top, top + h), slice(left, left + w))
     out_hw = output_size(meta['ori_shape'][:2], map_size)
     if not len(boxes):
         return inputs.new_zeros(0, *out_hw)
-    cells = (slico_regions(input_to_rgb(model, inputs[0, :, :h, :w]), regions)
+    cells = (slico_regions(input_to_rgb(model, inputs[0][window]), regions)
              if segmentation == 'slico' else grid_regions((h, w), regions))
     masks = torch.zeros(len(cells), *inputs.shape[-2:], dtype=torch.bool)
-    masks[:, :h, :w] = cells
+    masks[window] = cells
     baseline = inputs[0].clone()  # the padding stays as it is in every image
-    baseline[:, :h, :w] = pixel_to_input(model, inputs.new_zeros(3, h, w))
+    baseline[window] = pixel_to_input(model, inputs.new_zeros(3, h, w))
     maps, predict = [], evidence_fn(model, meta, settings.evidence)
     with torch.no_grad():
         for box, label in zip(boxes, labels.tolist()):
             maps.append(vps_saliency(predict, inputs, box, label, masks, baseline, settings,
-                                     meta['scale_factor'][:2])[0])
-    return resize_maps(torch.stack(maps), 1, (h, w), out_hw)
+                                     meta.get('scale_factor', (1.0, 1.0))[:2], (left, top))[0])
+    return resize_maps(torch.stack(maps), 1, (h, w), out_hw, (top, left))

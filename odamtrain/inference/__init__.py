@@ -1,5 +1,6 @@
 """Detector input / output: images -> preprocessed batches, black-box predictions."""
 from .batch import (
+    image_window,
     input_to_rgb,
     pixel_to_input,
     plain_nms,
@@ -9,4 +10,4 @@ from .batch import (
 )
 
 __all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input',
-           'input_to_rgb', 'plain_nms']
+           'input_to_rgb', 'plain_nms', 'image_window']

@@ -11,7 +11,7 @@ from mmdet.structures import DetDataSample
 from mmdet.utils import get_test_pipeline_cfg
 
 __all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input',
-           'input_to_rgb', 'plain_nms']
+           'input_to_rgb', 'plain_nms', 'image_window']
 
 
 def _test_pipeline(model, img, with_annotations: bool) -> Compose:
@@ -105,6 +105,19 @@ def input_to_rgb(model, inputs: torch.Tensor) -> torch.Tensor:
     if not getattr(prep, '_channel_conversion', False):  # mmdet loads BGR
         pixels = pixels.flip(0)
     return pixels.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+def image_window(meta: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where the image lies in the network input: ``((top, left), (h, w))`` in input pixels.
+    mmdet's pipelines put the (resized) image at the top-left, ``img_shape`` big, padding
+    right and below; CenterNet's test-time ``RandomCenterCropPad`` pastes it into a larger
+    canvas (then ``img_shape``) at an offset it records as ``border`` (top, bottom, left,
+    right)."""
+    if meta.get('border') is not None:
+        top, bottom, left, right = (int(round(float(v))) for v in meta['border'][:4])
+        return (top, left), (bottom - top, right - left)
+    h, w = meta['img_shape'][:2]
+    return (0, 0), (int(h), int(w))
 
 
 def pixel_to_input(model, pixels: torch.Tensor) -> torch.Tensor:

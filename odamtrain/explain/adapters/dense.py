@@ -22,6 +22,7 @@ import torch
 from mmdet.models.dense_heads import (
     ATSSHead,
     AutoAssignHead,
+    CenterNetHead,
     CondInstBboxHead,
     CondInstMaskHead,
     FCOSHead,
@@ -46,6 +47,8 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
+from odamtrain.inference import image_window
+
 from ..conv_towers import tower_support
 from ..dense_gradients import (
     DenseForward,
@@ -64,8 +67,8 @@ from ..protocol import (
 
 __all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter',
            'GFLAdapter', 'FCOSAdapter', 'CondInstAdapter', 'AutoAssignAdapter', 'FoveaAdapter',
-           'TOODAdapter', 'RTMDetAdapter', 'RTMDetInsAdapter', 'YOLOXAdapter', 'YOLOv3Adapter',
-           'DENSE_ADAPTERS']
+           'TOODAdapter', 'RTMDetAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter', 'YOLOXAdapter',
+           'YOLOv3Adapter', 'DENSE_ADAPTERS']
 
 
 def selection(*head_methods) -> tuple:
@@ -152,8 +155,10 @@ class DenseHeadAdapter(DetectorAdapter):
         return self.head.prior_generator.grid_priors(sizes, dtype=like.dtype,
                                                      device=like.device)
 
-    def prior_coords(self, feats, preds: InstanceData) -> torch.Tensor:
-        """(n, P) the prior of each prediction (``level``, ``prior``) on these levels."""
+    def prior_coords(self, fwd: DenseForward, preds: InstanceData) -> torch.Tensor:
+        """(n, P) the prior of each prediction (``level``, ``prior``) on the forward's
+        levels."""
+        feats = fwd.feats
         key = (tuple(tuple(f.shape[-2:]) for f in feats), feats[0].dtype, feats[0].device)
         if key not in self._priors:
             self._priors = {key: self.priors([f.shape[-2:] for f in feats], feats[0])}
@@ -273,14 +278,14 @@ class DenseHeadAdapter(DetectorAdapter):
     def attribute(self, target, fwd, preds):
         scale = scales(fwd.metas, fwd.feats[0])[preds.img]
         return self.attribute_of_rows(target, self.rows(fwd.outputs, preds), preds,
-                                      self.prior_coords(fwd.feats, preds), scale)
+                                      self.prior_coords(fwd, preds), scale)
 
     def leaf_attribute(self, target, fwd, preds):
         with torch.enable_grad():
             leaves = [f.detach().requires_grad_(True) for f in fwd.feats]
             outputs = self.head(leaves)
             y = self.attribute_of_rows(target, self.rows(outputs, preds), preds,
-                                       self.prior_coords(leaves, preds),
+                                       self.prior_coords(fwd, preds),
                                        scales(fwd.metas, leaves[0])[preds.img])
         return y, leaves, preds.img
 
@@ -325,7 +330,12 @@ class DenseHeadAdapter(DetectorAdapter):
         """(n, 4) x1y1x2y2 boxes in input pixels, mmdet's decoding without clipping."""
         return self.head.bbox_coder.decode(prior_coords, rows.reg)
 
+    def level_stride(self, fwd: DenseForward, level: int) -> float:
+        """Input pixels per cell of a level of the forward."""
+        return float(self.head.prior_generator.strides[level][0])
+
     def stride(self, level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(n,) the stride of each prediction's ``level``."""
         strides = torch.tensor([s[0] for s in self.head.prior_generator.strides],
                                dtype=like.dtype, device=like.device)
         return strides[level]
@@ -355,7 +365,7 @@ class DenseHeadAdapter(DetectorAdapter):
         """``pos`` with its predicted ``bboxes`` (input pixels) and their ``ious`` with
         ``gt_bboxes`` (n, 4)."""
         with torch.no_grad():
-            coords = self.prior_coords(fwd.feats, pos)
+            coords = self.prior_coords(fwd, pos)
             pos.bboxes = self.decode(self.rows(fwd.outputs, pos), pos, coords).detach()
             pos.ious = bbox_overlaps(pos.bboxes, gt_bboxes, is_aligned=True)
         return pos
@@ -732,6 +742,104 @@ class RTMDetInsAdapter(RTMDetAdapter):
                 'does not make')
 
 
+class CenterNetAdapter(DenseHeadAdapter):
+    """CenterNet: one level (the neck's), a class heat map (sigmoid in the head), box sizes
+    and centre offsets in cells; its own selection (``_decode_heatmap``): 3 x 3 local
+    maxima of the heat map, the top ``test_cfg.topk`` over (cell, class), no score
+    threshold and no NMS (mmdet's ``predict`` leaves ``with_nms`` off); boxes
+    ``(cell + offset -+ size / 2) x input / feature size``, less the ``border`` where its
+    test pipeline pasted the image (:func:`~odamtrain.inference.image_window`). Its heads
+    are conv-ReLU-conv branches without towers: exact mode."""
+    head_type = CenterNetHead
+    reproduces = selection(CenterNetHead.predict_by_feat, CenterNetHead._predict_by_feat_single,
+                           CenterNetHead._decode_heatmap)
+    features = ('auto', 'neck')
+
+    def split(self, outputs):
+        """(class heat maps, [sizes (2), offsets (2)], None) per level."""
+        return outputs[0], [torch.cat(o, 1) for o in zip(outputs[1], outputs[2])], None
+
+    def num_priors(self, level):
+        return 1
+
+    def level_stride(self, fwd, level):
+        return fwd.metas[0]['batch_input_shape'][0] / fwd.feats[level].shape[-2]
+
+    def prior_coords(self, fwd, preds):
+        """(n, 6): each prediction's cell (x, y), its image's input / feature size ratios
+        (x, y) and the image's (left, top) in the input."""
+        h, w = fwd.feats[0].shape[-2:]
+        like = fwd.feats[0]
+        per_img = like.new_tensor([
+            [m['batch_input_shape'][1] / w, m['batch_input_shape'][0] / h,
+             image_window(m)[0][1], image_window(m)[0][0]] for m in fwd.metas])
+        cells = torch.stack([preds.prior % w, preds.prior // w], 1).to(like)
+        return torch.cat([cells, per_img[preds.img]], 1)
+
+    def decode(self, rows, preds, prior_coords):
+        size, offset = rows.reg[:, :2], rows.reg[:, 2:]
+        centre = prior_coords[:, :2] + offset
+        ratio, origin = prior_coords[:, 2:4], prior_coords[:, 4:]
+        return torch.cat([(centre - size / 2) * ratio - origin,
+                          (centre + size / 2) * ratio - origin], 1)
+
+    def score(self, rows, labels):
+        return rows.cls.gather(1, labels[:, None])[:, 0]
+
+    def logit(self, rows, labels):
+        """The heat map's logit (its head applies the sigmoid): log(p / (1 - p))."""
+        return inverse_sigmoid(self.score(rows, labels), eps=1e-6)
+
+    @contextlib.contextmanager
+    def provenance(self):
+        """Inside, the top-k of each image's heat map (``get_topk_from_heatmap``, as the
+        head's module calls it, one image at a time) is recorded: yields the list of
+        (cells (k,), classes (k,)) per image."""
+        module = sys.modules[CenterNetHead._decode_heatmap.__module__]
+        original, kept = module.get_topk_from_heatmap, []
+
+        def recording(scores, k=20):
+            out = original(scores, k)
+            kept.append((out[1][0], out[2][0]))
+            return out
+
+        module.get_topk_from_heatmap = recording
+        try:
+            yield kept
+        finally:
+            module.get_topk_from_heatmap = original
+
+    def predictions(self, fwd, cfg=None, with_nms=False):
+        """mmdet's ``predict_by_feat`` (``cfg`` replaces the head's ``test_cfg``), with
+        provenance; CenterNet's detections are its candidates (no NMS)."""
+        head, original_cfg = self.head, self.head.test_cfg
+        head.test_cfg = original_cfg if cfg is None else cfg
+        try:
+            with torch.no_grad(), self.provenance() as kept:
+                results = head.predict_by_feat(*fwd.outputs, batch_img_metas=fwd.metas,
+                                               rescale=True)
+        finally:
+            head.test_cfg = original_cfg
+        for i, (res, (cells, classes)) in enumerate(zip(results, kept)):
+            if not torch.equal(classes, res.labels):
+                raise RuntimeError('CenterNetHead: the recorded top-k differs from its labels')
+            res.level, res.prior = torch.zeros_like(cells), cells
+            res.img = torch.full_like(res.labels, i)
+        return results
+
+    def candidates(self, fwd):
+        return self.predictions(fwd)
+
+    def nms_support(self):
+        return 'CenterNet has no NMS (its top-k local maxima are its detections)'
+
+    def every_prediction(self, fwd):
+        """Every (cell, class): no local-maximum filter (kernel 1), top-k over all."""
+        cfg = ConfigDict(self.head.test_cfg or {})
+        cfg.update(topk=fwd.outputs[0][0][0].numel(), local_maximum_kernel=1)
+        return self.predictions(fwd, cfg)
+
+
 class YOLOXAdapter(DenseHeadAdapter):
     """YOLOX: its own ``predict_by_feat`` over all levels flattened (one class per location,
     the best; score = sigmoid(cls) x sigmoid(objectness)); BatchNorm + SiLU towers per
@@ -919,4 +1027,5 @@ class YOLOv3Adapter(DenseHeadAdapter):
 # other head with mmdet's base post-processing (exact mode)
 DENSE_ADAPTERS = (RetinaAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
                   AutoAssignAdapter, FoveaAdapter, TOODAdapter, RTMDetInsAdapter,
-                  RTMDetAdapter, YOLOXAdapter, YOLOv3Adapter, DenseHeadAdapter)
+                  RTMDetAdapter, CenterNetAdapter, YOLOXAdapter, YOLOv3Adapter,
+                  DenseHeadAdapter)

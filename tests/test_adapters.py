@@ -33,7 +33,7 @@ from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
 FAST = ['retinanet', 'atss', 'gfl', 'fcos', 'condinst', 'autoassign', 'foveabox', 'rtmdet',
-        'rtmdet-ins', 'yolox', 'yolov3']
+        'rtmdet-ins', 'yolox', 'yolov3', 'centernet']
 
 
 @pytest.fixture(scope='module', params=DENSE)

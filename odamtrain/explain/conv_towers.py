@@ -12,13 +12,16 @@ Shapes: n detections, B images, C channels, (k, k) a window, (h, w) a level.
 * :func:`map_backward` (``exact``): the same on the whole map, with the exact GroupNorm
   backward from the statistics recorded in the forward.
 
-Supported layers (:func:`tower_support`): 3x3 stride-1 convs, norm GroupNorm / BatchNorm
-(eval: running statistics; training: the batch's, held constant) / none, activation ReLU /
-LeakyReLU / SiLU (mmcv's Swish) / none, in the order conv-norm-act.
+Supported layers (:func:`tower_support`): mmcv ``ConvModule`` s of a 3x3 stride-1 conv,
+norm GroupNorm / BatchNorm (eval: running statistics; training: the batch's, held constant)
+/ none, activation ReLU / LeakyReLU / SiLU (mmcv's Swish) / none, in the order
+conv-norm-act; or a :class:`ConvAct` (a plain conv and activation module, e.g. of an
+``nn.Sequential`` head branch).
 """
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -27,8 +30,29 @@ from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import Swish
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['tower_support', 'TowerRecord', 'record_towers', 'window_backward', 'map_backward',
-           'gather_windows', 'window_on_map', 'paste_windows']
+__all__ = ['ConvAct', 'tower_support', 'TowerRecord', 'record_towers', 'window_backward',
+           'map_backward', 'gather_windows', 'window_on_map', 'paste_windows']
+
+
+class ConvAct(NamedTuple):
+    """A tower layer of two plain modules, a conv and its activation (or None), read as a
+    ``ConvModule`` (order conv-act, no norm)."""
+    conv: nn.Module
+    activate: nn.Module | None = None
+    with_norm = False
+    norm = None
+    order = ('conv', 'norm', 'act')
+
+    @property
+    def with_activation(self) -> bool:
+        return self.activate is not None
+
+
+def _last_module(layer) -> nn.Module:
+    """The module whose output is the layer's (conv-norm-act: the last one present)."""
+    if layer.with_activation:
+        return layer.activate
+    return layer.norm if layer.with_norm else layer.conv
 
 
 def _is_same_3x3(conv: nn.Module) -> bool:
@@ -40,7 +64,7 @@ def tower_support(layers) -> str | None:
     """None if :func:`window_backward` / :func:`map_backward` handle these tower layers,
     else the reason they do not."""
     for m in layers:
-        if not isinstance(m, ConvModule):
+        if not isinstance(m, (ConvModule, ConvAct)):
             return f'tower layer {type(m).__name__} is not an mmcv ConvModule'
         if not _is_same_3x3(m.conv):
             return (f'tower conv {type(m.conv).__name__} is not a plain 3x3 stride-1 conv '
@@ -101,8 +125,10 @@ def record_towers(layers, last_layers):
             record.z.setdefault(owner, []).append(z.clone() if copy else z)
         return hook
 
-    def out_hook(module, args, output):
-        record.out.setdefault(module, []).append(output.detach())
+    def out_hook(owner):
+        def hook(module, args, output):
+            record.out.setdefault(owner, []).append(output.detach())
+        return hook
 
     try:
         for m in dict.fromkeys(layers):  # each module once, in order
@@ -111,7 +137,7 @@ def record_towers(layers, last_layers):
             if m.with_activation:
                 handles.append(m.activate.register_forward_pre_hook(act_hook(m)))
         for m in dict.fromkeys(last_layers):
-            handles.append(m.register_forward_hook(out_hook))
+            handles.append(_last_module(m).register_forward_hook(out_hook(m)))
         yield record
     finally:
         for h in handles:

@@ -90,13 +90,13 @@ def dense_forward(adapter, feats, metas: list, record: bool = True) -> DenseForw
         return DenseForward(list(feats), metas, head(feats))
     towers = [adapter.towers(level) for level in range(len(feats))]
     calls, count = [], {}
-    for cls_layers, reg_layers in towers:
+    for level_towers in towers:
         calls.append({})
-        for m in cls_layers + reg_layers:
+        for m in (m for tower in level_towers for m in tower):
             calls[-1][m] = count.get(m, 0)
             count[m] = count.get(m, 0) + 1
-    layers = [m for t in towers for m in t[0] + t[1]]
-    last = [t[k][-1] for t in towers for k in (0, 1) if t[k]]
+    layers = [m for level_towers in towers for tower in level_towers for m in tower]
+    last = [tower[-1] for level_towers in towers for tower in level_towers if tower]
     with record_towers(layers, last) as rec:
         outputs = head(feats)
     return DenseForward(list(feats), metas, outputs, rec, calls)
@@ -104,7 +104,7 @@ def dense_forward(adapter, feats, metas: list, record: bool = True) -> DenseForw
 
 def window_radius(adapter, level: int) -> int:
     """Half-width of dY/dA's support on a level: tower depth + the final convs' radius."""
-    return len(adapter.towers(level)[0]) + adapter.final_radius
+    return max(len(tower) for tower in adapter.towers(level)) + adapter.final_radius
 
 
 def _tower_output(fwd: DenseForward, layers, level: int, feat: torch.Tensor):
@@ -113,23 +113,22 @@ def _tower_output(fwd: DenseForward, layers, level: int, feat: torch.Tensor):
 
 def final_window_grads(adapter, fwd: DenseForward, level: int, preds: InstanceData,
                        target: str, scale: torch.Tensor, create_graph: bool = False):
-    """dY/d(cls tower output) and dY/d(reg tower output) on the (n, C, k, k) windows
-    (k = 2 * final radius + 1) around each prediction's location (None for a tower Y does
-    not depend on), by autograd through the head's final layers and the attribute."""
+    """dY/d(each tower's output) (the cls and reg towers, or a head's branches) on the
+    (n, C, k, k) windows (k = 2 * final radius + 1) around each prediction's location (None
+    for a tower Y does not depend on), by autograd through the head's final layers and the
+    attribute."""
     feat = fwd.feats[level]
     h, w = feat.shape[-2:]
     ys, xs, anchor = adapter.location(level, preds.prior, (h, w))
-    cls_layers, reg_layers = adapter.towers(level)
     r = adapter.final_radius
     with torch.enable_grad():
-        cls_win = gather_windows(_tower_output(fwd, cls_layers, level, feat), preds.img, ys,
-                                 xs, r).detach().requires_grad_(True)
-        reg_win = gather_windows(_tower_output(fwd, reg_layers, level, feat), preds.img, ys,
-                                 xs, r).detach().requires_grad_(True)
-        rows = adapter.rows_at(level, adapter.final_layers(level, cls_win, reg_win), anchor)
+        wins = [gather_windows(_tower_output(fwd, layers, level, feat), preds.img, ys, xs,
+                               r).detach().requires_grad_(True)
+                for layers in adapter.towers(level)]
+        rows = adapter.rows_at(level, adapter.final_layers(level, *wins), anchor)
         y = adapter.attribute_of_rows(target, rows, preds, adapter.prior_coords(fwd, preds),
-                              scale[preds.img])
-        return torch.autograd.grad(y.sum(), [cls_win, reg_win], allow_unused=True,
+                                      scale[preds.img])
+        return torch.autograd.grad(y.sum(), wins, allow_unused=True,
                                    create_graph=create_graph)
 
 

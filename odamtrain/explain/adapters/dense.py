@@ -49,7 +49,7 @@ from mmengine.structures import InstanceData
 
 from odamtrain.inference import image_window
 
-from ..conv_towers import tower_support
+from ..conv_towers import ConvAct, tower_support
 from ..dense_gradients import (
     DenseForward,
     dense_forward,
@@ -146,6 +146,10 @@ class DenseHeadAdapter(DetectorAdapter):
     def split(self, outputs) -> tuple:
         """(cls, reg, factor) per-level lists of the head's ``forward`` outputs."""
         return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
+
+    @property
+    def num_levels(self) -> int:
+        return self.head.prior_generator.num_levels
 
     def num_priors(self, level: int) -> int:
         return self.head.prior_generator.num_base_priors[level]
@@ -372,7 +376,9 @@ class DenseHeadAdapter(DetectorAdapter):
 
     # ---------------------------------------------------------------- fast mode
     def towers(self, level: int):
-        """(cls tower layers, reg tower layers) of a level, or None (no conv towers)."""
+        """The towers of a level, each a list of layers (``ConvModule`` or
+        :class:`~odamtrain.explain.conv_towers.ConvAct`) between A and the final layers:
+        (cls tower, reg tower), or a head's branches; None without conv towers."""
         head = self.head
         if not (hasattr(head, 'cls_convs') and hasattr(head, 'reg_convs')):
             return None
@@ -386,19 +392,20 @@ class DenseHeadAdapter(DetectorAdapter):
         if own is not self.forward_impl:
             return (f'{type(self.head).__name__}.{self.forward_impl.__name__} is '
                     f'{own.__qualname__}, not {self.forward_impl.__qualname__}')
-        for level in range(self.head.prior_generator.num_levels):
+        for level in range(self.num_levels):
             towers = self.towers(level)
             if towers is None:
                 return f'{type(self.head).__name__} has no cls / reg conv towers'
-            reason = tower_support(towers[0] + towers[1])
+            reason = tower_support([m for tower in towers for m in tower])
             if reason is not None:
                 return reason
         return None
 
-    def final_layers(self, level: int, cls_feat: torch.Tensor, reg_feat: torch.Tensor):
-        """The head's final layers on (n, C, k, k) windows of the towers' outputs (k = 2 *
-        :attr:`final_radius` + 1) -> raw outputs at the centres: ``(cls (n, A * K), reg
-        (n, A * E), factor (n, A) or None)``, as the head's ``forward`` computes them."""
+    def final_layers(self, level: int, *tower_feats: torch.Tensor):
+        """The head's final layers on (n, C, k, k) windows of the towers' outputs (one per
+        tower of :meth:`towers`, k = 2 * :attr:`final_radius` + 1) -> raw outputs at the
+        centres: ``(cls (n, A * K), reg (n, A * E), factor (n, A) or None)``, as the head's
+        ``forward`` computes them."""
         raise NotImplementedError
 
     @staticmethod
@@ -748,12 +755,27 @@ class CenterNetAdapter(DenseHeadAdapter):
     maxima of the heat map, the top ``test_cfg.topk`` over (cell, class), no score
     threshold and no NMS (mmdet's ``predict`` leaves ``with_nms`` off); boxes
     ``(cell + offset -+ size / 2) x input / feature size``, less the ``border`` where its
-    test pipeline pasted the image (:func:`~odamtrain.inference.image_window`). Its heads
-    are conv-ReLU-conv branches without towers: exact mode."""
+    test pipeline pasted the image (:func:`~odamtrain.inference.image_window`). Its three
+    branches (heat map, sizes, offsets) are conv 3x3 - ReLU - conv 1x1, without
+    normalisation: the window gradients of 'fast' mode are exact."""
     head_type = CenterNetHead
     reproduces = selection(CenterNetHead.predict_by_feat, CenterNetHead._predict_by_feat_single,
                            CenterNetHead._decode_heatmap)
     features = ('auto', 'neck')
+    forward_impl = staticmethod(CenterNetHead.forward_single)
+    final_radius = 0
+    num_levels = 1
+
+    def towers(self, level):
+        head = self.head
+        return tuple([ConvAct(*branch[:2])] for branch in (head.heatmap_head, head.wh_head,
+                                                            head.offset_head))
+
+    def final_layers(self, level, heat_feat, wh_feat, offset_feat):
+        head = self.head
+        return (self.centre(head.heatmap_head[2](heat_feat).sigmoid()),
+                self.centre(torch.cat([head.wh_head[2](wh_feat),
+                                       head.offset_head[2](offset_feat)], 1)), None)
 
     def split(self, outputs):
         """(class heat maps, [sizes (2), offsets (2)], None) per level."""

@@ -46,7 +46,8 @@ def test_candidates_of_fcos_are_every_location_and_class_by_hand():
 @pytest.mark.parametrize('name', DENSE + TWO_STAGE + list(DETR_ZOO))
 def test_every_detection_is_one_of_the_candidates(name):
     """NMS and score thresholds only remove: each final detection is a candidate with the
-    same box, label and score (so 'candidates' never sees less than 'detections')."""
+    same box, label and score (so 'candidates' never sees less than 'detections'); PAA's
+    score voting then moves the boxes (not the scores)."""
     model = build_zoo_detector(name)
     inputs, samples = zoo_batch(model)
     meta = samples[0].metainfo
@@ -56,7 +57,8 @@ def test_every_detection_is_one_of_the_candidates(name):
     for box, label, score in zip(*dets):
         same = (cands[1] == label) & (cands[2] - score).abs().le(1e-5 * score + 1e-7)
         assert same.any()
-        assert bbox_overlaps(box[None], cands[0][same])[0].max() > 0.999
+        if name not in ('paa', 'lad'):
+            assert bbox_overlaps(box[None], cands[0][same])[0].max() > 0.999
 
 
 def test_black_box_maps_take_either_evidence():

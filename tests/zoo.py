@@ -21,6 +21,9 @@ ZOO = {
     'retinanet': ('retinanet/retinanet_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'atss': ('atss/atss_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'gfl': ('gfl/gfl_r50_fpn_1x_coco.py', dict(feat_channels=32)),
+    'paa': ('paa/paa_r50_fpn_1x_coco.py', dict(feat_channels=32)),
+    'paa-novote': ('paa/paa_r50_fpn_1x_coco.py', dict(feat_channels=32, score_voting=False)),
+    'lad': ('lad/lad_r50-paa-r101_fpn_2xb8_coco_1x.py', dict(feat_channels=32)),
     'fcos': ('fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', dict(feat_channels=32)),
     'autoassign': ('autoassign/autoassign_r50-caffe_fpn_1x_coco.py', dict(feat_channels=32)),
     'foveabox': ('foveabox/fovea_r50_fpn_4xb4-1x_coco.py', dict(feat_channels=32)),
@@ -81,6 +84,12 @@ def zoo_config(name: str, num_classes: int = 3):
     elif model.backbone.type == 'ResNet':
         model.backbone = NARROW_RESNET['backbone']
         model.neck.update(NARROW_RESNET['neck'])
+    if 'teacher_backbone' in model:  # LAD: a narrow teacher too, no checkpoint to load
+        model.teacher_ckpt = None
+        model.teacher_backbone = NARROW_RESNET['backbone']
+        model.teacher_neck.update(NARROW_RESNET['neck'])
+        model.teacher_bbox_head.update(num_classes=num_classes, in_channels=32,
+                                       feat_channels=32)
     else:
         model.backbone.init_cfg = None
     if 'roi_head' in model:
@@ -154,7 +163,9 @@ def build_zoo_detector(name: str, num_classes: int = 3, seed: int = 0, train: bo
     model.init_weights()
     _spread_outputs(model, seed)
     model.cfg = cfg
-    return model.to(TEST_DEVICE).train(train)
+    model.to(TEST_DEVICE)  # (not chained: LAD's to() and train() return None)
+    model.train(train)
+    return model
 
 
 def _spread_outputs(model, seed):

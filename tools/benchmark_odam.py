@@ -29,6 +29,7 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'fcos': 'configs/fcos_r50_fpn_crowdhuman.py',
     'retinanet': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     'atss': 'mmdet::atss/atss_r50_fpn_1x_coco.py',
+    'paa': 'mmdet::paa/paa_r50_fpn_1x_coco.py',
     'gfl': 'mmdet::gfl/gfl_r50_fpn_1x_coco.py',
     'foveabox': 'mmdet::foveabox/fovea_r50_fpn_4xb4-1x_coco.py',
     'tood': 'mmdet::tood/tood_r50_fpn_1x_coco.py',

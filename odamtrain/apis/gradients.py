@@ -118,6 +118,7 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
     if targets is not None and choose is not None:
         raise ValueError('explain_gradients: give targets or choose, not both')
     adapter = build_adapter(model)
+    adapter.check_target(settings.target)
     adapter.explain_mode(settings.mode)
     fwd = adapter.forward(inputs, data_samples, settings.features)
     dets = None

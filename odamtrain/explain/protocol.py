@@ -144,6 +144,17 @@ class DetectorAdapter(abc.ABC):
         gradients are used), or None."""
         return None
 
+    def target_support(self, target: str) -> str | None:
+        """None if the attribute ``target`` is reproduced for this detector, else why not
+        (checked before any work)."""
+        return None
+
+    def check_target(self, target: str) -> None:
+        """Raise :class:`UnsupportedDetectorError` if :meth:`target_support` says why not."""
+        reason = self.target_support(target)
+        if reason is not None:
+            raise UnsupportedDetectorError(f'{self.name}: target {target!r}: {reason}')
+
     def nms_support(self) -> str | None:
         """None if Odam-NMS can take the place of the detector's NMS, else why not."""
         return None

@@ -12,15 +12,20 @@ from .dense import (
     DENSE_ADAPTERS,
     ATSSAdapter,
     AutoAssignAdapter,
+    CenterNetAdapter,
+    CondInstAdapter,
     DenseHeadAdapter,
     DenseRows,
     DenseTrainStep,
     FCOSAdapter,
     FoveaAdapter,
     GFLAdapter,
+    PAAAdapter,
     RetinaAdapter,
     RTMDetAdapter,
+    RTMDetInsAdapter,
     TOODAdapter,
+    YOLOv3Adapter,
     YOLOXAdapter,
 )
 from .detr import DETRAdapter, DETRForward
@@ -39,7 +44,8 @@ __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'support
            'DoubleHeadRoIAdapter', 'RoIForward',
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
-           'ADAPTERS']
+           'PAAAdapter', 'CondInstAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter',
+           'YOLOv3Adapter', 'ADAPTERS']
 
 ADAPTERS = DENSE_ADAPTERS + ROI_ADAPTERS + (DETRAdapter,)
 

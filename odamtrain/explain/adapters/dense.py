@@ -28,6 +28,7 @@ from mmdet.models.dense_heads import (
     FCOSHead,
     FoveaHead,
     GFLHead,
+    PAAHead,
     RetinaHead,
     RTMDetHead,
     RTMDetInsHead,
@@ -66,9 +67,9 @@ from ..protocol import (
 )
 
 __all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter',
-           'GFLAdapter', 'FCOSAdapter', 'CondInstAdapter', 'AutoAssignAdapter', 'FoveaAdapter',
-           'TOODAdapter', 'RTMDetAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter', 'YOLOXAdapter',
-           'YOLOv3Adapter', 'DENSE_ADAPTERS']
+           'GFLAdapter', 'PAAAdapter', 'FCOSAdapter', 'CondInstAdapter', 'AutoAssignAdapter',
+           'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'RTMDetInsAdapter',
+           'CenterNetAdapter', 'YOLOXAdapter', 'YOLOv3Adapter', 'DENSE_ADAPTERS']
 
 
 def selection(*head_methods) -> tuple:
@@ -308,6 +309,7 @@ class DenseHeadAdapter(DetectorAdapter):
         if target == 'score':
             return self.score(rows, preds.labels)
         if target in BOX_SIDES:
+            self.check_target(target)
             i = BOX_SIDES.index(target)
             return self.decode(rows, preds, prior_coords)[:, i] / scale[:, i % 2]
         raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
@@ -491,6 +493,122 @@ class ATSSAdapter(SampledPositives, DenseHeadAdapter):
         reg = head.scales[level](head.atss_reg(reg_feat)).float()
         return (self.centre(head.atss_cls(cls_feat)), self.centre(reg),
                 self.centre(head.atss_centerness(reg_feat)))
+
+
+class PAAAdapter(ATSSAdapter):
+    """PAA: ATSS's towers; score sqrt(sigmoid(class) x sigmoid(IoU)); its own selection:
+    per level the ``nms_pre`` best locations by that score (a top-k, no threshold), boxes
+    decoded and clipped, ``multiclass_nms`` over the (location, class) pairs above
+    ``score_thr`` and, with score voting (the default), each detection's box replaced by
+    the vote of its class's candidates around it (score kept), detections ordered by class.
+    A voted box reads many locations, on several levels: its sides are refused as targets
+    (the score and logit read the NMS winner's location); without score voting they are
+    the winner's box."""
+    head_type = PAAHead
+    reproduces = selection(PAAHead.predict_by_feat, PAAHead._predict_by_feat_single,
+                           PAAHead._bbox_post_process, PAAHead.score_voting)
+
+    def train_support(self):
+        return 'PAA reassigns its positives by a per-object mixture model (paa_reassign)'
+
+    def nms_support(self):
+        return 'its NMS is followed by score voting, which Odam-NMS does not do'
+
+    def target_support(self, target):
+        if target in BOX_SIDES and self.head.with_score_voting:
+            return ('a score-voted box averages the candidates of its class around it, on '
+                    "several levels; explain 'score' or 'logit', or build the head with "
+                    'score_voting=False')
+        return None
+
+    def score(self, rows, labels):
+        cls = rows.cls.sigmoid().gather(1, labels[:, None])[:, 0]
+        return (cls * rows.factor.sigmoid()).sqrt()
+
+    @contextlib.contextmanager
+    def provenance(self):
+        """Inside, PAA's ``predict_by_feat`` records per image what reached its
+        ``multiclass_nms`` (``bboxes`` (n, 4) original pixels, ``scores`` (n, K), their
+        ``level`` and ``prior``: its per-level top-k recomputed from the outputs it was
+        given) and what NMS kept (``inds`` into the flat (n, K) pairs). Yields that list."""
+        head, adapter = self.head, self
+        module = sys.modules[PAAHead._bbox_post_process.__module__]
+        original_nms, state = module.multiclass_nms, dict(images=[])
+
+        def predict_by_feat(cls_scores, bbox_preds, score_factors=None, batch_img_metas=None,
+                            cfg=None, rescale=False, with_nms=True):
+            state.update(outputs=(cls_scores, score_factors),
+                         cfg=head.test_cfg if cfg is None else cfg)
+            return PAAHead.predict_by_feat(head, cls_scores, bbox_preds, score_factors,
+                                           batch_img_metas, cfg, rescale, with_nms)
+
+        def recording_nms(multi_bboxes, multi_scores, score_thr, nms_cfg, max_num=-1,
+                          score_factors=None, return_inds=False):
+            dets, labels, inds = original_nms(multi_bboxes, multi_scores, score_thr, nms_cfg,
+                                              max_num, score_factors, return_inds=True)
+            level, prior = adapter._selected(*state['outputs'], len(state['images']),
+                                             state['cfg'])
+            state['images'].append(InstanceData(bboxes=multi_bboxes,
+                                                scores=multi_scores[:, :-1], level=level,
+                                                prior=prior))
+            state['images'][-1].set_metainfo(dict(inds=inds, score_thr=score_thr))
+            return (dets, labels, inds) if return_inds else (dets, labels)
+
+        module.multiclass_nms = recording_nms
+        head.predict_by_feat = predict_by_feat
+        try:
+            yield state['images']
+        finally:
+            module.multiclass_nms = original_nms
+            del head.predict_by_feat
+
+    def _selected(self, cls_scores, score_factors, img: int, cfg) -> tuple:
+        """(level, prior) of the rows PAA's ``_predict_by_feat_single`` keeps for image
+        ``img``: per level its top ``nms_pre`` by sqrt(score x factor), as it computes."""
+        nms_pre = cfg.get('nms_pre', -1)
+        levels, priors = [], []
+        for level, (cls, factor) in enumerate(zip(cls_scores, score_factors)):
+            scores = cls[img].permute(1, 2, 0).reshape(-1, self.head.cls_out_channels).sigmoid()
+            factor = factor[img].permute(1, 2, 0).reshape(-1).sigmoid()
+            if 0 < nms_pre < scores.shape[0]:
+                max_scores, _ = (scores * factor[:, None]).sqrt().max(dim=1)
+                _, keep = max_scores.topk(nms_pre)
+            else:
+                keep = torch.arange(scores.shape[0], device=scores.device)
+            levels.append(torch.full_like(keep, level))
+            priors.append(keep)
+        return torch.cat(levels), torch.cat(priors)
+
+    def predictions(self, fwd, cfg=None, with_nms=True):
+        """mmdet's ``predict_by_feat`` (NMS and score voting) with provenance; without NMS,
+        the (location, class) pairs that reached it."""
+        with torch.no_grad(), self.provenance() as recorded:
+            results = self.head.predict_by_feat(*fwd.outputs, batch_img_metas=fwd.metas,
+                                                cfg=cfg, rescale=True)
+        out = []
+        for i, (res, rec) in enumerate(zip(results, recorded)):
+            k = rec.scores.shape[1]
+            if not with_nms:
+                row, label = (rec.scores > rec.score_thr).nonzero(as_tuple=True)
+                res = InstanceData(bboxes=rec.bboxes[row], scores=rec.scores[row, label],
+                                   labels=label)
+            else:
+                row, label = rec.inds // k, rec.inds % k
+                if self.head.with_score_voting and len(res):  # voting orders by class
+                    order = torch.argsort(label, stable=True)
+                    row, label = row[order], label[order]
+                if not torch.equal(label, res.labels):
+                    raise RuntimeError('PAAHead: the recorded NMS differs from its labels')
+            res.level, res.prior = rec.level[row], rec.prior[row]
+            res.img = torch.full_like(res.labels, i)
+            out.append(res)
+        return out
+
+    def every_prediction(self, fwd):
+        cls = self.split(fwd.outputs)[0]
+        cfg = ConfigDict(self.head.test_cfg or {})
+        cfg.update(score_thr=-1.0, nms_pre=sum(c[0].numel() for c in cls) + 1)
+        return self.predictions(fwd, cfg, with_nms=False)
 
 
 class GFLAdapter(SampledPositives, DenseHeadAdapter):
@@ -1047,7 +1165,7 @@ class YOLOv3Adapter(DenseHeadAdapter):
 
 # build_adapter takes the head's most specific class here; DenseHeadAdapter covers any
 # other head with mmdet's base post-processing (exact mode)
-DENSE_ADAPTERS = (RetinaAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
+DENSE_ADAPTERS = (RetinaAdapter, PAAAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
                   AutoAssignAdapter, FoveaAdapter, TOODAdapter, RTMDetInsAdapter,
                   RTMDetAdapter, CenterNetAdapter, YOLOXAdapter, YOLOv3Adapter,
                   DenseHeadAdapter)

@@ -13,12 +13,14 @@ from odamtrain.apis import explain_batch
 from odamtrain.datasets import render_scene
 from odamtrain.evaluation.explanation_audit import (
     AuditSettings,
+    _maps_on_input,
     collect_explanation_scores,
     localisation_scores,
     merge_scores,
     summarize_scores,
 )
 from odamtrain.evaluation.functional import match_detections
+from odamtrain.inference import image_window
 from odamtrain.inference.batch import _source, _test_pipeline
 from odamtrain.visualization import format_audit_table
 
@@ -186,3 +188,20 @@ def test_summary_skips_and_counts_undefined_values():
     assert math.isnan(row['odi']) and row['pointing_game'] == 1 and row['objects'] == 2
     assert row['compactness'] == 0.375
     assert row['undefined'] == {'odi': 2, 'pointing_game': 1}
+
+
+@pytest.mark.parametrize('meta, window', [
+    (dict(img_shape=(120, 150), ori_shape=(150, 190)), (slice(0, 120), slice(0, 150))),
+    (dict(img_shape=(160, 192), ori_shape=(150, 190), border=(5., 155., 1., 191.)),
+     (slice(5, 155), slice(1, 191)))])
+def test_deletion_maps_lie_where_the_pipeline_put_the_image(meta, window):
+    """The audit's maps on the network input (what deletion / insertion remove pixels by):
+    resized into the image's window (top-left, or CenterNet's pasted canvas), zero in the
+    padding."""
+    (top, left), (h, w) = image_window(meta)
+    assert (slice(top, top + h), slice(left, left + w)) == window
+    on_input = _maps_on_input(torch.ones(2, *meta['ori_shape']), meta, (176, 200))
+    inside = torch.zeros(176, 200, dtype=torch.bool)
+    inside[window] = True
+    assert torch.equal(on_input[:, inside], torch.ones(2, int(inside.sum())))
+    assert not on_input[:, ~inside].any()

@@ -403,9 +403,7 @@ def test_cascade_maps_sum_the_stages(two_stage):
 
 # --------------------------------------------------------------------- errors
 @pytest.mark.parametrize('config, head', [('sabl/sabl-retinanet_r50_fpn_1x_coco.py',
-                                           'SABLRetinaHead'),
-                                          ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
-                                           'RepPointsHead')])
+                                           'SABLRetinaHead')])
 def test_unsupported_head_is_one_clear_error_before_any_work(config, head):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

@@ -500,6 +500,7 @@ def test_anchor_positives_are_the_samplers(name):
 @pytest.mark.parametrize('name, why', [('autoassign', 'get_targets'), ('foveabox', 'positives'),
                                        ('tood', 'positives'), ('rtmdet', 'positives'),
                                        ('yolox', 'positives'), ('rtmdet-ins', 'positives'),
+                                       ('reppoints', 'positives'),
                                        ('centernet', 'positives'), ('paa', 'paa_reassign'),
                                        ('condinst', 'box and mask branches')])
 def test_heads_whose_positives_are_not_known_are_refused_when_built(name, why):

@@ -42,8 +42,6 @@ REFUSED = {
     'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py',
                   'GridRoIHead.predict_bbox'),
     'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', 'SparseRoIHead.predict_bbox'),
-    'reppoints': ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
-                  'RepPointsHead._predict_by_feat_single'),
     'crowddet': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
                  'MultiInstanceRoIHead.predict_bbox'),
     'solov2': ('solov2/solov2_r50_fpn_1x_coco.py',

@@ -34,6 +34,8 @@ ZOO = {
                  dict(feat_channels=32)),
     'yolox': ('yolox/yolox_tiny_8xb8-300e_coco.py', dict()),
     'yolov3': ('yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', dict()),
+    'reppoints': ('reppoints/reppoints-moment_r50_fpn_1x_coco.py',
+                  dict(feat_channels=32, point_feat_channels=32)),
     'centernet': ('centernet/centernet_r18_8xb16-crop512-140e_coco.py',
                   dict(in_channels=32, feat_channels=32)),
     'faster-rcnn': ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', dict()),

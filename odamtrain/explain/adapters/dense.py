@@ -29,6 +29,7 @@ from mmdet.models.dense_heads import (
     FoveaHead,
     GFLHead,
     PAAHead,
+    RepPointsHead,
     RetinaHead,
     RTMDetHead,
     RTMDetInsHead,
@@ -69,7 +70,8 @@ from ..protocol import (
 __all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', 'ATSSAdapter',
            'GFLAdapter', 'PAAAdapter', 'FCOSAdapter', 'CondInstAdapter', 'AutoAssignAdapter',
            'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'RTMDetInsAdapter',
-           'CenterNetAdapter', 'YOLOXAdapter', 'YOLOv3Adapter', 'DENSE_ADAPTERS']
+           'CenterNetAdapter', 'RepPointsAdapter', 'YOLOXAdapter', 'YOLOv3Adapter',
+           'DENSE_ADAPTERS']
 
 
 def selection(*head_methods) -> tuple:
@@ -980,6 +982,23 @@ class CenterNetAdapter(DenseHeadAdapter):
         return self.predictions(fwd, cfg)
 
 
+class RepPointsAdapter(DenseHeadAdapter):
+    """RepPoints: at test time its ``forward`` gives the class logits and the refined
+    points' box (``points2bbox``, in units of the stride) per location, through deformable
+    convs (exact mode; mmcv's DCN has no batching rule, so one backward per prediction);
+    mmdet's base selection with its ``_bbox_decode`` (box x stride + the point)."""
+    head_type = RepPointsHead
+    reproduces = selection(BaseDenseHead.predict_by_feat, RepPointsHead._predict_by_feat_single,
+                           RepPointsHead._bbox_decode, BaseDenseHead._bbox_post_process)
+
+    def decode(self, rows, preds, prior_coords):
+        points = prior_coords[:, :2].repeat(1, 2)
+        return rows.reg * self.stride(preds.level, rows.reg)[:, None] + points
+
+    def towers(self, level):
+        return None
+
+
 class YOLOXAdapter(DenseHeadAdapter):
     """YOLOX: its own ``predict_by_feat`` over all levels flattened (one class per location,
     the best; score = sigmoid(cls) x sigmoid(objectness)); BatchNorm + SiLU towers per
@@ -1167,5 +1186,5 @@ class YOLOv3Adapter(DenseHeadAdapter):
 # other head with mmdet's base post-processing (exact mode)
 DENSE_ADAPTERS = (RetinaAdapter, PAAAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
                   AutoAssignAdapter, FoveaAdapter, TOODAdapter, RTMDetInsAdapter,
-                  RTMDetAdapter, CenterNetAdapter, YOLOXAdapter, YOLOv3Adapter,
-                  DenseHeadAdapter)
+                  RTMDetAdapter, CenterNetAdapter, RepPointsAdapter, YOLOXAdapter,
+                  YOLOv3Adapter, DenseHeadAdapter)

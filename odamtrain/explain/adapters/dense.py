@@ -218,6 +218,25 @@ class DenseHeadAdapter(DetectorAdapter):
         return getattr(type(self.head), self.post_process_name)(self.head, results, *args,
                                                                 **kwargs)
 
+    @contextlib.contextmanager
+    def recorded_inputs(self):
+        """Inside, the head's ``predict_by_feat`` records the outputs and the test config it
+        is given (``outputs``, ``cfg``; ``img``: 0, for the caller to count images) before
+        running as usual (mmdet and the adapters pass all but the outputs by keyword).
+        Yields that dict."""
+        head, state = self.head, {}
+        original = type(head).predict_by_feat
+
+        def predict_by_feat(*outputs, cfg=None, **kwargs):
+            state.update(outputs=outputs, cfg=head.test_cfg if cfg is None else cfg, img=0)
+            return original(head, *outputs, cfg=cfg, **kwargs)
+
+        head.predict_by_feat = predict_by_feat
+        try:
+            yield state
+        finally:
+            del head.predict_by_feat
+
     def predictions(self, fwd, cfg=None, with_nms: bool = True) -> list:
         """mmdet's ``predict_by_feat`` of a forward (``outputs``, ``metas``; boxes in
         original pixels) with provenance: per image an InstanceData with ``bboxes``,
@@ -533,36 +552,27 @@ class PAAAdapter(ATSSAdapter):
         ``multiclass_nms`` (``bboxes`` (n, 4) original pixels, ``scores`` (n, K), their
         ``level`` and ``prior``: its per-level top-k recomputed from the outputs it was
         given) and what NMS kept (``inds`` into the flat (n, K) pairs). Yields that list."""
-        head, adapter = self.head, self
+        adapter, images = self, []
         module = sys.modules[PAAHead._bbox_post_process.__module__]
-        original_nms, state = module.multiclass_nms, dict(images=[])
-
-        def predict_by_feat(cls_scores, bbox_preds, score_factors=None, batch_img_metas=None,
-                            cfg=None, rescale=False, with_nms=True):
-            state.update(outputs=(cls_scores, score_factors),
-                         cfg=head.test_cfg if cfg is None else cfg)
-            return PAAHead.predict_by_feat(head, cls_scores, bbox_preds, score_factors,
-                                           batch_img_metas, cfg, rescale, with_nms)
+        original_nms = module.multiclass_nms
 
         def recording_nms(multi_bboxes, multi_scores, score_thr, nms_cfg, max_num=-1,
                           score_factors=None, return_inds=False):
             dets, labels, inds = original_nms(multi_bboxes, multi_scores, score_thr, nms_cfg,
                                               max_num, score_factors, return_inds=True)
-            level, prior = adapter._selected(*state['outputs'], len(state['images']),
-                                             state['cfg'])
-            state['images'].append(InstanceData(bboxes=multi_bboxes,
-                                                scores=multi_scores[:, :-1], level=level,
-                                                prior=prior))
-            state['images'][-1].set_metainfo(dict(inds=inds, score_thr=score_thr))
+            cls_scores, _, factors = state['outputs']
+            level, prior = adapter._selected(cls_scores, factors, len(images), state['cfg'])
+            images.append(InstanceData(bboxes=multi_bboxes, scores=multi_scores[:, :-1],
+                                       level=level, prior=prior))
+            images[-1].set_metainfo(dict(inds=inds, score_thr=score_thr))
             return (dets, labels, inds) if return_inds else (dets, labels)
 
         module.multiclass_nms = recording_nms
-        head.predict_by_feat = predict_by_feat
         try:
-            yield state['images']
+            with self.recorded_inputs() as state:
+                yield images
         finally:
             module.multiclass_nms = original_nms
-            del head.predict_by_feat
 
     def _selected(self, cls_scores, score_factors, img: int, cfg) -> tuple:
         """(level, prior) of the rows PAA's ``_predict_by_feat_single`` keeps for image
@@ -854,8 +864,7 @@ class RTMDetInsAdapter(RTMDetAdapter):
     def post_process(self, results, mask_feat, cfg, rescale=False, with_nms=True,
                      img_meta=None):
         if with_nms:
-            return RTMDetInsHead._bbox_mask_post_process(self.head, results, mask_feat, cfg,
-                                                         rescale, with_nms, img_meta)
+            return super().post_process(results, mask_feat, cfg, rescale, with_nms, img_meta)
         return BaseDenseHead._bbox_post_process(self.head, results, cfg, rescale, False,
                                                 img_meta)
 
@@ -912,9 +921,10 @@ class CenterNetAdapter(DenseHeadAdapter):
         (x, y) and the image's (left, top) in the input."""
         h, w = fwd.feats[0].shape[-2:]
         like = fwd.feats[0]
+        origins = [image_window(m)[0] for m in fwd.metas]  # (top, left)
         per_img = like.new_tensor([
-            [m['batch_input_shape'][1] / w, m['batch_input_shape'][0] / h,
-             image_window(m)[0][1], image_window(m)[0][0]] for m in fwd.metas])
+            [m['batch_input_shape'][1] / w, m['batch_input_shape'][0] / h, left, top]
+            for m, (top, left) in zip(fwd.metas, origins)])
         cells = torch.stack([preds.prior % w, preds.prior // w], 1).to(like)
         return torch.cat([cells, per_img[preds.img]], 1)
 
@@ -1018,15 +1028,6 @@ class YOLOXAdapter(DenseHeadAdapter):
         candidates: YOLOX's own selection (best class, ``objectness x score >= score_thr``)
         recomputed from the outputs it is given (checked against its labels)."""
         head, adapter = self.head, self
-        calls = {'img': 0}
-        original = YOLOXHead.predict_by_feat
-
-        def predict_by_feat(cls_scores, bbox_preds, objectnesses, batch_img_metas=None,
-                            cfg=None, rescale=False, with_nms=True):
-            calls.update(img=0, outputs=(cls_scores, bbox_preds, objectnesses),
-                         cfg=head.test_cfg if cfg is None else cfg)
-            return original(head, cls_scores, bbox_preds, objectnesses, batch_img_metas,
-                            cfg, rescale, with_nms)
 
         def post_process(results, cfg, rescale=False, with_nms=True, img_meta=None):
             level, prior, labels = adapter._selected(calls['outputs'], calls['img'],
@@ -1038,12 +1039,12 @@ class YOLOXAdapter(DenseHeadAdapter):
             return YOLOXHead._bbox_post_process(head, results, cfg, rescale, with_nms,
                                                 img_meta)
 
-        head.predict_by_feat = predict_by_feat
         head._bbox_post_process = post_process
         try:
-            yield
+            with self.recorded_inputs() as calls:
+                yield
         finally:
-            del head.predict_by_feat, head._bbox_post_process
+            del head._bbox_post_process
 
     def _selected(self, outputs, img: int, cfg):
         """(level, prior, label) of the locations YOLOX keeps for image ``img``."""
@@ -1108,13 +1109,7 @@ class YOLOv3Adapter(DenseHeadAdapter):
         (recomputed from the outputs it is given)."""
         head, adapter = self.head, self
         module = sys.modules[YOLOV3Head.predict_by_feat.__module__]
-        original, state = module.filter_scores_and_topk, {}
-
-        def predict_by_feat(pred_maps, batch_img_metas, cfg=None, rescale=False,
-                            with_nms=True):
-            state.update(maps=pred_maps, cfg=head.test_cfg if cfg is None else cfg, img=0)
-            return YOLOV3Head.predict_by_feat(head, pred_maps, batch_img_metas, cfg, rescale,
-                                              with_nms)
+        original = module.filter_scores_and_topk
 
         def recording(scores, score_thr, topk, results=None):
             out = original(scores, score_thr, topk, results)
@@ -1122,20 +1117,21 @@ class YOLOv3Adapter(DenseHeadAdapter):
             return out
 
         def post_process(results, cfg, rescale=False, with_nms=True, img_meta=None):
-            flat = adapter._passing_conf(state['maps'], state['img'], state['cfg'])
-            results.level, results.prior = adapter._level_prior(flat[state['kept']],
-                                                                state['maps'])
+            maps = state['outputs'][0]
+            flat = adapter._passing_conf(maps, state['img'], state['cfg'])
+            results.level, results.prior = adapter._level_prior(flat[state['kept']], maps)
             state['img'] += 1
             return BaseDenseHead._bbox_post_process(head, results, cfg, rescale, with_nms,
                                                     img_meta)
 
         module.filter_scores_and_topk = recording
-        head.predict_by_feat, head._bbox_post_process = predict_by_feat, post_process
+        head._bbox_post_process = post_process
         try:
-            yield
+            with self.recorded_inputs() as state:
+                yield
         finally:
             module.filter_scores_and_topk = original
-            del head.predict_by_feat, head._bbox_post_process
+            del head._bbox_post_process
 
     def _flat(self, maps: list, img: int) -> torch.Tensor:
         """(sum h w A, 5 + K) the raw outputs of image ``img``, levels flattened in order."""

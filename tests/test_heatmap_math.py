@@ -16,6 +16,7 @@ from odamtrain.explain.heatmap import (
     odam_heatmap,
     paste_roi_maps,
     resize_maps,
+    smooth_windows,
 )
 
 
@@ -147,3 +148,17 @@ def test_paste_roi_map_fills_exactly_its_box():
     ramp = torch.arange(7.0)[None, :].repeat(7, 1)[None]  # increasing left to right
     r = paste_roi_maps(ramp, torch.tensor([[0.0, 0.0, 70.0, 7.0]]), (7, 70))[0, 0]
     assert (r[1:] >= r[:-1]).all() and r[0] == 0 and r[-1] == 6
+
+
+@pytest.mark.parametrize('k, radius', [(3, 4), (11, 6), (5, 1)])
+def test_smooth_windows_equals_smoothing_the_padded_window(k, radius):
+    """Phi on a window zero outside == gaussian_smooth of the window padded by the kernels'
+    radius (the band of rows and columns the window reaches)."""
+    g = torch.Generator().manual_seed(k)
+    windows = torch.randn(5, 7, k, k, generator=g)
+    sigma = torch.rand(5, generator=g) * radius / 3  # 3 sigma <= radius
+    sigma[0] = radius / 3 - 0.01  # the largest sets the truncation (ceil(3 sigma))
+    expected = gaussian_smooth(F.pad(windows, (radius,) * 4), sigma)
+    torch.testing.assert_close(smooth_windows(windows, sigma, radius), expected,
+                               rtol=1e-5, atol=1e-6)
+    assert torch.equal(smooth_windows(windows, sigma, 0), windows)

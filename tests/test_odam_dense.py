@@ -167,6 +167,80 @@ def test_windowed_smoothing_matches_full_map_computation(fcos, setup):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6 * expected.max())
 
 
+def fcos_attribute(head, outputs, y, x, label, target, scale, level):
+    """Y of the prediction at (y, x) of one level's FCOS outputs, written out."""
+    cls, reg, ctr = outputs
+    px, py = (x + 0.5) * head.strides[level], (y + 0.5) * head.strides[level]
+    if target == 'logit':
+        return cls[0, label, y, x]
+    if target == 'score':
+        return torch.sigmoid(cls[0, label, y, x]) * torch.sigmoid(ctr[0, 0, y, x])
+    if target == 'x1':
+        return (px - reg[0, 0, y, x]) / scale[0, 0]
+    return (py + reg[0, 3, y, x]) / scale[0, 1]  # 'y2'
+
+
+def tower_truth(head, feat, level, preds, target, scale):
+    """(dY/dT_cls, dY/dT_reg) (n, C, h, w) per prediction by plain autograd, T = the last
+    conv of each tower's output, made a leaf by a forward hook."""
+    h, w = feat.shape[-2:]
+    leaves = []
+
+    def leaf(module, args, output):
+        leaves.append(output.detach().requires_grad_(True))
+        return leaves[-1]
+
+    grads = []
+    for y, x, c in zip(preds.prior // w, preds.prior % w, preds.labels):
+        leaves.clear()
+        hooks = [head.cls_convs[-1].register_forward_hook(leaf),
+                 head.reg_convs[-1].register_forward_hook(leaf)]
+        try:
+            with torch.enable_grad():
+                outputs = head.forward_single(feat, head.scales[level], head.strides[level])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        value = fcos_attribute(head, outputs, int(y), int(x), int(c), target, scale, level)
+        grads.append(torch.autograd.grad(value, leaves, allow_unused=True))
+    zero = torch.zeros_like(feat[0])
+    towers = [torch.stack([zero if g[i] is None else g[i][0] for g in grads]) for i in (0, 1)]
+    return towers, list(leaves)
+
+
+@pytest.mark.parametrize('target', ['logit', 'score', 'x1', 'y2'])
+def test_tower_features_equal_per_prediction_autograd(fcos, setup, target):
+    """A = the towers' outputs ('towers'): the maps of every level, borders included, equal
+    ODAM on the full maps of per-prediction autograd gradients w.r.t. both towers'
+    outputs (Phi on, and off)."""
+    adapter, fwd, preds, scale = setup
+    head = fcos.bbox_head
+    lit = 0  # maps with a positive cell (FCOS's ReLU clamps some random box sides at 0)
+    for level, det in enumerate(preds):
+        (g_cls, g_reg), (t_cls, t_reg) = tower_truth(head, fwd.feats[level], level, det,
+                                                     target, scale)
+        grads, feats = torch.cat([g_cls, g_reg], 1), torch.cat([t_cls, t_reg], 1)
+        sigma = box_sigma(det.bboxes * 0.8, head.strides[level])
+        for smooth, s in (('gaussian', sigma), (None, None)):
+            expected = odam_heatmap(grads, feats, s)
+            got = level_maps(adapter, fwd, level, det, ExplanationSettings(
+                target=target, features='towers', smooth=smooth), 'windows', scale)
+            lit += int(expected.amax((1, 2)).gt(0).sum())
+            torch.testing.assert_close(got, expected, rtol=1e-4,
+                                       atol=1e-6 * float(expected.max()))
+    assert lit >= 8, (target, lit)
+
+
+def test_tower_features_refused_without_window_towers():
+    """'towers' on a head without conv towers in window form is one clear error."""
+    tood = build_detector('configs/fcos_tiny_fpn_synthetic.py', num_classes=3)
+    adapter = build_adapter(tood)
+    adapter.check_features('towers')  # FCOS: accepted
+    adapter.forward_impl = None  # as a family without a window form of its final layers
+    with pytest.raises(ValueError, match="features='towers' needs the head's conv towers"):
+        adapter.check_features('towers')
+
+
 def test_hand_computed_toy_head():
     """1-channel head without norm: tower conv = identity (+ReLU), conv_cls = 3x3 of ones,
     centerness = 0. For the location (1, 1): logit = sum of ReLU(A) over its 3x3 window

@@ -101,3 +101,63 @@ def test_empty_and_classes():
                                        corr_high=0.8))
     assert keep.tolist() == [0, 1]  # different classes never suppress each other
     torch.testing.assert_close(dets, torch.cat([boxes, scores[:, None]], 1))
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_blocked_walk_equals_the_all_pairs_walk_with_classes(seed):
+    """Several blocks of the walk, three classes, ties in the scores, all-zero maps: the
+    keep set of the all-pairs formulation (every pair's IoU and correlation, then the
+    greedy walk)."""
+    boxes, scores, maps = _random(450, seed, ties=True)
+    maps[::7] = 0  # corr 0 with everything
+    labels = torch.randint(3, (450,), generator=torch.Generator().manual_seed(seed))
+    order = scores.sort(0, descending=True)[1]
+    b, lab = boxes[order], labels[order]
+    v = torch.nn.functional.interpolate(maps[order][:, None], size=(50, 83), mode='bilinear',
+                                        align_corners=False).flatten(1)
+    v = v / v.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    corr = v @ v.T
+    iou = all_pairs_iou(b)
+    duplicate = (((iou > 0.5) & (corr > 0.2)) | ((iou <= 0.5) & (corr > 0.8))) & (
+        lab[:, None] == lab[None, :])
+    removed = torch.zeros(450, dtype=torch.bool)
+    keep = []
+    for i in range(450):
+        if not removed[i]:
+            keep.append(int(order[i]))
+            removed |= duplicate[i]
+    assert odam_nms(boxes, scores, maps, 0.5, 0.2, 0.8, labels=labels).tolist() == keep
+    assert len(keep) > 100  # the walk crosses several blocks of kept boxes
+
+
+def all_pairs_iou(boxes):
+    """All-pairs IoU written out (x1y1x2y2, offset 0)."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    iw = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
+    ih = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
+    inter = iw * ih
+    return inter / (area[:, None] + area[None] - inter)
+
+
+@pytest.mark.parametrize('seed', range(4))
+@pytest.mark.parametrize('thr', [0.0, 0.3, 0.7, 1.1])
+def test_map_score_threshold_keeps_odam_nms_above_it_and_nms_below(seed, thr):
+    """map_score_thr: the boxes scoring >= it are kept exactly as by Odam-NMS; each box
+    below it is kept iff no kept box overlaps it by IoU > T_iou (its map is never read:
+    NaN there changes nothing); 0 is Odam-NMS, above every score it is mmcv's nms."""
+    boxes, scores, maps = _random(300, seed, ties=True)
+    low = scores < thr
+    maps[low] = float('nan')
+    got = odam_nms(boxes, scores, maps, 0.5, 0.2, 0.8, map_score_thr=thr).tolist()
+    full = odam_nms(boxes, scores, torch.nan_to_num(maps), 0.5, 0.2, 0.8).tolist()
+    assert [i for i in got if not low[i]] == [i for i in full if not low[i]]
+    kept = [i for i in got if not low[i]]
+    iou = all_pairs_iou(boxes)
+    order = scores.sort(0, descending=True)[1].tolist()
+    for i in (i for i in order if low[i]):
+        if not any(iou[k, i] > 0.5 for k in kept):
+            kept.append(i)
+    assert got == kept
+    if thr > 1:
+        assert got == nms(boxes, scores, 0.5)[1].tolist()

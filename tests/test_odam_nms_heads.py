@@ -127,3 +127,54 @@ def test_the_configs_switch_it_on_through_the_runner():
         head = getattr(build_detector(config), attr)
         assert isinstance(head, base) and type(head).__name__ == f'Odam{base.__name__}'
         assert head.odam_loss.loss_weight == (0.5 if attr == 'bbox_head' else 0.2)
+
+
+def test_tower_maps_are_what_odam_nms_compares():
+    """``features='towers'`` in the NMS config: the maps Odam-NMS kept with its detections
+    are ODAM maps of the class logit with A = the towers' outputs, as the explainer makes
+    them for those detections (short edge 50, not normalised); they differ from the FPN
+    level's maps."""
+    stock = build_detector(CONFIG, num_classes=3)
+    inputs, samples = image_batch(stock)
+    maps = {}
+    for features in ('towers', 'auto'):
+        odam = with_odam_nms(stock, 0.2, 0.8, features=features, keep_heatmaps=True)
+        got = odam.predict(inputs, samples)[0].pred_instances
+        assert len(got) > 1
+        want = explain_batch(odam, inputs, samples, target='logit', map_size=50,
+                             normalize=None, features=features)[0]
+        torch.testing.assert_close(got.bboxes, want.bboxes)
+        torch.testing.assert_close(got.heatmaps, want.heatmaps, rtol=1e-4,
+                                   atol=1e-6 * float(want.heatmaps.max()))
+        maps[features] = got.heatmaps
+    if maps['towers'].shape == maps['auto'].shape:
+        assert not torch.allclose(maps['towers'], maps['auto'])
+
+
+def test_tower_maps_are_refused_for_a_roi_head():
+    odam = with_odam_nms(build_detector(RCNN, num_classes=3), 0.2, 0.8, features='towers')
+    inputs, samples = image_batch(odam)
+    with pytest.raises(ValueError, match="features must be one of .*'roi', 'fpn'.*'towers'"):
+        odam.predict(inputs, samples)
+
+
+def test_map_score_threshold_in_the_detector():
+    """``map_score_thr``: the detections scoring >= it are Odam-NMS's, with the same maps;
+    the kept ones below it get their maps too (``keep_heatmaps``), the same maps."""
+    stock = build_detector(CONFIG, num_classes=3)
+    inputs, samples = image_batch(stock)
+    full = with_odam_nms(stock, 0.2, 0.8, keep_heatmaps=True).predict(
+        inputs, samples)[0].pred_instances
+    thr = float(full.scores.median())
+    part = with_odam_nms(stock, 0.2, 0.8, keep_heatmaps=True, map_score_thr=thr).predict(
+        inputs, samples)[0].pred_instances
+    above = int((full.scores >= thr).sum())
+    assert 0 < above < len(full) and int((part.scores >= thr).sum()) == above
+    for key in ('bboxes', 'scores', 'labels', 'heatmaps'):
+        torch.testing.assert_close(part[key][:above], full[key][:above])
+    low = part[above:]
+    assert len(low) and low.heatmaps.amax((1, 2)).gt(0).all()
+    for box, heatmap in zip(low.bboxes, low.heatmaps):  # the same detection, the same map
+        same = (full.bboxes == box).all(1).nonzero()[:, 0]
+        if len(same):
+            torch.testing.assert_close(heatmap, full.heatmaps[same[0]])

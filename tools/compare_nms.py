@@ -3,7 +3,8 @@ with AP50, MR^-2, JI, recall (all / crowd / sparse) and seconds per image; optio
 T_l x T_h sweep of the paper's Fig. 9.
 
     python tools/compare_nms.py CONFIG CHECKPOINT [--iou 0.5] [--corr-low 0.2] [--corr-high 0.8]
-        [--map-mode windows] [--sweep] [--out table.json] [--cfg-options ...]
+        [--map-mode windows] [--map-features towers] [--sweep] [--out table.json]
+        [--cfg-options ...]
 
 Works for every detector odamtrain covers (its head's test-time NMS is switched in the
 config; the runner installs Odam-NMS, same weights). mmdet's CrowdDet
@@ -23,6 +24,7 @@ from _common import build_runner, exit_on_data_error, float_between  # noqa: E40
 
 from odamtrain.explain import build_adapter  # noqa: E402
 from odamtrain.models import (  # noqa: E402
+    MAP_KEYS,
     odam_nms_candidates,
     odam_nms_results,
     odam_nms_select,
@@ -54,9 +56,14 @@ def nms_variants(cfg, args) -> list:
     Odam-NMS, or CrowdDet's own Set-NMS (its head reads only the IoU threshold)."""
     if cfg.model.get('roi_head', {}).get('type') == 'MultiInstanceRoIHead':
         return [('Set-NMS', dict(type='nms', iou_threshold=args.iou))]
-    odam = dict(type='odam_nms', iou_threshold=args.iou)
+    test_cfg = cfg.model.test_cfg.rcnn if 'rcnn' in cfg.model.test_cfg else cfg.model.test_cfg
+    own = test_cfg.get('nms') or {}  # the config's own map settings, if it has Odam-NMS
+    odam = dict(type='odam_nms', iou_threshold=args.iou,
+                **{k: own[k] for k in MAP_KEYS if k in own and k != 'keep_heatmaps'})
     if args.map_mode:
         odam['mode'] = args.map_mode
+    if args.map_features:
+        odam['features'] = args.map_features
     return [('NMS', dict(type='nms', iou_threshold=args.iou)),
             ('Soft-NMS', dict(type='soft_nms', iou_threshold=args.iou, min_score=0.05)),
             (f'Odam-NMS ({args.corr_low}, {args.corr_high})',
@@ -106,7 +113,10 @@ def parse_args():
     p.add_argument('--corr-low', type=float, default=0.2, help='T_l')
     p.add_argument('--corr-high', type=float, default=0.8, help='T_h')
     p.add_argument('--map-mode', choices=['fast', 'windows', 'exact'],
-                   help="Odam-NMS's map mode (default: the head's)")
+                   help="Odam-NMS's map mode (default: the config's)")
+    p.add_argument('--map-features', choices=['auto', 'towers'],
+                   help="A of Odam-NMS's maps (default: the config's; 'towers': the dense "
+                        "head's towers' outputs)")
     p.add_argument('--sweep', action='store_true', help='also sweep T_l x T_h (Fig. 9)')
     p.add_argument('--work-dir', default='work_dirs/compare_nms')
     p.add_argument('--out', help='write the rows as JSON')

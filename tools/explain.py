@@ -7,7 +7,8 @@ and ``<name>_<method>_<target>.npz`` (bboxes, scores, labels, heatmaps at the im
 
     python tools/explain.py CONFIG CHECKPOINT IMAGE_OR_DIR [...] --out-dir DIR \
         [--method odam|gradcam|gradcampp] [--target score|logit|x1|y1|x2|y2] \
-        [--score-thr 0.3] [--topk 8] [--mode fast|exact] [--no-smooth] [--no-verify] [--device cpu]
+        [--score-thr 0.3] [--topk 8] [--mode fast|exact] [--features auto|towers|...]
+        [--no-smooth] [--no-verify] [--device cpu]
 """
 import argparse
 import io
@@ -23,7 +24,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import exit_on_data_error, float_between, int_at_least  # noqa: E402
 
 from odamtrain.apis import METHODS, explain_detector, init_detector  # noqa: E402
-from odamtrain.explain import MODES, TARGETS  # noqa: E402
+from odamtrain.explain import FEATURES, MODES, TARGETS  # noqa: E402
 from odamtrain.utils import atomic_write_bytes  # noqa: E402
 from odamtrain.visualization import render_combined, render_explanations  # noqa: E402
 
@@ -44,6 +45,9 @@ def parse_args():
                    help='explain at most this many per image')
     p.add_argument('--mode', default='fast', choices=MODES,
                    help='dense heads: windowed (fast, windows) or exact gradients')
+    p.add_argument('--features', default='auto', choices=FEATURES,
+                   help="A, what the maps read (default: the family's; the detector's "
+                        "adapter lists its choices, e.g. 'towers' for dense heads)")
     p.add_argument('--no-smooth', action='store_true', help="no Gaussian Phi (authors' code)")
     p.add_argument('--no-verify', action='store_true',
                    help="skip the check, on the first image, that the explained detections "
@@ -109,7 +113,7 @@ def main():
         with exit_on_data_error():
             pred = explain_detector(model, img, method=args.method, target=args.target,
                                     smooth=None if args.no_smooth else 'gaussian',
-                                    mode=args.mode,
+                                    mode=args.mode, features=args.features,
                                     verify=i == 0 and not args.no_verify).pred_instances
         keep = (pred.scores >= args.score_thr).nonzero()[:, 0][:args.topk]  # sorted by score
         pred = pred[keep]

@@ -25,6 +25,7 @@ from .heatmap import (
 from .protocol import DetectorAdapter, Forward, UnsupportedDetectorError
 from .settings import (
     DRISE_ESTIMATORS,
+    FEATURES,
     GRADIENT_METHODS,
     METHODS,
     MODES,
@@ -38,8 +39,8 @@ from .settings import (
 from .vps import vps_forward_count, vps_saliency, vps_target_maps
 
 __all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
-           'GRADIENT_METHODS', 'TARGETS', 'MODES', 'DRISE_ESTIMATORS', 'VPS_SEGMENTATIONS',
-           'VPS_SEARCHES', 'build_adapter', 'head_adapter', 'supported_heads',
+           'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
+           'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'build_adapter', 'head_adapter', 'supported_heads',
            'UnsupportedDetectorError', 'DetectorAdapter', 'Forward', 'DenseTrainStep',
            'RoITrainStep', 'box_sigma', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',

@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from mmengine.structures import InstanceData
 
 from odamtrain.inference import image_window
@@ -37,6 +36,7 @@ from .conv_towers import (
     paste_windows,
     record_towers,
     window_backward,
+    window_on_map,
 )
 from .heatmap import (
     box_sigma,
@@ -45,6 +45,7 @@ from .heatmap import (
     output_size,
     resample_maps,
     resize_maps,
+    smooth_windows,
 )
 from .protocol import Forward, scales
 from .settings import ExplanationSettings
@@ -208,15 +209,37 @@ def level_mode(adapter, fwd: DenseForward, level: int, mode: str) -> str:
     return 'exact' if mode == 'fast' and small else 'windows'
 
 
+def tower_window_grads(adapter, fwd: DenseForward, level: int, preds: InstanceData,
+                       target: str, scale: torch.Tensor):
+    """dY/dT for A = T, the head's towers' outputs on this level (the inputs of its final
+    layers, concatenated along channels; the towers Y does not depend on left out), on the
+    windows of radius :attr:`final_radius` around each prediction: exact (no statistics
+    in between).
+
+    Returns:
+        grads (n, C_T, k, k) and T (B, C_T, h, w).
+    """
+    feat = fwd.feats[level]
+    h, w = feat.shape[-2:]
+    ys, xs, _ = adapter.location(level, preds.prior, (h, w))
+    deltas = final_window_grads(adapter, fwd, level, preds, target, scale)
+    used = [(layers, d) for layers, d in zip(adapter.towers(level), deltas) if d is not None]
+    towers = torch.cat([_tower_output(fwd, layers, level, feat) for layers, _ in used], 1)
+    on_map = window_on_map(ys, xs, adapter.final_radius, (h, w))  # the padding has no A
+    return torch.cat([d for _, d in used], 1) * on_map, towers
+
+
 def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData,
                settings: ExplanationSettings, mode: str, scale: torch.Tensor,
                create_graph: bool = False) -> torch.Tensor:
     """(n, h, w) maps on this level of its predictions (``img``, ``level``, ``prior``,
     ``labels``, ``bboxes`` x1y1x2y2 in original pixels), by the settings' ``method``,
-    ``target`` and ``smooth``.
+    ``target``, ``smooth`` and ``features`` (A: the FPN level, or 'towers': the towers'
+    outputs, whose gradients need no backward through the towers).
 
     Args:
-        mode: :func:`level_mode`'s result for this level ('windows' or 'exact').
+        mode: :func:`level_mode`'s result for this level ('windows' or 'exact'; A =
+            'towers' is always exact).
         scale: (B, 2) input / original (w, h) per image.
         create_graph: ('windows') keep the gradients' graph to the head's weights.
     Under grad mode the maps keep ``feats``' graph (Odam-Train).
@@ -229,25 +252,31 @@ def level_maps(adapter, fwd: DenseForward, level: int, preds: InstanceData,
     sigma = None
     if method == 'odam' and smooth == 'gaussian':
         sigma = box_sigma(preds.bboxes * scale[b].repeat(1, 2), stride, max_sigma=max(h, w))
-    if mode == 'exact':
+    ys, xs, _ = adapter.location(level, preds.prior, (h, w))
+    if settings.features == 'towers':
+        grads, feat = tower_window_grads(adapter, fwd, level, preds, target, scale)
+        windows = gather_windows(feat, b, ys, xs, adapter.final_radius)
+    elif mode == 'exact':
         maps = [explanation_maps(method, g, feat[b[idx]], None if sigma is None else sigma[idx])
                 for idx, g in exact_grads(adapter, fwd, level, preds, target, scale)]
         return torch.cat(maps) if maps else feat.new_zeros(0, h, w)
-    grads, windows = window_grads(adapter, fwd, level, preds, target, scale, create_graph)
-    ys, xs, _ = adapter.location(level, preds.prior, (h, w))
+    else:
+        grads, windows = window_grads(adapter, fwd, level, preds, target, scale, create_graph)
     if method != 'odam':
         return explanation_maps(method, grads, windows, area=h * w,
                                 full_feats=feat.detach()[b])
     if sigma is None:
         return paste_windows(odam_heatmap(grads, windows), ys, xs, (h, w))
-    return _smoothed_window_maps(adapter, feat, level, grads, sigma, b, ys, xs)
+    return _smoothed_window_maps(feat, grads, sigma, b, ys, xs)
 
 
-def _smoothed_window_maps(adapter, feat, level, grads, sigma, b, ys, xs) -> torch.Tensor:
-    """ODAM maps of window gradients with Phi: Phi spreads the gradient by 3 sigma, so each
-    window grows by that much, in groups of similar sigma (one large box does not grow every
-    window) small enough to keep the (n, C, k, k) tensors under :data:`SMOOTHING_BUDGET`."""
+def _smoothed_window_maps(feat, grads, sigma, b, ys, xs) -> torch.Tensor:
+    """ODAM maps of (n, C, k, k) window gradients of A = ``feat`` (B, C, h, w) with Phi:
+    Phi spreads the gradient by 3 sigma, so each window grows by that much, in groups of
+    similar sigma (one large box does not grow every window) small enough to keep the
+    (n, C, k, k) tensors under :data:`SMOOTHING_BUDGET`."""
     h, w = feat.shape[-2:]
+    radius = grads.shape[-1] // 2
     maps = grads.new_zeros(len(grads), h, w)
     order = torch.argsort(sigma)
     start = 0
@@ -262,9 +291,9 @@ def _smoothed_window_maps(adapter, feat, level, grads, sigma, b, ys, xs) -> torc
             count = fit
         part = order[start:start + count]
         rs = smoothing_radius(sigma[part])
-        g = F.pad(grads[part], (rs, rs, rs, rs))
-        a = gather_windows(feat, b[part], ys[part], xs[part], window_radius(adapter, level) + rs)
-        maps[part] = paste_windows(odam_heatmap(g, a, sigma[part]), ys[part], xs[part], (h, w))
+        g = smooth_windows(grads[part], sigma[part], rs)  # Phi
+        a = gather_windows(feat, b[part], ys[part], xs[part], radius + rs)
+        maps[part] = paste_windows(odam_heatmap(g, a), ys[part], xs[part], (h, w))
         start += len(part)
     return maps
 
@@ -277,6 +306,7 @@ def smoothing_radius(sigma: torch.Tensor | None) -> int:
 def dense_heatmaps(adapter, fwd: DenseForward, dets: list, settings: ExplanationSettings) -> None:
     """Set ``heatmaps`` (N, H, W) at the settings' ``map_size`` on each image's predictions
     (``img``, ``level``, ``prior``, ``labels``, ``bboxes`` original pixels)."""
+    adapter.check_features(settings.features)
     scale = scales(fwd.metas, fwd.feats[0])
     modes = [level_mode(adapter, fwd, level, settings.mode)
              for level in range(len(fwd.feats))]

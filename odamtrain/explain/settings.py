@@ -11,7 +11,7 @@ METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'vps')
 GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp')
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
 MODES = ('fast', 'windows', 'exact')
-FEATURES = ('auto', 'fpn', 'roi', 'backbone', 'neck', 'memory')
+FEATURES = ('auto', 'fpn', 'roi', 'backbone', 'neck', 'memory', 'towers')
 DRISE_ESTIMATORS = ('contrast', 'coverage', 'mean')
 VPS_SEGMENTATIONS = ('slico', 'grid')
 VPS_SEARCHES = ('greedy', 'windowed')
@@ -112,7 +112,8 @@ class ExplanationSettings:
             for two-stage, the backbone's last stage for DETR / Conditional DETR / DAB-DETR
             and the neck's levels for Deformable DETR / DINO), 'roi' or 'fpn' (two-stage:
             the RoI's FPN level), 'backbone', 'neck' or 'memory' (DETR-like: the encoder's
-            output).
+            output), 'towers' (dense heads with conv towers: the towers' outputs, which
+            the head's final layers read; exact and cheap, no backward through the towers).
     """
     method: str = 'odam'
     target: str = 'score'

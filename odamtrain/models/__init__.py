@@ -7,7 +7,7 @@ from .odam_nms import (
     batched_odam_nms,
     box_iou,
     is_odam_nms,
-    map_correlation,
+    map_vectors,
     odam_nms,
     odam_nms_candidates,
     odam_nms_detections,
@@ -29,7 +29,7 @@ from .odam_train import (
 )
 
 __all__ = ['install_odam', 'register_odam_builds', 'asks_for_odam', 'odam_nms',
-           'batched_odam_nms', 'box_iou', 'map_correlation', 'odam_nms_keep', 'MAP_KEYS',
+           'batched_odam_nms', 'box_iou', 'map_vectors', 'odam_nms_keep', 'MAP_KEYS',
            'without_odam_keys', 'plain_nms_config', 'is_odam_nms', 'odam_nms_candidates',
            'odam_nms_detections', 'odam_nms_select', 'odam_nms_results', 'OdamLossSettings',
            'OdamPairLosses', 'best_per_object', 'cap_positives', 'odam_loss_dict',

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from mmdet.structures.bbox import scale_boxes
@@ -33,62 +32,102 @@ from mmengine.config import ConfigDict
 
 from odamtrain.explain import ExplanationSettings, head_adapter
 
-__all__ = ['odam_nms', 'batched_odam_nms', 'map_correlation', 'box_iou', 'odam_nms_keep',
-           'MAP_KEYS', 'without_odam_keys', 'plain_nms_config', 'is_odam_nms',
-           'odam_nms_settings', 'odam_nms_candidates', 'odam_nms_select', 'odam_nms_detections',
-           'odam_nms_results', 'OdamNMSDenseMixin', 'OdamNMSRoIMixin', 'ODAM_NMS_DEFAULTS']
+__all__ = ['odam_nms', 'batched_odam_nms', 'map_vectors', 'box_iou', 'greedy_odam_nms',
+           'add_heatmaps', 'odam_nms_keep', 'MAP_KEYS', 'without_odam_keys', 'plain_nms_config',
+           'is_odam_nms', 'odam_nms_settings', 'odam_nms_candidates', 'odam_nms_select',
+           'odam_nms_detections', 'odam_nms_results', 'OdamNMSDenseMixin', 'OdamNMSRoIMixin',
+           'ODAM_NMS_DEFAULTS']
 
-# Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients
-ODAM_NMS_DEFAULTS = dict(target='logit', mode='fast', map_size=50)
+# Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients, A = the
+# features the family explains by default (dense heads: the FPN level)
+ODAM_NMS_DEFAULTS = dict(target='logit', mode='fast', map_size=50, features='auto')
 
 MAP_SHORT_EDGE = 50
+# boxes per block of the walk (greedy_odam_nms)
+BLOCK = 128
 
 
-def box_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of (N, 4) x1y1x2y2 boxes -> (N, N), computed like mmcv's CPU nms
-    (offset 0, ``inter / (area_i + area_j - inter)``)."""
+def box_iou(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """IoU of (N, 4) x1y1x2y2 boxes with (M, 4) others -> (N, M), computed like mmcv's CPU
+    nms (offset 0, ``inter / (area_i + area_j - inter)``)."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
-    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])  # [N, N, 2]
-    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    area_o = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])  # [M]
+    lt = torch.maximum(boxes[:, None, :2], others[None, :, :2])  # [N, M, 2]
+    rb = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    return inter / (area[:, None] + area[None, :] - inter)
+    return inter / (area[:, None] + area_o[None, :] - inter)
 
 
-def map_correlation(heatmaps: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) heat maps -> (N, N) normalised correlation (cosine of the L2-normalised,
-    flattened maps at short edge 50)."""
+def map_vectors(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) heat maps -> (N, D) unit vectors whose dot products are the maps'
+    normalised correlation: each map resized bilinearly to short edge 50, flattened and
+    L2-normalised (an all-zero map stays zero)."""
     n, h, w = heatmaps.shape
     s = MAP_SHORT_EDGE / min(h, w)
     size = (max(1, round(h * s)), max(1, round(w * s)))
     maps = heatmaps.float()
+    if n == 0:
+        return maps.new_zeros(0, size[0] * size[1])
     if (h, w) != size:
         maps = F.interpolate(maps[:, None], size=size, mode='bilinear', align_corners=False)
-    v = F.normalize(maps.reshape(n, -1), dim=1)  # zero maps stay zero
-    return v @ v.T
+    return F.normalize(maps.reshape(n, -1), dim=1)
 
 
-def _greedy(duplicate: np.ndarray) -> list:
-    """Indices kept by walking rows in order; a row is dropped if a kept earlier row marks
-    it. duplicate: (N, N) bool."""
-    removed = np.zeros(len(duplicate), bool)
+def greedy_odam_nms(boxes: torch.Tensor, vectors: torch.Tensor, labels: torch.Tensor | None,
+                    iou_threshold: float, corr_low: float, corr_high: float) -> list:
+    """Algorithm 1's walk over boxes already sorted by decreasing score: positions kept.
+
+    A box is a duplicate of an earlier kept box of its label when (IoU > T_iou and corr >
+    T_l) or (IoU <= T_iou and corr > T_h). The walk goes in blocks of :data:`BLOCK` boxes:
+    each block's IoU and correlation are computed against the boxes kept so far and the
+    block itself only (not all pairs), then the block is walked in order.
+
+    Args:
+        boxes: (N, 4) x1y1x2y2; labels: (N,) or None.
+        vectors: (M, D) :func:`map_vectors` of the first M <= N boxes; a box without one
+            is a duplicate by the IoU test alone (IoU > T_iou: mmcv's ``nms``).
+    """
     keep = []
-    for i in range(len(duplicate)):
-        if not removed[i]:
-            keep.append(i)
-            removed |= duplicate[i]
+    n, m = len(boxes), len(vectors)
+    if m < n:  # zero vectors for the boxes without maps (their rows use the IoU alone)
+        vectors = torch.cat([vectors, vectors.new_zeros(n - m, vectors.shape[1])])
+    for start in range(0, n, BLOCK):
+        end = min(n, start + BLOCK)
+        cols = torch.cat([torch.as_tensor(keep, dtype=torch.long, device=boxes.device),
+                          torch.arange(start, end, device=boxes.device)])
+        overlap = box_iou(boxes[start:end], boxes[cols]) > iou_threshold  # [B, K + B]
+        corr = vectors[start:end] @ vectors[cols].T
+        duplicate = (overlap & (corr > corr_low)) | (~overlap & (corr > corr_high))
+        if end > m:
+            unmapped = torch.arange(start, end, device=boxes.device) >= m
+            duplicate[unmapped] = overlap[unmapped]
+        if labels is not None:
+            duplicate &= labels[start:end, None] == labels[None, cols]
+        duplicate = duplicate.cpu().numpy()  # [later box, earlier box]
+        kept_before = len(keep)
+        removed = duplicate[:, :kept_before].any(1)
+        for i in range(end - start):
+            if not removed[i]:
+                keep.append(start + i)
+                removed |= duplicate[:, kept_before + i]
     return keep
 
 
 def odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.Tensor,
              iou_threshold: float = 0.5, corr_low: float = 0.2, corr_high: float = 0.8,
-             labels: torch.Tensor | None = None) -> torch.Tensor:
+             labels: torch.Tensor | None = None,
+             map_score_thr: float | None = None) -> torch.Tensor:
     """Odam-NMS.
 
     Args:
         boxes: (N, 4) x1y1x2y2; scores: (N,); heatmaps: (N, h, w) >= 0 at any resolution.
         iou_threshold: T_iou; corr_low: T_l (0.2); corr_high: T_h (0.8).
         labels: (N,) optional classes; boxes of different classes never suppress each other.
+        map_score_thr: if set, only boxes scoring >= it are compared by their maps; a box
+            scoring below it is a duplicate by the IoU test alone (its map is not read).
+            The walk goes by decreasing score, so what is kept among the boxes scoring >=
+            it is exactly Odam-NMS's.
     Returns:
         int64 indices of the kept boxes, sorted by decreasing score (ties in the order of
         ``scores.sort(descending=True)``, like mmcv's ``nms``).
@@ -96,13 +135,10 @@ def odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.Tensor,
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     order = scores.sort(0, descending=True)[1]  # the same sort as mmcv's nms
-    iou = box_iou(boxes[order].float())
-    corr = map_correlation(heatmaps[order])
-    overlap = iou > iou_threshold
-    duplicate = (overlap & (corr > corr_low)) | (~overlap & (corr > corr_high))
-    if labels is not None:
-        duplicate &= labels[order][:, None] == labels[order][None, :]
-    keep = _greedy(duplicate.cpu().numpy())
+    mapped = len(order) if map_score_thr is None else int((scores >= map_score_thr).sum())
+    keep = greedy_odam_nms(boxes[order].float(), map_vectors(heatmaps[order[:mapped]]),
+                           None if labels is None else labels[order],
+                           iou_threshold, corr_low, corr_high)
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
 
 
@@ -126,14 +162,14 @@ def batched_odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.
 
 
 # keys of an odam_nms config that configure the heat maps rather than the operator
-MAP_KEYS = ('target', 'mode', 'map_size', 'keep_heatmaps')
+MAP_KEYS = ('target', 'mode', 'map_size', 'features', 'keep_heatmaps')
 
 
 def without_odam_keys(nms_cfg: dict) -> dict:
     """A copy of an NMS config without Odam-NMS's own keys (thresholds and map settings),
     so that switching ``type`` to 'nms' / 'soft_nms' from the command line just works."""
     return {k: v for k, v in nms_cfg.items()
-            if k not in MAP_KEYS + ('corr_low', 'corr_high')}
+            if k not in MAP_KEYS + ('corr_low', 'corr_high', 'map_score_thr')}
 
 
 def is_odam_nms(test_cfg) -> bool:
@@ -162,7 +198,8 @@ def odam_nms_keep(cand, nms_cfg: dict, max_per_img: int = -1):
 # ------------------------------------------------------------------ in a detector
 def odam_nms_settings(nms_cfg: dict) -> ExplanationSettings:
     """The maps an ``odam_nms`` config asks for: ODAM with the paper's Gaussian Phi, its
-    ``target``, ``mode`` and ``map_size`` (:data:`ODAM_NMS_DEFAULTS`), validated."""
+    ``target``, ``mode``, ``map_size`` and ``features`` (:data:`ODAM_NMS_DEFAULTS`),
+    validated."""
     return ExplanationSettings(method='odam', smooth='gaussian', normalize=None, **{
         k: nms_cfg.get(k, v) for k, v in ODAM_NMS_DEFAULTS.items()})
 
@@ -170,10 +207,30 @@ def odam_nms_settings(nms_cfg: dict) -> ExplanationSettings:
 def odam_nms_candidates(adapter, fwd, nms_cfg: dict | None = None) -> list:
     """Per image the candidates that reach NMS (boxes in original pixels) with the ODAM
     ``heatmaps`` an ``odam_nms`` config asks for (default: the adapter's test config's),
-    from the forward ``fwd``."""
+    from the forward ``fwd``; with ``map_score_thr`` only the candidates scoring >= it get
+    a map (the others' rows are zero: Odam-NMS does not read them)."""
+    nms_cfg = nms_cfg or adapter.test_cfg.nms
     cands = adapter.candidates(fwd)
-    adapter.heatmaps(fwd, cands, odam_nms_settings(nms_cfg or adapter.test_cfg.nms))
+    thr = nms_cfg.get('map_score_thr')
+    add_heatmaps(adapter, fwd, cands, odam_nms_settings(nms_cfg),
+                 None if thr is None else [c.scores >= thr for c in cands])
     return cands
+
+
+def add_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings,
+                 rows: list | None = None) -> None:
+    """Set ``heatmaps`` on each image's predictions ``dets`` of the forward ``fwd``: maps
+    of the (N,) bool ``rows`` of each image (default: all), the other rows zero or, where
+    ``heatmaps`` is already set, unchanged."""
+    if rows is None:
+        adapter.heatmaps(fwd, dets, settings)
+        return
+    parts = [det[row] for det, row in zip(dets, rows)]
+    adapter.heatmaps(fwd, parts, settings)
+    for det, row, part in zip(dets, rows, parts):
+        if 'heatmaps' not in det:
+            det.heatmaps = part.heatmaps.new_zeros(len(det), *part.heatmaps.shape[1:])
+        det.heatmaps[row] = part.heatmaps
 
 
 def odam_nms_select(cands: list, nms_cfg: dict, max_per_img: int = -1) -> list:
@@ -184,10 +241,16 @@ def odam_nms_select(cands: list, nms_cfg: dict, max_per_img: int = -1) -> list:
 
 def odam_nms_detections(adapter, fwd) -> list:
     """Odam-NMS's detections of each image, as the adapter's test config asks (at most its
-    ``max_per_img``)."""
+    ``max_per_img``); with ``keep_heatmaps`` and ``map_score_thr`` the kept detections
+    scoring below it get their maps too."""
     cfg = adapter.test_cfg
-    return odam_nms_select(odam_nms_candidates(adapter, fwd), cfg.nms,
+    kept = odam_nms_select(odam_nms_candidates(adapter, fwd), cfg.nms,
                            cfg.get('max_per_img', -1))
+    thr = cfg.nms.get('map_score_thr')
+    if cfg.nms.get('keep_heatmaps', False) and thr is not None:
+        add_heatmaps(adapter, fwd, kept, odam_nms_settings(cfg.nms),
+                     [k.scores < thr for k in kept])
+    return kept
 
 
 def odam_nms_results(kept: list, batch_img_metas: list, nms_cfg: dict,
@@ -243,6 +306,7 @@ class OdamNMSRoIMixin:
             return super().predict_bbox(x, batch_img_metas, rpn_results_list,
                                         plain_nms_config(rcnn_test_cfg), rescale=rescale)
         adapter = head_adapter(self)  # (mmdet passes the RoI head's own test_cfg)
+        features = adapter.check_features(odam_nms_settings(rcnn_test_cfg.nms).features)
         kept = odam_nms_detections(adapter, adapter.forward_rois(x, rpn_results_list,
-                                                                 batch_img_metas))
+                                                                 batch_img_metas, features))
         return odam_nms_results(kept, batch_img_metas, rcnn_test_cfg.nms, rescale)

@@ -113,7 +113,7 @@ class DenseHeadAdapter(DetectorAdapter):
     head_type = BaseDenseHead
     reproduces = selection(BaseDenseHead.predict_by_feat, BaseDenseHead._predict_by_feat_single,
                            BaseDenseHead._bbox_post_process)
-    features = ('auto', 'fpn')
+    features = ('auto', 'fpn', 'towers')
     forward_impl = None  # (staticmethod) the forward whose final layers final_layers() copies
     post_process_name = '_bbox_post_process'  # what _predict_by_feat_single ends with
     rescale_in_head = True  # the head's predict_by_feat rescales the boxes (rescale=True)
@@ -129,6 +129,14 @@ class DenseHeadAdapter(DetectorAdapter):
 
     def mode_fallback(self):
         return self.fast_support()
+
+    def check_features(self, features: str) -> str:
+        features = super().check_features(features)
+        reason = self.fast_support() if features == 'towers' else None
+        if reason is not None:
+            raise ValueError(f"{self.name}: features='towers' needs the head's conv towers "
+                             f'in window form; {reason}')
+        return features
 
     def forward(self, inputs, data_samples, features='auto') -> DenseForward:
         """The neck's levels (A) and the head's outputs (towers recorded)."""
@@ -890,7 +898,7 @@ class CenterNetAdapter(DenseHeadAdapter):
     head_type = CenterNetHead
     reproduces = selection(CenterNetHead.predict_by_feat, CenterNetHead._predict_by_feat_single,
                            CenterNetHead._decode_heatmap)
-    features = ('auto', 'neck')
+    features = ('auto', 'neck', 'towers')
     forward_impl = staticmethod(CenterNetHead.forward_single)
     final_radius = 0
     num_levels = 1

@@ -151,13 +151,6 @@ def test_tower_maps_are_what_odam_nms_compares():
         assert not torch.allclose(maps['towers'], maps['auto'])
 
 
-def test_tower_maps_are_refused_for_a_roi_head():
-    odam = with_odam_nms(build_detector(RCNN, num_classes=3), 0.2, 0.8, features='towers')
-    inputs, samples = image_batch(odam)
-    with pytest.raises(ValueError, match="features must be one of .*'roi', 'fpn'.*'towers'"):
-        odam.predict(inputs, samples)
-
-
 def test_map_score_threshold_in_the_detector():
     """``map_score_thr``: the detections scoring >= it are Odam-NMS's, with the same maps;
     the kept ones below it get their maps too (``keep_heatmaps``), the same maps."""
@@ -178,3 +171,17 @@ def test_map_score_threshold_in_the_detector():
         same = (full.bboxes == box).all(1).nonzero()[:, 0]
         if len(same):
             torch.testing.assert_close(heatmap, full.heatmaps[same[0]])
+
+
+@pytest.mark.parametrize('config, extra, why', [
+    (CONFIG, dict(map_score_threshold=0.1), r"unknown keys \['map_score_threshold'\]"),
+    (CONFIG, dict(split_thr=10000), r"unknown keys \['split_thr'\]"),
+    (CONFIG, dict(map_score_thr='0.1'), "map_score_thr must be a number, got '0.1'"),
+    (CONFIG, dict(mode='fastest'), "mode must be one of"),
+    (RCNN, dict(features='towers'), "features must be one of"),
+])
+def test_a_bad_odam_nms_config_is_refused_when_the_model_is_built(config, extra, why):
+    """A typo or a wrong value in ``test_cfg.nms`` is one error naming the detector, the key
+    and what is expected, when the model is built (not a TypeError at its first predict)."""
+    with pytest.raises(ValueError, match=f'with .*Head: test_cfg.nms: .*{why}'):
+        with_odam_nms(build_detector(config, num_classes=3), 0.2, 0.8, **extra)

@@ -56,8 +56,8 @@ def nms_variants(cfg, args) -> list:
     Odam-NMS, or CrowdDet's own Set-NMS (its head reads only the IoU threshold)."""
     if cfg.model.get('roi_head', {}).get('type') == 'MultiInstanceRoIHead':
         return [('Set-NMS', dict(type='nms', iou_threshold=args.iou))]
-    test_cfg = cfg.model.test_cfg.rcnn if 'rcnn' in cfg.model.test_cfg else cfg.model.test_cfg
-    own = test_cfg.get('nms') or {}  # the config's own map settings, if it has Odam-NMS
+    test_cfg = cfg.model.get('test_cfg') or {}
+    own = test_cfg.get('rcnn', test_cfg).get('nms') or {}  # the config's own map settings
     odam = dict(type='odam_nms', iou_threshold=args.iou,
                 **{k: own[k] for k in MAP_KEYS if k in own and k != 'keep_heatmaps'})
     if args.map_mode:

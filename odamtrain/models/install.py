@@ -19,7 +19,12 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 
 from odamtrain.explain import head_adapter
 
-from .odam_nms import OdamNMSDenseMixin, OdamNMSRoIMixin, is_odam_nms
+from .odam_nms import (
+    OdamNMSDenseMixin,
+    OdamNMSRoIMixin,
+    check_odam_nms_config,
+    is_odam_nms,
+)
 from .odam_train import (
     ODAM_LOSS_WEIGHTS,
     OdamLossSettings,
@@ -91,6 +96,11 @@ def install_odam(model):
     if reason is not None:
         raise ValueError(f'{where}: odam_nms: Odam-NMS cannot replace the NMS of '
                          f'{type(head).__name__}: {reason}')
+    if 'odam_nms' in asked:
+        try:
+            check_odam_nms_config(head.test_cfg.nms, adapter)
+        except ValueError as e:
+            raise ValueError(f'{where}: test_cfg.nms: {e}') from None
     if settings is not None and kind == 'dense':
         reason = adapter.train_support() or adapter.fast_support()
         if reason is not None:

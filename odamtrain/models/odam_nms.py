@@ -36,7 +36,7 @@ __all__ = ['odam_nms', 'batched_odam_nms', 'map_vectors', 'box_iou', 'greedy_oda
            'add_heatmaps', 'odam_nms_keep', 'MAP_KEYS', 'without_odam_keys', 'plain_nms_config',
            'is_odam_nms', 'odam_nms_settings', 'odam_nms_candidates', 'odam_nms_select',
            'odam_nms_detections', 'odam_nms_results', 'OdamNMSDenseMixin', 'OdamNMSRoIMixin',
-           'ODAM_NMS_DEFAULTS']
+           'ODAM_NMS_DEFAULTS', 'NMS_KEYS', 'check_odam_nms_config']
 
 # Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients, A = the
 # features the family explains by default (dense heads: the FPN level)
@@ -202,6 +202,25 @@ def odam_nms_settings(nms_cfg: dict) -> ExplanationSettings:
     validated."""
     return ExplanationSettings(method='odam', smooth='gaussian', normalize=None, **{
         k: nms_cfg.get(k, v) for k, v in ODAM_NMS_DEFAULTS.items()})
+
+
+# every key an odam_nms config may have
+NMS_KEYS = ('type', 'iou_threshold', 'corr_low', 'corr_high', 'max_num', 'map_score_thr'
+            ) + MAP_KEYS
+
+
+def check_odam_nms_config(nms_cfg: dict, adapter) -> None:
+    """ValueError naming what is wrong in an ``odam_nms`` config for the adapter's detector:
+    an unknown key, a threshold that is not a number, a map setting it does not offer."""
+    unknown = sorted(set(nms_cfg) - set(NMS_KEYS))
+    if unknown:
+        raise ValueError(f'odam_nms: unknown keys {unknown}; expected some of {list(NMS_KEYS)}')
+    for key in ('iou_threshold', 'corr_low', 'corr_high', 'map_score_thr'):
+        value = nms_cfg.get(key)
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, float))):
+            raise ValueError(f'odam_nms: {key} must be a number, got {value!r}')
+    adapter.check_features(odam_nms_settings(nms_cfg).features)
 
 
 def odam_nms_candidates(adapter, fwd, nms_cfg: dict | None = None) -> list:

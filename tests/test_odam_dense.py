@@ -233,8 +233,7 @@ def test_tower_features_equal_per_prediction_autograd(fcos, setup, target):
 
 def test_tower_features_refused_without_window_towers():
     """'towers' on a head without conv towers in window form is one clear error."""
-    tood = build_detector('configs/fcos_tiny_fpn_synthetic.py', num_classes=3)
-    adapter = build_adapter(tood)
+    adapter = build_adapter(build_detector('configs/fcos_tiny_fpn_synthetic.py', num_classes=3))
     adapter.check_features('towers')  # FCOS: accepted
     adapter.forward_impl = None  # as a family without a window form of its final layers
     with pytest.raises(ValueError, match="features='towers' needs the head's conv towers"):

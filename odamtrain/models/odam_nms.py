@@ -36,7 +36,7 @@ __all__ = ['odam_nms', 'batched_odam_nms', 'map_vectors', 'box_iou', 'greedy_oda
            'add_heatmaps', 'odam_nms_keep', 'MAP_KEYS', 'without_odam_keys', 'plain_nms_config',
            'is_odam_nms', 'odam_nms_settings', 'odam_nms_candidates', 'odam_nms_select',
            'odam_nms_detections', 'odam_nms_results', 'OdamNMSDenseMixin', 'OdamNMSRoIMixin',
-           'ODAM_NMS_DEFAULTS', 'NMS_KEYS', 'check_odam_nms_config']
+           'ODAM_NMS_DEFAULTS', 'ODAM_KEYS', 'NMS_KEYS', 'check_odam_nms_config']
 
 # Odam-NMS's maps: the class logit (the paper), short edge 50, 'fast' gradients, A = the
 # features the family explains by default (dense heads: the FPN level)
@@ -163,13 +163,15 @@ def batched_odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.
 
 # keys of an odam_nms config that configure the heat maps rather than the operator
 MAP_KEYS = ('target', 'mode', 'map_size', 'features', 'keep_heatmaps')
+# Odam-NMS's own keys (the rest, type / iou_threshold / max_num, are also mmdet NMS's)
+ODAM_KEYS = ('corr_low', 'corr_high', 'map_score_thr') + MAP_KEYS
 
 
 def without_odam_keys(nms_cfg: dict) -> dict:
     """A copy of an NMS config without Odam-NMS's own keys (thresholds and map settings),
     so that switching ``type`` to 'nms' / 'soft_nms' from the command line just works."""
     return {k: v for k, v in nms_cfg.items()
-            if k not in MAP_KEYS + ('corr_low', 'corr_high', 'map_score_thr')}
+            if k not in ODAM_KEYS}
 
 
 def is_odam_nms(test_cfg) -> bool:
@@ -205,8 +207,7 @@ def odam_nms_settings(nms_cfg: dict) -> ExplanationSettings:
 
 
 # every key an odam_nms config may have
-NMS_KEYS = ('type', 'iou_threshold', 'corr_low', 'corr_high', 'max_num', 'map_score_thr'
-            ) + MAP_KEYS
+NMS_KEYS = ('type', 'iou_threshold', 'max_num') + ODAM_KEYS
 
 
 def check_odam_nms_config(nms_cfg: dict, adapter) -> None:

@@ -98,3 +98,21 @@ def test_audit_hook_settings_need_one_hook():
     cfg = Config.fromfile(osp.join(REPO, 'configs/fcos_tiny_fpn_synthetic.py'))
     with pytest.raises(SystemExit, match='fcos_tiny.*has 0 ExplanationAuditHook'):
         _tool('audit').config_hook_settings(cfg, 'fcos_tiny')
+
+
+@pytest.mark.parametrize('rcnn', [False, True])
+def test_compare_nms_keeps_the_configs_own_odam_nms_settings(monkeypatch, rcnn):
+    """The Odam-NMS row uses the config's map settings and map_score_thr (the thresholds
+    and the IoU are the arguments'); --map-mode / --map-features override them."""
+    from mmengine.config import Config
+    nms = dict(type='odam_nms', iou_threshold=0.6, corr_low=0.3, corr_high=0.7, mode='windows',
+               map_score_thr=0.1, keep_heatmaps=True)
+    test_cfg = dict(rcnn=dict(nms=nms)) if rcnn else dict(nms=nms)
+    cfg = Config(dict(model=dict(test_cfg=test_cfg)))
+    tool = _tool('compare_nms')
+    for argv, mode in (([], 'windows'), (['--map-mode', 'exact'], 'exact')):
+        monkeypatch.setattr(sys, 'argv', ['compare_nms', 'cfg.py', 'ckpt.pth', *argv])
+        name, odam = tool.nms_variants(cfg, tool.parse_args())[-1]
+        assert name == 'Odam-NMS (0.2, 0.8)'
+        assert odam == dict(type='odam_nms', iou_threshold=0.5, mode=mode, map_score_thr=0.1,
+                            corr_low=0.2, corr_high=0.8)

@@ -58,8 +58,9 @@ def nms_variants(cfg, args) -> list:
         return [('Set-NMS', dict(type='nms', iou_threshold=args.iou))]
     test_cfg = cfg.model.get('test_cfg') or {}
     own = test_cfg.get('rcnn', test_cfg).get('nms') or {}  # the config's own map settings
-    odam = dict(type='odam_nms', iou_threshold=args.iou,
-                **{k: own[k] for k in MAP_KEYS if k in own and k != 'keep_heatmaps'})
+    odam = dict(type='odam_nms', iou_threshold=args.iou,  # (thresholds: the arguments')
+                **{k: own[k] for k in MAP_KEYS + ('map_score_thr',)
+                   if k in own and k != 'keep_heatmaps'})
     if args.map_mode:
         odam['mode'] = args.map_mode
     if args.map_features:

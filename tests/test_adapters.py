@@ -29,7 +29,7 @@ from odamtrain.explain.roi_gradients import roi_grads
 from odamtrain.inference import image_window
 
 from .helpers.oracles import frozen_norm_stats
-from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
+from .zoo import DENSE, DETR_ZOO, ROI_READS, TWO_STAGE, build_zoo_detector, zoo_batch
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
 PAA = ('paa', 'paa-novote', 'lad')  # (LAD's student is a PAA head)
@@ -333,10 +333,21 @@ def mmdet_roi_graph(model, inputs, samples):
     with torch.no_grad():
         feats = model.extract_feat(inputs)
         proposals = model.rpn_head.predict(feats, samples, rescale=False)
+        context = roi_head_context(model.roi_head, feats)
     with torch.enable_grad(), leaf_roi_features(model.roi_head) as leaves:
         res = model.roi_head.predict_bbox(feats, [s.metainfo for s in samples], proposals,
-                                          model.roi_head.test_cfg, rescale=True)
+                                          model.roi_head.test_cfg, rescale=True, **context)
     return leaves, res
+
+
+def roi_head_context(roi_head, feats) -> dict:
+    """What HTC's / SCNet's ``predict`` passes its ``predict_bbox`` besides the RoIs."""
+    context = {}
+    if getattr(roi_head, 'with_semantic', False):
+        context['semantic_feat'] = roi_head.semantic_head(feats)[1]
+    if getattr(roi_head, 'with_glbctx', False):
+        context['glbctx_feat'] = roi_head.glbctx_head(feats)[1]
+    return context
 
 
 def test_roi_detections_are_mmdets(two_stage):
@@ -362,7 +373,7 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
     fwd = adapter.forward_rois(feats, proposals, [meta])
     det, = adapter.predictions(fwd)
     leaves, (res,) = mmdet_roi_graph(model, inputs, samples)
-    assert len(leaves) == len(fwd.feats) == dict(cascade=3, double=2).get(name.split('-')[0], 1)
+    assert len(leaves) == len(fwd.feats) == ROI_READS.get(name, 1)
     got = roi_grads(adapter, fwd, det, target)
     for p in range(min(len(det), 6)):
         if not unclipped(res, p, target, meta, model):
@@ -381,10 +392,10 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
 
 
 def test_cascade_maps_sum_the_stages(two_stage):
-    """A map sums its RoI reads' maps, each pasted into the box it was read from (Cascade:
-    the stages, Double-Head: the class and the enlarged box reads)."""
+    """A map sums its RoI reads' maps, each pasted into the box it was read from (Cascade,
+    HTC, SCNet: the stages, Double-Head: the class and the enlarged box reads)."""
     name, model, inputs, samples = two_stage
-    if name not in ('cascade-rcnn', 'double-head-rcnn'):
+    if name not in ROI_READS:
         pytest.skip('one RoI read')
     meta = samples[0].metainfo
     det, = explain_batch(model, inputs, samples, smooth=None, normalize=None)

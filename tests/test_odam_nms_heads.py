@@ -38,7 +38,7 @@ def test_limit_is_exactly_mmdet_nms_for_every_family(name, rescale):
     """T_l <= -1 and T_h > 1: Odam-NMS keeps exactly what mmdet's NMS keeps."""
     stock = build_zoo_detector(name)
     odam = with_odam_nms(stock, -1.0, 1.01)
-    assert type(odam.roi_head if 'rcnn' in name else odam.bbox_head).__name__.startswith('Odam')
+    assert type(odam.roi_head if name in TWO_STAGE else odam.bbox_head).__name__.startswith('Odam')
     inputs, samples = zoo_batch(stock)
     with torch.no_grad():
         want = stock.predict(inputs, samples, rescale=rescale)[0].pred_instances

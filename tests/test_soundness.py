@@ -22,16 +22,15 @@ from odamtrain.apis import (
 )
 from odamtrain.explain import UnsupportedDetectorError, build_adapter
 from odamtrain.explain.adapters import StandardRoIAdapter
+from odamtrain.explain.adapters.roi import box_head_reads
 from odamtrain.models import asks_for_odam
 
 from .conftest import REPO
 from .odam_fixtures import train_batch
-from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch
+from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_config
 
 # (stock mmdet config, the class.method or words the refusal must name)
 REFUSED = {
-    'htc': ('htc/htc_r50_fpn_1x_coco.py', 'HybridTaskCascadeRoIHead._bbox_forward'),
-    'scnet': ('scnet/scnet_r50_fpn_1x_coco.py', 'SCNetRoIHead._bbox_forward'),
     'ms-rcnn': ('ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py', 'MaskScoringRoIHead.predict_mask'),
     'sabl-faster-rcnn': ('sabl/sabl-faster-rcnn_r50_fpn_1x_coco.py',
                          'SABLHead._predict_by_feat_single'),
@@ -250,3 +249,26 @@ def test_detr_capture_restores_the_head_after_an_error():
             assert 'predict_by_feat' in vars(model.bbox_head)
             raise RuntimeError('inside')
     assert 'predict_by_feat' not in vars(model.bbox_head)
+
+
+def test_box_head_reads_restores_the_box_head_after_an_error():
+    model = build_zoo_detector('faster-rcnn')
+    bbox_head = model.roi_head.bbox_head
+    with pytest.raises(RuntimeError, match='inside'):
+        with box_head_reads(bbox_head, leaf=True) as reads:
+            assert len(bbox_head._forward_pre_hooks) == 1
+            bbox_head(torch.zeros(2, 32, 7, 7))
+            assert len(reads) == 1 and reads[0].is_leaf and reads[0].requires_grad
+            raise RuntimeError('inside')
+    assert not bbox_head._forward_pre_hooks
+
+
+@pytest.mark.parametrize('name', ['htc', 'scnet'])
+def test_odam_train_on_htc_and_scnet_is_refused_when_built(name):
+    """Their ``_bbox_forward`` returns no RoI features for the training maps: asking for
+    Odam-Train is an error naming the head; Odam-NMS alone builds."""
+    cfg = zoo_config(name)
+    cfg.model.train_cfg.odam_loss = {}
+    with pytest.raises(ValueError, match=f'odam_loss: .*{type(build_zoo_detector(name).roi_head).__name__}'
+                       '._bbox_forward does not return the RoI features'):
+        init_detector(cfg, device='cpu')

@@ -43,9 +43,13 @@ ZOO = {
     'cascade-rcnn': ('cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', dict()),
     'double-head-rcnn': ('double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
                          dict(conv_out_channels=32)),
+    'htc': ('htc/htc_r50_fpn_1x_coco.py', dict()),
+    'scnet': ('scnet/scnet_r50_fpn_1x_coco.py', dict()),
 }
-DENSE = [k for k in ZOO if 'rcnn' not in k]
-TWO_STAGE = [k for k in ZOO if 'rcnn' in k]
+TWO_STAGE = [k for k in ZOO if 'rcnn' in k or k in ('htc', 'scnet')]
+DENSE = [k for k in ZOO if k not in TWO_STAGE]
+# RoI heads whose box heads read more than one RoI feature tensor per RoI
+ROI_READS = {'cascade-rcnn': 3, 'double-head-rcnn': 2, 'htc': 3, 'scnet': 3}
 # DETR-like: transformers shrunk to 2 layers of 32 channels, 12 queries
 DETR_ZOO = {
     'detr': 'detr/detr_r50_8xb2-150e_coco.py',
@@ -104,10 +108,7 @@ def zoo_config(name: str, num_classes: int = 3):
         extractors = model.roi_head.bbox_roi_extractor
         for e in (extractors if isinstance(extractors, list) else [extractors]):
             e.out_channels = 32
-        if 'mask_head' in model.roi_head:
-            model.roi_head.mask_roi_extractor.out_channels = 32
-            model.roi_head.mask_head.update(num_classes=num_classes, in_channels=32,
-                                            conv_out_channels=32)
+        _narrow_roi_branches(model.roi_head, num_classes)
         model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=30)
         model.test_cfg.rpn.update(nms_pre=200, max_per_img=60)
     else:
@@ -124,6 +125,22 @@ def zoo_config(name: str, num_classes: int = 3):
             model.test_cfg.score_thr = 0.3
     _tiny_pipeline(cfg)
     return cfg
+
+
+def _narrow_roi_branches(roi_head, num_classes: int):
+    """32 channels in a RoI head's mask, semantic, global context and relay branches."""
+    if 'mask_head' in roi_head:
+        roi_head.mask_roi_extractor.out_channels = 32
+        heads = roi_head.mask_head
+        for h in (heads if isinstance(heads, list) else [heads]):
+            h.update(num_classes=num_classes, in_channels=32, conv_out_channels=32)
+    if 'semantic_head' in roi_head:  # HTC, SCNet
+        roi_head.semantic_roi_extractor.out_channels = 32
+        roi_head.semantic_head.update(in_channels=32, conv_out_channels=32)
+    if 'glbctx_head' in roi_head:  # SCNet
+        roi_head.glbctx_head.update(in_channels=32, conv_out_channels=32,
+                                    num_classes=num_classes)
+        roi_head.feat_relay_head.update(in_channels=64, out_conv_channels=32)
 
 
 def _detr_config(name: str, num_classes: int):

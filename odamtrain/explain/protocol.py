@@ -155,6 +155,10 @@ class DetectorAdapter(abc.ABC):
         if reason is not None:
             raise UnsupportedDetectorError(f'{self.name}: target {target!r}: {reason}')
 
+    def train_support(self) -> str | None:
+        """None if Odam-Train knows this head's positives and maps, else why not."""
+        return None
+
     def nms_support(self) -> str | None:
         """None if Odam-NMS can take the place of the detector's NMS, else why not."""
         return None

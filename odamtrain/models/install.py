@@ -101,8 +101,9 @@ def install_odam(model):
             check_odam_nms_config(head.test_cfg.nms, adapter)
         except ValueError as e:
             raise ValueError(f'{where}: test_cfg.nms: {e}') from None
-    if settings is not None and kind == 'dense':
-        reason = adapter.train_support() or adapter.fast_support()
+    if settings is not None:
+        reason = adapter.train_support() or (adapter.fast_support() if kind == 'dense'
+                                             else None)
         if reason is not None:
             raise ValueError(f'{where}: odam_loss: Odam-Train needs the positives and the '
                              f'conv towers of {type(head).__name__}: {reason}')

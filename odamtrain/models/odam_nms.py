@@ -317,16 +317,18 @@ class OdamNMSDenseMixin:
 
 
 class OdamNMSRoIMixin:
-    """Odam-NMS in a two-stage RoI head's ``predict_bbox`` (Standard and Cascade)."""
+    """Odam-NMS in a two-stage RoI head's ``predict_bbox`` (``context``: what HTC / SCNet
+    pass it besides the RoIs)."""
     odam_mixin = True
 
     def predict_bbox(self, x, batch_img_metas, rpn_results_list, rcnn_test_cfg,
-                     rescale: bool = False):
+                     rescale: bool = False, **context):
         if not is_odam_nms(rcnn_test_cfg) or sum(len(r) for r in rpn_results_list) == 0:
             return super().predict_bbox(x, batch_img_metas, rpn_results_list,
-                                        plain_nms_config(rcnn_test_cfg), rescale=rescale)
+                                        plain_nms_config(rcnn_test_cfg), rescale=rescale,
+                                        **context)
         adapter = head_adapter(self)  # (mmdet passes the RoI head's own test_cfg)
         features = adapter.check_features(odam_nms_settings(rcnn_test_cfg.nms).features)
-        kept = odam_nms_detections(adapter, adapter.forward_rois(x, rpn_results_list,
-                                                                 batch_img_metas, features))
+        kept = odam_nms_detections(adapter, adapter.forward_rois(
+            x, rpn_results_list, batch_img_metas, features, context))
         return odam_nms_results(kept, batch_img_metas, rcnn_test_cfg.nms, rescale)

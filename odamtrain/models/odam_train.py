@@ -242,8 +242,8 @@ class OdamTrainRoIMixin(_OdamTrainMixin):
     """Odam-Train in a two-stage RoI head's ``bbox_loss`` (Standard: ``(x,
     sampling_results)``, Cascade: ``(stage, x, sampling_results)``), per stage."""
 
-    def bbox_loss(self, *args):
-        results = super().bbox_loss(*args)
+    def bbox_loss(self, *args, **kwargs):
+        results = super().bbox_loss(*args, **kwargs)
         if self.odam_loss_on:
             stage = args[0] if isinstance(self, CascadeRoIHead) else None
             x, sampling_results = args[-2], args[-1]

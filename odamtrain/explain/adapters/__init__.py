@@ -33,15 +33,17 @@ from .roi import (
     ROI_ADAPTERS,
     CascadeRoIAdapter,
     DoubleHeadRoIAdapter,
+    HTCRoIAdapter,
     RoIForward,
     RoITrainStep,
+    SCNetRoIAdapter,
     StandardRoIAdapter,
 )
 
 __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'supported_heads',
            'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
            'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
-           'DoubleHeadRoIAdapter', 'RoIForward',
+           'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'RoIForward',
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
            'PAAAdapter', 'CondInstAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter',

@@ -5,15 +5,18 @@ Shapes: R RoIs of the batch, n predictions, C channels, (s, s) the RoI feature s
 classes (+1 background).
 
 A prediction's provenance: ``roi`` (index into the batch's RoIs, the same in every stage),
-``labels`` and ``img``. A (``features``): 'roi' (the paper), the RoI features of every stage
-the score reads, each a leaf of the graph: Faster / Mask R-CNN one stage, Cascade R-CNN all
-stages (mmdet averages the stages' class logits, then softmax; the box is the last stage's
-regression of the last stage's RoIs); or 'fpn' (one stage): the FPN levels, through
-RoIAlign's backward. The box head treats RoIs independently, so one backward of a sum of
+``labels`` and ``img``. A (``features``): 'roi' (the paper), the RoI features every stage's
+box head reads (its inputs, made leaves of the graph by :func:`box_head_reads` around the
+RoI head's own ``_bbox_forward``): Faster / Mask R-CNN one stage, Double-Head two reads,
+Cascade R-CNN, HTC and SCNet all stages (mmdet averages the stages' class logits, then
+softmax; the box is the last stage's regression of the last stage's RoIs; HTC and SCNet
+add semantic / global context features to what their box heads read); or 'fpn' (one
+stage): the FPN levels, through RoIAlign's backward. The box head treats RoIs independently, so one backward of a sum of
 predictions on distinct RoIs gives each its own gradient.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,6 +27,8 @@ from mmdet.models.roi_heads import (
     BaseRoIHead,
     CascadeRoIHead,
     DoubleHeadRoIHead,
+    HybridTaskCascadeRoIHead,
+    SCNetRoIHead,
     StandardRoIHead,
 )
 from mmdet.models.roi_heads.bbox_heads import BBoxHead
@@ -35,10 +40,32 @@ from ..protocol import BOX_SIDES, DetectorAdapter, Forward, Same, scales
 from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
-           'DoubleHeadRoIAdapter', 'ROI_ADAPTERS']
+           'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'ROI_ADAPTERS',
+           'box_head_reads']
 
 _TWO_STAGE = Same('detector', (TwoStageDetector.predict, TwoStageDetector.extract_feat))
 _BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_feat_single))
+
+
+@contextlib.contextmanager
+def box_head_reads(bbox_head: torch.nn.Module, leaf: bool):
+    """Inside, the tensors ``bbox_head`` is called with (its RoI features, one tensor per
+    read) are recorded in the list yielded; with ``leaf`` each is first detached into a
+    leaf of the graph (A). The hook is removed on exit, also on error."""
+    reads = []
+
+    def hook(module, args):
+        if leaf:
+            args = tuple(a.detach().requires_grad_(True) if torch.is_tensor(a) else a
+                         for a in args)
+        reads.extend(a for a in args if torch.is_tensor(a))
+        return args
+
+    handle = bbox_head.register_forward_pre_hook(hook)
+    try:
+        yield reads
+    finally:
+        handle.remove()
 
 
 @dataclass
@@ -126,29 +153,44 @@ class StandardRoIAdapter(DetectorAdapter):
         return self.forward_rois(feats, proposals, [s.metainfo for s in data_samples],
                                  features)
 
-    def _stage_forward(self, stage: int, levels, rois, features: str):
-        """(feats (R, C, s, s) leaf or with the graph to the levels, cls_score, bbox_pred),
-        as the RoI head's ``_bbox_forward`` computes them."""
-        extractor = self.stage_parts('bbox_roi_extractor')[stage]
-        bbox_head = self.stage_parts('bbox_head')[stage]
-        feat = extractor(levels[:extractor.num_inputs], rois.detach())
-        if getattr(self.roi_head, 'with_shared_head', False):
-            feat = self.roi_head.shared_head(feat)
-        if features == 'roi':
-            feat = feat.detach().requires_grad_(True)
-        cls_score, bbox_pred = bbox_head(feat)
-        return feat, cls_score, bbox_pred
+    def roi_context(self, levels) -> dict:
+        """What the head's ``_bbox_forward`` reads besides the levels and the RoIs (HTC's
+        semantic features, SCNet's global context), as its ``predict`` computes it."""
+        return {}
 
-    def forward_rois(self, feats, proposals: list, metas: list,
-                     features: str = 'roi') -> RoIForward:
-        """The box head on the proposals with the graph from A (grad enabled inside)."""
+    def _bbox_forward(self, stage: int, levels, rois, context: dict) -> dict:
+        """The RoI head's own ``_bbox_forward`` of ``stage``."""
+        return self.roi_head._bbox_forward(levels, rois)
+
+    def read_rois(self, stage: int, rois: torch.Tensor) -> list:
+        """(R, 5) the box each of the box head's inputs at ``stage`` was read from, one per
+        input (Double-Head: the class read's and the enlarged box read's)."""
+        return [rois]
+
+    def _stage_forward(self, stage: int, levels, rois, features: str, context: dict):
+        """(reads, cls_score, bbox_pred) of the RoI head's own ``_bbox_forward``: ``reads``
+        the box head's inputs (R, C, s, s) each, leaves with 'roi', else with the graph to
+        the levels."""
+        bbox_head = self.stage_parts('bbox_head')[stage]
+        with box_head_reads(bbox_head, leaf=features == 'roi') as reads:
+            out = self._bbox_forward(stage, levels, rois.detach(), context)
+        return reads, out['cls_score'], out['bbox_pred']
+
+    def forward_rois(self, feats, proposals: list, metas: list, features: str = 'roi',
+                     context: dict | None = None) -> RoIForward:
+        """The box head on the proposals with the graph from A (grad enabled inside);
+        ``context`` as :meth:`roi_context` (computed when None)."""
         rois = bbox2roi([p.bboxes for p in proposals])
         with torch.enable_grad():
             levels = [f.detach().requires_grad_(features == 'fpn') for f in feats]
-            feat, cls_score, bbox_pred = self._stage_forward(0, levels, rois, features)
-        return RoIForward(levels if features == 'fpn' else [feat], metas, [rois], [feat],
-                          cls_score, bbox_pred, [len(p) for p in proposals], levels, features,
-                          rois)
+            if context is None:
+                with torch.no_grad():
+                    context = self.roi_context(levels)
+            reads, cls_score, bbox_pred = self._stage_forward(0, levels, rois, features,
+                                                              context)
+        return RoIForward(levels if features == 'fpn' else reads, metas,
+                          self.read_rois(0, rois), reads, cls_score, bbox_pred,
+                          [len(p) for p in proposals], levels, features, rois)
 
     # -------------------------------------------------------------- predictions
     def _per_roi(self, fwd: RoIForward, sl: slice, meta: dict) -> InstanceData:
@@ -286,7 +328,11 @@ class CascadeRoIAdapter(StandardRoIAdapter):
     def extractor(self):
         return self.roi_head.bbox_roi_extractor[-1]
 
-    def forward_rois(self, feats, proposals, metas, features='roi') -> RoIForward:
+    def _bbox_forward(self, stage, levels, rois, context):
+        return self.roi_head._bbox_forward(stage, levels, rois, **context)
+
+    def forward_rois(self, feats, proposals, metas, features='roi',
+                     context=None) -> RoIForward:
         """mmdet's ``_refine_roi`` with each stage's RoI features as leaves."""
         head = self.roi_head
         counts = [len(p) for p in proposals]
@@ -294,10 +340,14 @@ class CascadeRoIAdapter(StandardRoIAdapter):
         all_rois, all_feats, scores = [], [], []
         with torch.enable_grad():
             levels = [f.detach() for f in feats]
+            if context is None:
+                with torch.no_grad():
+                    context = self.roi_context(levels)
             for stage in range(head.num_stages):
-                feat, cls_score, bbox_pred = self._stage_forward(stage, levels, rois, features)
-                all_rois.append(rois)
-                all_feats.append(feat)
+                reads, cls_score, bbox_pred = self._stage_forward(stage, levels, rois,
+                                                                  features, context)
+                all_rois += self.read_rois(stage, rois)
+                all_feats += reads
                 scores.append(cls_score)
                 if stage < head.num_stages - 1:
                     rois = self._refine(stage, rois, cls_score, bbox_pred, counts, metas)
@@ -333,24 +383,49 @@ class DoubleHeadRoIAdapter(StandardRoIAdapter):
                   Same('head', (BaseRoIHead.predict, StandardRoIHead.predict_bbox,
                                 DoubleHeadRoIHead._bbox_forward, StandardRoIHead.predict_mask)))
 
-    def forward_rois(self, feats, proposals, metas, features='roi') -> RoIForward:
-        """mmdet's ``DoubleHeadRoIHead._bbox_forward`` with both reads as leaves."""
-        head, extractor = self.roi_head, self.extractor
-        rois = bbox2roi([p.bboxes for p in proposals])
-        scales_ = (None, head.reg_roi_scale_factor)
-        with torch.enable_grad():
-            levels = [f.detach() for f in feats]
-            reads = []
-            for scale in scales_:
-                feat = extractor(levels[:extractor.num_inputs], rois, roi_scale_factor=scale)
-                if head.with_shared_head:
-                    feat = head.shared_head(feat)
-                reads.append(feat.detach().requires_grad_(True))
-            cls_score, bbox_pred = head.bbox_head(*reads)
-        read_rois = [rois if s is None else extractor.roi_rescale(rois, s) for s in scales_]
-        return RoIForward(reads, metas, read_rois, reads, cls_score, bbox_pred,
-                          [len(p) for p in proposals], levels, features, rois)
+    def read_rois(self, stage, rois):
+        return [rois, self.extractor.roi_rescale(rois, self.roi_head.reg_roi_scale_factor)]
+
+
+class HTCRoIAdapter(CascadeRoIAdapter):
+    """HTC (``HybridTaskCascadeRoIHead``): a cascade whose box heads read the RoI features
+    plus, with a semantic head, its semantic features pooled in the same RoI. A = each
+    stage's fused RoI features (what the box head reads), pasted into the stage's RoI; the
+    semantic features come from the levels as mmdet's ``predict`` computes them."""
+    head_type = HybridTaskCascadeRoIHead
+    reproduces = (_TWO_STAGE, _BOX_HEAD,
+                  Same('bbox_head', (BBoxHead.regress_by_class,)),
+                  Same('head', (HybridTaskCascadeRoIHead.predict, CascadeRoIHead.predict_bbox,
+                                HybridTaskCascadeRoIHead._bbox_forward,
+                                CascadeRoIHead._refine_roi,
+                                HybridTaskCascadeRoIHead.predict_mask)))
+
+    def roi_context(self, levels):
+        head = self.roi_head
+        return dict(semantic_feat=head.semantic_head(levels)[1] if head.with_semantic
+                    else None)
+
+    def train_support(self):
+        return (f'{type(self.roi_head).__name__}._bbox_forward does not return the RoI '
+                'features (bbox_feats) that the training maps read')
+
+
+class SCNetRoIAdapter(HTCRoIAdapter):
+    """SCNet (``SCNetRoIHead``): as HTC, the box heads' input also adds the image's global
+    context vector (A = the fused RoI features)."""
+    head_type = SCNetRoIHead
+    reproduces = (_TWO_STAGE, _BOX_HEAD,
+                  Same('bbox_head', (BBoxHead.regress_by_class,)),
+                  Same('head', (SCNetRoIHead.predict, CascadeRoIHead.predict_bbox,
+                                SCNetRoIHead._bbox_forward, SCNetRoIHead._fuse_glbctx,
+                                CascadeRoIHead._refine_roi, SCNetRoIHead.predict_mask)))
+
+    def roi_context(self, levels):
+        head = self.roi_head
+        return dict(super().roi_context(levels),
+                    glbctx_feat=head.glbctx_head(levels)[1] if head.with_glbctx else None)
 
 
 # build_adapter takes the head's most specific class here
-ROI_ADAPTERS = (CascadeRoIAdapter, DoubleHeadRoIAdapter, StandardRoIAdapter)
+ROI_ADAPTERS = (SCNetRoIAdapter, HTCRoIAdapter, CascadeRoIAdapter, DoubleHeadRoIAdapter,
+                StandardRoIAdapter)

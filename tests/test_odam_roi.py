@@ -60,7 +60,7 @@ def test_one_backward_per_round_equals_per_detection_autograd(roi_setup, target)
     rcnn, inputs, samples, adapter, fwd, det, scale = roi_setup
     assert len(det) > 5
     assert len(det.roi.unique()) < len(det)  # several classes of one RoI: rounds are used
-    got, = roi_grads(adapter, fwd, det, target)
+    got, = [read.grads for read in roi_grads(adapter, fwd, det, target)]
     feat, rois = fwd.feats[0], fwd.rois[0]
     for i in range(len(det)):
         full = oracle(rcnn.roi_head.bbox_head, feat, rois, int(det.roi[i]), int(det.labels[i]),

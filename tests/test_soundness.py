@@ -31,7 +31,6 @@ from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_
 
 # (stock mmdet config, the class.method or words the refusal must name)
 REFUSED = {
-    'ms-rcnn': ('ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py', 'MaskScoringRoIHead.predict_mask'),
     'sabl-faster-rcnn': ('sabl/sabl-faster-rcnn_r50_fpn_1x_coco.py',
                          'SABLHead._predict_by_feat_single'),
     'sabl-cascade-rcnn': ('sabl/sabl-cascade-rcnn_r50_fpn_1x_coco.py',

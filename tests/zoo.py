@@ -43,6 +43,7 @@ ZOO = {
     'cascade-rcnn': ('cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', dict()),
     'double-head-rcnn': ('double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
                          dict(conv_out_channels=32)),
+    'ms-rcnn': ('ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py', dict()),
     'htc': ('htc/htc_r50_fpn_1x_coco.py', dict()),
     'scnet': ('scnet/scnet_r50_fpn_1x_coco.py', dict()),
 }
@@ -134,6 +135,9 @@ def _narrow_roi_branches(roi_head, num_classes: int):
         heads = roi_head.mask_head
         for h in (heads if isinstance(heads, list) else [heads]):
             h.update(num_classes=num_classes, in_channels=32, conv_out_channels=32)
+    if 'mask_iou_head' in roi_head:  # MS R-CNN
+        roi_head.mask_iou_head.update(in_channels=32, conv_out_channels=32,
+                                      fc_out_channels=64, num_classes=num_classes)
     if 'semantic_head' in roi_head:  # HTC, SCNet
         roi_head.semantic_roi_extractor.out_channels = 32
         roi_head.semantic_head.update(in_channels=32, conv_out_channels=32)

@@ -38,6 +38,9 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'faster-rcnn': 'configs/faster-rcnn_r50_fpn_crowdhuman.py',
     'cascade-rcnn': 'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
     'double-head-rcnn': 'mmdet::double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
+    'ms-rcnn': 'mmdet::ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py',
+    'htc': 'mmdet::htc/htc_r50_fpn_1x_coco.py',
+    'scnet': 'mmdet::scnet/scnet_r50_fpn_1x_coco.py',
     'yolov3': 'mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
     'rtmdet-ins-l': 'mmdet::rtmdet/rtmdet-ins_l_8xb32-300e_coco.py',
     'condinst': 'mmdet::condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
@@ -98,9 +101,11 @@ def loop_maps(model, inputs, samples, dets) -> None:
     from odamtrain.explain.heatmap import odam_heatmap
     adapter = build_adapter(model)
     y, leaves, rows = adapter.leaf_attribute('score', adapter.forward(inputs, samples), dets)
-    for i, row in enumerate(rows.tolist()):
+    rows = rows if isinstance(rows, list) else [rows] * len(leaves)
+    for i in range(len(y)):
         grads = torch.autograd.grad(y[i], leaves, retain_graph=True, allow_unused=True)
-        for g, a in zip(grads, leaves):
+        for g, a, leaf_rows in zip(grads, leaves, rows):
+            row = int(leaf_rows[i])
             if g is not None and a.dim() == 4:
                 odam_heatmap(g[row:row + 1], a[row:row + 1].detach())
             elif g is not None:  # DETR's memory: (B, tokens, C)

@@ -23,7 +23,8 @@ def evidence_fn(model, metainfo: dict, evidence: str = 'detections') -> Callable
         evidence: 'detections' (``model.predict``: score threshold, NMS, any mmdet detector)
             or 'candidates' (every prediction of the head before score threshold and NMS,
             each (prior or RoI or query, class) with mmdet's score for that head: the
-            authors of VPS score every prior; a detector with an adapter).
+            authors of VPS score every prior; a detector with an adapter; MS R-CNN: the
+            box head's, as mmdet rescores by the mask IoU only what its NMS keeps).
     """
     if evidence not in EVIDENCE_SOURCES:
         raise ValueError(f'evidence must be one of {EVIDENCE_SOURCES}, got {evidence!r}')

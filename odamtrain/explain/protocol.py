@@ -206,9 +206,10 @@ class DetectorAdapter(abc.ABC):
 
     @abc.abstractmethod
     def leaf_attribute(self, target: str, fwd: Forward, preds: InstanceData) -> tuple:
-        """(Y (n,), leaves, rows (n,)): Y with the graph to A as leaf tensors (made with grad
+        """(Y (n,), leaves, rows): Y with the graph to A as leaf tensors (made with grad
         enabled), and the row of the leaves' first dimension each prediction reads (its
-        image, or its RoI): what one backward per prediction differentiates."""
+        image, or its RoI): (n,), or one (n,) per leaf where they differ (MS R-CNN's
+        per-prediction mask reads); what one backward per prediction differentiates."""
 
     @abc.abstractmethod
     def heatmaps(self, fwd: Forward, dets: list, settings) -> None:

@@ -5,13 +5,16 @@ Shapes: R RoIs, n predictions, C channels, (s, s) the RoI feature size, (H, W) a
 
 * RoI features (``features='roi'``): one backward of ``sum_p Y_p`` per round of predictions
   on distinct RoIs gives each its gradient on its own RoI's features, in every stage; each
-  stage's (s, s) map is pasted into the RoI that stage pooled, and the stages' maps add up.
+  stage's (s, s) map is pasted into the RoI that stage pooled, and the stages' maps add up
+  (with the reads an adapter makes at a prediction's own box: MS R-CNN's mask features).
   Phi's sigma is 0.125 * s cells (the RoI spans the map).
 * FPN level (``features='fpn'``, one stage): dY/d(the RoI's FPN level) through RoIAlign's
   backward; predictions whose RoI footprints on their level do not overlap share a
   backward (:func:`fpn_rounds`); Phi's sigma by the box as for dense heads.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from mmengine.structures import InstanceData
@@ -30,7 +33,7 @@ from .heatmap import (
 from .protocol import scales
 from .settings import ExplanationSettings
 
-__all__ = ['roi_grads', 'roi_heatmaps', 'fpn_rounds', 'roi_footprints', 'roi_fpn_grads',
+__all__ = ['RoIReadGrads', 'roi_grads', 'roi_heatmaps', 'fpn_rounds', 'roi_footprints', 'roi_fpn_grads',
            'fpn_heatmaps', 'roi_positive_maps']
 
 
@@ -44,39 +47,58 @@ def _rounds_of_distinct_rois(roi: torch.Tensor) -> torch.Tensor:
     return rounds
 
 
+class RoIReadGrads(NamedTuple):
+    """One read of the features A by the predictions, per prediction: ``grads`` and
+    ``feats`` (n, C, s, s), ``rois`` (n, 5) (batch index, x1y1x2y2 input pixels) where it
+    was read."""
+    grads: torch.Tensor
+    feats: torch.Tensor
+    rois: torch.Tensor
+
+
 def roi_grads(adapter, fwd, preds: InstanceData, target: str) -> list:
-    """Per stage (n, C, s, s) dY_p / dA_roi(p), one backward per round of distinct RoIs."""
-    grads = [f.new_zeros(len(preds), *f.shape[1:]) for f in fwd.roi_feats]
-    if len(preds) == 0:
-        return grads
-    rounds = _rounds_of_distinct_rois(preds.roi)
-    with torch.enable_grad():  # (the sums below are part of the graph)
-        y = adapter.attribute(target, fwd, preds)  # [n]
-        sums = [y[rounds == r].sum() for r in range(int(rounds.max()) + 1)]
-    for r, total in enumerate(sums):
-        sel = (rounds == r).nonzero()[:, 0]
-        gs = torch.autograd.grad(total, fwd.roi_feats, retain_graph=True, allow_unused=True)
-        for stage, g in enumerate(gs):
-            if g is not None:
-                grads[stage][sel] = g[preds.roi[sel]]
-    return grads
+    """dY_p / dA for every read of A (:class:`RoIReadGrads` each): the RoI reads of the
+    forward (every stage, ``preds.roi`` selects the row), then the reads the adapter makes
+    at each prediction's own box (:meth:`prediction_reads`, MS R-CNN's mask features); one
+    backward per round of predictions on distinct RoIs."""
+    extra = adapter.prediction_reads(fwd, preds, target) if len(preds) else []
+    leaves = list(fwd.roi_feats) + [feats for feats, _ in extra]
+    grads = [f.new_zeros(len(preds), *f.shape[1:]) for f in leaves]
+    if len(preds):
+        rounds = _rounds_of_distinct_rois(preds.roi)
+        with torch.enable_grad():  # (the sums below are part of the graph)
+            y = adapter.attribute(target, fwd, preds)  # [n]
+            sums = [y[rounds == r].sum() for r in range(int(rounds.max()) + 1)]
+        on_roi = len(fwd.roi_feats)
+        for r, total in enumerate(sums):
+            sel = (rounds == r).nonzero()[:, 0]
+            gs = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
+            for k, g in enumerate(gs):
+                if g is not None:
+                    grads[k][sel] = g[preds.roi[sel]] if k < on_roi else g[sel]
+    reads = [RoIReadGrads(g, f.detach()[preds.roi], rois[preds.roi])
+             for g, f, rois in zip(grads, fwd.roi_feats, fwd.rois)]
+    return reads + [RoIReadGrads(g, f.detach(), rois)
+                    for g, (f, rois) in zip(grads[len(fwd.roi_feats):], extra)]
 
 
 def roi_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> None:
     """Set ``heatmaps`` (N, H, W) at the settings' ``map_size`` on each image's predictions
-    (``roi``, ``labels``, ``img``) from the RoI features of every stage."""
+    (``roi``, ``labels``, ``img``): each read's map pasted into the box it was read from,
+    summed."""
     method, target, smooth = settings.method, settings.target, settings.smooth
     metas = fwd.metas
     preds = InstanceData.cat(dets) if dets else InstanceData()
-    grads = roi_grads(adapter, fwd, preds, target)
+    reads = roi_grads(adapter, fwd, preds, target)
     scale = scales(metas, fwd.roi_feats[0])
     with torch.no_grad():
-        stage_maps = []
-        for g, feat in zip(grads, fwd.roi_feats):
+        read_maps = []
+        for read in reads:
             sigma = None
             if method == 'odam' and smooth == 'gaussian':
-                sigma = g.new_full((len(g),), SIGMA_PER_BOX_SIZE * feat.shape[-1])
-            stage_maps.append(explanation_maps(method, g, feat.detach()[preds.roi], sigma))
+                sigma = read.grads.new_full((len(read.grads),),
+                                            SIGMA_PER_BOX_SIZE * read.feats.shape[-1])
+            read_maps.append(explanation_maps(method, read.grads, read.feats, sigma))
         start = 0
         for i, (det, meta) in enumerate(zip(dets, metas)):
             out_hw = output_size(meta['ori_shape'][:2], settings.map_size)
@@ -86,9 +108,10 @@ def roi_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
             (top, left), _ = image_window(meta)
             origin = scale[i].new_tensor([left, top]).repeat(2)
             det.heatmaps = fwd.roi_feats[0].new_zeros(len(det), *out_hw)
-            for rois, maps in zip(fwd.rois, stage_maps):
-                det.heatmaps += paste_roi_maps(maps[start:start + len(det)],
-                                               (rois[det.roi, 1:] - origin) * to_out.repeat(2),
+            for read, maps in zip(reads, read_maps):
+                rows = slice(start, start + len(det))
+                det.heatmaps += paste_roi_maps(maps[rows],
+                                               (read.rois[rows, 1:] - origin) * to_out.repeat(2),
                                                out_hw)
             start += len(det)
 

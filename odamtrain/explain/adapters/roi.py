@@ -28,10 +28,12 @@ from mmdet.models.roi_heads import (
     CascadeRoIHead,
     DoubleHeadRoIHead,
     HybridTaskCascadeRoIHead,
+    MaskScoringRoIHead,
     SCNetRoIHead,
     StandardRoIHead,
 )
 from mmdet.models.roi_heads.bbox_heads import BBoxHead
+from mmdet.models.roi_heads.mask_heads import MaskIoUHead
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.structures.bbox import bbox2roi, bbox_overlaps, get_box_tensor
 from mmengine.structures import InstanceData
@@ -40,7 +42,8 @@ from ..protocol import BOX_SIDES, DetectorAdapter, Forward, Same, scales
 from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
-           'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'ROI_ADAPTERS',
+           'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
+           'ROI_ADAPTERS',
            'box_head_reads']
 
 _TWO_STAGE = Same('detector', (TwoStageDetector.predict, TwoStageDetector.extract_feat))
@@ -258,21 +261,26 @@ class StandardRoIAdapter(DetectorAdapter):
         raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
                          f'got {target!r}')
 
+    def prediction_reads(self, fwd, preds, target: str) -> list:
+        """The reads of A made at each prediction's own box, beyond the forward's RoI reads:
+        [(feats (n, C, s, s) leaves, rois (n, 5))] (none here; MS R-CNN's mask features)."""
+        return []
+
     def leaf_attribute(self, target, fwd, preds):
         with torch.enable_grad():
             y = self.attribute(target, fwd, preds)
         return y, fwd.feats, preds.roi if fwd.features == 'roi' else preds.img
 
     def boxes(self, bbox_pred: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
-              bbox_head=None) -> torch.Tensor:
-        """(n, 4) x1y1x2y2 boxes (input pixels, not clipped) decoded by ``bbox_head`` (default:
-        the last stage's) from the deltas of each RoI's class (bbox_pred (n, 4 K) or
-        class-agnostic (n, 4); rois (n, 4))."""
+              bbox_head=None, max_shape=None) -> torch.Tensor:
+        """(n, 4) x1y1x2y2 boxes (input pixels; clipped to ``max_shape`` (h, w) if given)
+        decoded by ``bbox_head`` (default: the last stage's) from the deltas of each RoI's
+        class (bbox_pred (n, 4 K) or class-agnostic (n, 4); rois (n, 4))."""
         bbox_head = self.bbox_head if bbox_head is None else bbox_head
         if not bbox_head.reg_class_agnostic:
             idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
             bbox_pred = bbox_pred.gather(1, idx)
-        return bbox_head.bbox_coder.decode(rois, bbox_pred)
+        return bbox_head.bbox_coder.decode(rois, bbox_pred, max_shape=max_shape)
 
     def heatmaps(self, fwd, dets, settings) -> None:
         (fpn_heatmaps if fwd.features == 'fpn' else roi_heatmaps)(self, fwd, dets, settings)
@@ -305,6 +313,86 @@ class StandardRoIAdapter(DetectorAdapter):
         RoI."""
         return roi_positive_maps(step.bbox_results, positives, grid_hw, map_stride,
                                  second_order)
+
+
+class MaskScoringRoIAdapter(StandardRoIAdapter):
+    """MS R-CNN (``MaskScoringRoIHead``): mmdet rescores each detection after NMS, its score
+    = the box head's class probability x the mask IoU head's prediction for that class,
+    read from the mask features at the detection's box (input pixels, clipped) and its mask.
+    Y 'score' is that product, A = the RoI features the box head reads and the mask
+    features read at the prediction's box (one leaf per prediction), each map pasted where
+    it was read. Logits and box sides are Faster R-CNN's; the candidates (Odam-NMS, the
+    'candidates' evidence) keep the box head's scores, as mmdet's NMS sees them."""
+    head_type = MaskScoringRoIHead
+    features = ('auto', 'roi')
+    reproduces = (_TWO_STAGE, _BOX_HEAD,
+                  Same('head', (BaseRoIHead.predict, StandardRoIHead.predict_bbox,
+                                StandardRoIHead._bbox_forward, StandardRoIHead._mask_forward,
+                                MaskScoringRoIHead.predict_mask)),
+                  Same('mask_iou_head', (MaskIoUHead.predict_by_feat,)))
+
+    def parts(self) -> dict:
+        return dict(super().parts(), mask_iou_head=[self.roi_head.mask_iou_head])
+
+    def mask_rois(self, fwd, preds) -> torch.Tensor:
+        """(n, 5) the mask branch's RoIs: each prediction's box in input pixels, clipped to
+        its image, as mmdet's ``predict_bbox`` (unrescaled) gives it."""
+        rois = fwd.box_rois.new_zeros(len(preds), 5)
+        for i, meta in enumerate(fwd.metas):
+            rows = (preds.img == i).nonzero()[:, 0]
+            roi = preds.roi[rows]
+            rois[rows, 0] = float(i)
+            rois[rows, 1:] = self.boxes(fwd.bbox_pred[roi], fwd.box_rois[roi, 1:],
+                                        preds.labels[rows], max_shape=meta['img_shape'])
+        return rois
+
+    def mask_feats(self, fwd, rois: torch.Tensor) -> torch.Tensor:
+        """(n, C, s, s) the mask features read at ``rois``, as ``_mask_forward`` reads them."""
+        head = self.roi_head
+        extractor = head.mask_roi_extractor
+        feats = extractor(fwd.levels[:extractor.num_inputs], rois)
+        return head.shared_head(feats) if head.with_shared_head else feats
+
+    def mask_iou(self, fwd, preds, mask_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """(n,) the mask IoU head's prediction of each prediction's class, from its mask
+        features (read at :meth:`mask_rois` when None) and its mask."""
+        if mask_feats is None:
+            mask_feats = self.mask_feats(fwd, self.mask_rois(fwd, preds))
+        head, n = self.roi_head, torch.arange(len(preds), device=preds.labels.device)
+        mask_preds = head.mask_head(mask_feats)
+        iou = head.mask_iou_head(mask_feats, mask_preds[n, preds.labels])
+        return iou[n, preds.labels]
+
+    def predictions(self, fwd, cfg=None) -> list:
+        """Faster R-CNN's detections, rescored by the mask IoU (``MaskIoUHead``)."""
+        dets = super().predictions(fwd, cfg)
+        with torch.no_grad():
+            for det in dets:
+                if len(det):
+                    det.scores = det.scores * self.mask_iou(fwd, det)
+        return dets
+
+    def prediction_reads(self, fwd, preds, target):
+        if target != 'score':
+            return []
+        rois = self.mask_rois(fwd, preds)
+        with torch.no_grad():
+            feats = self.mask_feats(fwd, rois)
+        preds.mask_feats = feats.requires_grad_(True)
+        return [(preds.mask_feats, rois)]
+
+    def attribute(self, target, fwd, preds):
+        y = super().attribute(target, fwd, preds)
+        if target != 'score':
+            return y
+        return y * self.mask_iou(fwd, preds, preds.get('mask_feats', None))
+
+    def leaf_attribute(self, target, fwd, preds):
+        preds = preds.clone()
+        reads = self.prediction_reads(fwd, preds, target)
+        y, leaves, rows = super().leaf_attribute(target, fwd, preds)
+        rows = [rows] * len(leaves) + [torch.arange(len(preds), device=rows.device)] * len(reads)
+        return y, list(leaves) + [feats for feats, _ in reads], rows
 
 
 class CascadeRoIAdapter(StandardRoIAdapter):
@@ -428,4 +516,4 @@ class SCNetRoIAdapter(HTCRoIAdapter):
 
 # build_adapter takes the head's most specific class here
 ROI_ADAPTERS = (SCNetRoIAdapter, HTCRoIAdapter, CascadeRoIAdapter, DoubleHeadRoIAdapter,
-                StandardRoIAdapter)
+                MaskScoringRoIAdapter, StandardRoIAdapter)

@@ -354,9 +354,10 @@ def test_roi_detections_are_mmdets(two_stage):
     name, model, inputs, samples = two_stage
     ref = model.predict(inputs, samples)[0].pred_instances
     det, = explain_batch(model, inputs, samples, normalize=None)
-    assert len(ref) > 1 and torch.equal(det.labels, ref.labels)
+    # (CrowdDet: mmdet's labels are float zeros, odamtrain's class indices)
+    assert len(ref) > 1 and torch.equal(det.labels, ref.labels.to(det.labels))
     # Mask R-CNN rescales its boxes in two steps (float rounding)
-    torch.testing.assert_close(det.bboxes, ref.bboxes, rtol=0, atol=1e-4)
+    torch.testing.assert_close(det.bboxes, ref.bboxes.to(det.bboxes), rtol=0, atol=1e-4)
     torch.testing.assert_close(det.scores, ref.scores)
 
 
@@ -382,7 +383,10 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
             continue
         with torch.enable_grad():
             if target == 'logit':  # the class output the score reads
-                y = fwd.cls_score[det.roi[p], det.labels[p]]
+                column = det.labels[p]
+                if 'instance' in det:  # CrowdDet: the instance's softmax column 1
+                    column = det.instance[p] * (adapter.bbox_head.num_classes + 1) + 1
+                y = fwd.cls_score[det.roi[p], column]
                 refs = torch.autograd.grad(y, fwd.feats, retain_graph=True, allow_unused=True)
                 refs = [torch.zeros_like(f[0]) if r is None else r[det.roi[p]]
                         for r, f in zip(refs, fwd.feats)]

@@ -27,9 +27,10 @@ def with_odam_nms(model, corr_low, corr_high, **nms):
 
 
 # (RTMDet-Ins and CondInst make masks of what their NMS keeps, CenterNet has no NMS, PAA
-# votes after it: Odam-NMS is refused for them, below)
+# votes after it, CrowdDet's set NMS is its own: Odam-NMS is refused for them, below)
 WITH_NMS = [n for n in DENSE + TWO_STAGE
-            if n not in ('rtmdet-ins', 'condinst', 'centernet', 'paa', 'paa-novote', 'lad')]
+            if n not in ('rtmdet-ins', 'condinst', 'centernet', 'paa', 'paa-novote', 'lad',
+                         'crowddet-rcnn', 'crowddet-refine-rcnn')]
 
 
 @pytest.mark.parametrize('name', WITH_NMS)
@@ -53,7 +54,8 @@ def test_limit_is_exactly_mmdet_nms_for_every_family(name, rescale):
 @pytest.mark.parametrize('name, why', [('rtmdet-ins', 'RTMDetInsSepBNHead: .*masks of the kept'),
                                        ('condinst', 'CondInstBboxHead: .*dynamic parameters'),
                                        ('centernet', 'CenterNetHead: .*no NMS'),
-                                       ('paa', 'PAAHead: .*score voting')])
+                                       ('paa', 'PAAHead: .*score voting'),
+                                       ('crowddet-rcnn', 'MultiInstanceRoIHead: .*set NMS')])
 def test_odam_nms_is_refused_where_the_nms_feeds_more_than_boxes(name, why):
     with pytest.raises(ValueError, match=why):
         with_odam_nms(build_zoo_detector(name), 0.2, 0.8)

@@ -40,8 +40,6 @@ REFUSED = {
     'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py',
                   'GridRoIHead.predict_bbox'),
     'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', 'SparseRoIHead.predict_bbox'),
-    'crowddet': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
-                 'MultiInstanceRoIHead.predict_bbox'),
     'solov2': ('solov2/solov2_r50_fpn_1x_coco.py',
                'SOLOv2: no box head or RoI head to explain (mask_head=SOLOV2Head)'),
     'mask2former': ('mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',

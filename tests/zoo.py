@@ -44,6 +44,10 @@ ZOO = {
     'double-head-rcnn': ('double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
                          dict(conv_out_channels=32)),
     'ms-rcnn': ('ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py', dict()),
+    'crowddet-rcnn': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
+                      dict(num_classes=1)),  # (its scores read column 1: one class only)
+    'crowddet-refine-rcnn': ('crowddet/crowddet-rcnn_refine_r50_fpn_8xb2-30e_crowdhuman.py',
+                             dict(num_classes=1)),
     'htc': ('htc/htc_r50_fpn_1x_coco.py', dict()),
     'scnet': ('scnet/scnet_r50_fpn_1x_coco.py', dict()),
 }
@@ -104,11 +108,13 @@ def zoo_config(name: str, num_classes: int = 3):
         heads = model.roi_head.bbox_head
         heads = heads if isinstance(heads, list) else [heads]
         for h in heads:
-            h.update(num_classes=num_classes, in_channels=32, fc_out_channels=64,
-                     **head_options)
+            h.update(dict(dict(num_classes=num_classes, in_channels=32, fc_out_channels=64),
+                          **head_options))
         extractors = model.roi_head.bbox_roi_extractor
         for e in (extractors if isinstance(extractors, list) else [extractors]):
             e.out_channels = 32
+            if e.roi_layer.get('use_torchvision'):  # CrowdDet (no torchvision for torch 2.13)
+                e.roi_layer.use_torchvision = False
         _narrow_roi_branches(model.roi_head, num_classes)
         model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=30)
         model.test_cfg.rpn.update(nms_pre=200, max_per_img=60)

@@ -41,6 +41,7 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'ms-rcnn': 'mmdet::ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py',
     'htc': 'mmdet::htc/htc_r50_fpn_1x_coco.py',
     'scnet': 'mmdet::scnet/scnet_r50_fpn_1x_coco.py',
+    'crowddet': 'configs/crowddet-rcnn_r50_fpn_crowdhuman.py',
     'yolov3': 'mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
     'rtmdet-ins-l': 'mmdet::rtmdet/rtmdet-ins_l_8xb32-300e_coco.py',
     'condinst': 'mmdet::condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',

@@ -44,7 +44,7 @@ def verify_detections(model, inputs: torch.Tensor, data_samples: list, dets: lis
         problem = None
         if len(ours) != len(ref):
             problem = f'{len(ours)} detections, its predict gives {len(ref)}'
-        elif not torch.equal(ours.labels, ref.labels.to(ours.labels.device)):
+        elif not torch.equal(ours.labels, ref.labels.to(ours.labels)):  # (CrowdDet: floats)
             problem = 'other labels (or another order)'
         else:
             for key in ('bboxes', 'scores'):

@@ -51,7 +51,8 @@ def resolved(cls, name: str):
         if klass.__dict__.get('odam_mixin'):
             continue
         if name in klass.__dict__:
-            return klass.__dict__[name]
+            value = klass.__dict__[name]  # (a static method: its function)
+            return value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
     raise AttributeError(name)
 
 
@@ -70,6 +71,7 @@ class Same:
         """What differs on ``obj``: 'Class.method is X, not Y' per method."""
         out = []
         for expected in self.methods:
+            expected = getattr(expected, '__func__', expected)  # (a class method)
             try:
                 actual = resolved(type(obj), expected.__name__)
             except AttributeError:

@@ -32,6 +32,7 @@ from .detr import DETRAdapter, DETRForward
 from .roi import (
     ROI_ADAPTERS,
     CascadeRoIAdapter,
+    CrowdDetRoIAdapter,
     DoubleHeadRoIAdapter,
     HTCRoIAdapter,
     MaskScoringRoIAdapter,
@@ -45,7 +46,7 @@ __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'support
            'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
            'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
-           'RoIForward',
+           'CrowdDetRoIAdapter', 'RoIForward',
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
            'PAAAdapter', 'CondInstAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter',

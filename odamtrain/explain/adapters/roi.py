@@ -29,10 +29,11 @@ from mmdet.models.roi_heads import (
     DoubleHeadRoIHead,
     HybridTaskCascadeRoIHead,
     MaskScoringRoIHead,
+    MultiInstanceRoIHead,
     SCNetRoIHead,
     StandardRoIHead,
 )
-from mmdet.models.roi_heads.bbox_heads import BBoxHead
+from mmdet.models.roi_heads.bbox_heads import BBoxHead, MultiInstanceBBoxHead
 from mmdet.models.roi_heads.mask_heads import MaskIoUHead
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.structures.bbox import bbox2roi, bbox_overlaps, get_box_tensor
@@ -43,7 +44,7 @@ from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
-           'ROI_ADAPTERS',
+           'CrowdDetRoIAdapter', 'ROI_ADAPTERS',
            'box_head_reads']
 
 _TWO_STAGE = Same('detector', (TwoStageDetector.predict, TwoStageDetector.extract_feat))
@@ -395,6 +396,96 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
         return y, list(leaves) + [feats for feats, _ in reads], rows
 
 
+class CrowdDetRoIAdapter(StandardRoIAdapter):
+    """CrowdDet (``MultiInstanceRoIHead`` with ``MultiInstanceBBoxHead``): each RoI predicts
+    ``num_instance`` boxes (the crowd's "multiple instance prediction"), each with its own
+    class and box branch (after the refine module when the head has one), kept by mmdet's
+    set NMS (two predictions of one RoI never suppress each other). A = the RoI features
+    its box head reads, shared by the RoI's instances; Y of instance k = its own output
+    (score: mmdet's, the softmax's column 1; box sides decoded from its own deltas).
+    Provenance adds ``instance``. Odam-NMS and Odam-Train are not defined for it (set NMS
+    is its own crowd method; its loss matches instance sets)."""
+    head_type = MultiInstanceRoIHead
+    features = ('auto', 'roi')
+    reproduces = (_TWO_STAGE,
+                  Same('bbox_head', (BBoxHead.predict_by_feat,
+                                     MultiInstanceBBoxHead._predict_by_feat_single,
+                                     MultiInstanceBBoxHead.set_nms)),
+                  Same('head', (BaseRoIHead.predict, MultiInstanceRoIHead.predict_bbox,
+                                MultiInstanceRoIHead._bbox_forward)))
+
+    def _bbox_forward(self, stage, levels, rois, context):
+        out = self.roi_head._bbox_forward(levels, rois)
+        if 'cls_score_ref' in out:  # mmdet predicts from the refine module's outputs
+            return dict(cls_score=out['cls_score_ref'], bbox_pred=out['bbox_pred_ref'])
+        return out
+
+    @property
+    def num_instance(self) -> int:
+        return self.bbox_head.num_instance
+
+    def _rows(self, fwd, sl, meta, score_thr, max_num):
+        """mmdet's per-row decoding of one image (row = RoI x num_instance + instance) and
+        its set NMS (``score_thr`` None: none), with each kept row's index."""
+        per_row = self._per_roi(fwd, sl, meta)
+        rows = torch.arange(len(per_row.bboxes), device=per_row.bboxes.device)
+        boxes, scores = per_row.bboxes, per_row.scores[:, 1]
+        if score_thr is not None:
+            # the row rides along; set_nms reads the last column as the RoI (float64, as
+            # mmdet's numpy RoI column makes its boxes)
+            ext = torch.cat([boxes.double(), rows[:, None].double(),
+                             (rows // self.num_instance)[:, None].double()], 1)
+            ext, scores = self.bbox_head.set_nms(ext, scores, score_thr,
+                                                 self.test_cfg.nms['iou_threshold'], max_num)
+            boxes, rows = ext[:, :4].to(per_row.bboxes.dtype), ext[:, 4].long()
+        return InstanceData(bboxes=boxes, scores=scores, labels=torch.zeros_like(rows),
+                            roi=rows // self.num_instance + sl.start,
+                            instance=rows % self.num_instance)
+
+    def _image_rows(self, fwd, score_thr, max_num) -> list:
+        dets = []
+        for i, (sl, meta) in enumerate(zip(self._slices(fwd), fwd.metas)):
+            det = self._rows(fwd, sl, meta, score_thr, max_num)
+            det.img = torch.full_like(det.labels, i)
+            dets.append(det)
+        return dets
+
+    def predictions(self, fwd, cfg=None) -> list:
+        """mmdet's decoding and set NMS (labels 0: the one class; mmdet gives them as
+        floats)."""
+        cfg = self.test_cfg if cfg is None else cfg
+        return self._image_rows(fwd, cfg.score_thr, cfg.max_per_img)
+
+    def candidates(self, fwd, score_thr=None) -> list:
+        score_thr = self.test_cfg.score_thr if score_thr is None else score_thr
+        return [d[d.scores > score_thr] for d in self._image_rows(fwd, None, -1)]
+
+    def every_prediction(self, fwd) -> list:
+        return self._image_rows(fwd, None, -1)
+
+    def nms_support(self):
+        return 'its set NMS keeps the instances of one RoI together (CrowdDet\'s own method)'
+
+    def train_support(self):
+        return 'its loss matches each RoI\'s instance set to GT (EMD loss), no positives'
+
+    def attribute(self, target, fwd, preds):
+        """Instance ``preds.instance`` of RoI ``preds.roi``: 'score' softmax column 1 (as
+        mmdet scores), 'logit' that column's logit, box sides from its deltas."""
+        n = torch.arange(len(preds), device=preds.roi.device)
+        k = self.num_instance
+        if target in ('score', 'logit'):
+            logits = fwd.cls_score[preds.roi].view(len(preds), k, -1)[n, preds.instance]
+            return (logits.softmax(-1) if target == 'score' else logits)[:, 1]
+        if target in BOX_SIDES:
+            deltas = fwd.bbox_pred[preds.roi].view(len(preds), k, 4)[n, preds.instance]
+            boxes = self.bbox_head.bbox_coder.decode(fwd.box_rois[preds.roi, 1:], deltas)
+            i = BOX_SIDES.index(target)
+            return boxes[:, i] / scales(fwd.metas, boxes)[preds.img, i % 2]
+        raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
+                         f'got {target!r}')
+
+
 class CascadeRoIAdapter(StandardRoIAdapter):
     """``CascadeRoIHead`` (Cascade R-CNN): A = the RoI features of every stage. Y reads
     all of them (mmdet's score is the softmax of the stages' mean class logit; its box is
@@ -516,4 +607,4 @@ class SCNetRoIAdapter(HTCRoIAdapter):
 
 # build_adapter takes the head's most specific class here
 ROI_ADAPTERS = (SCNetRoIAdapter, HTCRoIAdapter, CascadeRoIAdapter, DoubleHeadRoIAdapter,
-                MaskScoringRoIAdapter, StandardRoIAdapter)
+                MaskScoringRoIAdapter, CrowdDetRoIAdapter, StandardRoIAdapter)

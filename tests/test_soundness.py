@@ -31,10 +31,6 @@ from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_
 
 # (stock mmdet config, the class.method or words the refusal must name)
 REFUSED = {
-    'sabl-faster-rcnn': ('sabl/sabl-faster-rcnn_r50_fpn_1x_coco.py',
-                         'SABLHead._predict_by_feat_single'),
-    'sabl-cascade-rcnn': ('sabl/sabl-cascade-rcnn_r50_fpn_1x_coco.py',
-                          'SABLHead._predict_by_feat_single'),
     'sabl-retinanet': ('sabl/sabl-retinanet_r50_fpn_1x_coco.py',
                        'SABLRetinaHead.predict_by_feat'),
     'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py',

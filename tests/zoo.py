@@ -48,13 +48,16 @@ ZOO = {
                       dict(num_classes=1)),  # (its scores read column 1: one class only)
     'crowddet-refine-rcnn': ('crowddet/crowddet-rcnn_refine_r50_fpn_8xb2-30e_crowdhuman.py',
                              dict(num_classes=1)),
+    'sabl-faster-rcnn': ('sabl/sabl-faster-rcnn_r50_fpn_1x_coco.py', dict()),
+    'sabl-cascade-rcnn': ('sabl/sabl-cascade-rcnn_r50_fpn_1x_coco.py', dict()),
     'htc': ('htc/htc_r50_fpn_1x_coco.py', dict()),
     'scnet': ('scnet/scnet_r50_fpn_1x_coco.py', dict()),
 }
 TWO_STAGE = [k for k in ZOO if 'rcnn' in k or k in ('htc', 'scnet')]
 DENSE = [k for k in ZOO if k not in TWO_STAGE]
 # RoI heads whose box heads read more than one RoI feature tensor per RoI
-ROI_READS = {'cascade-rcnn': 3, 'double-head-rcnn': 2, 'htc': 3, 'scnet': 3}
+ROI_READS = {'cascade-rcnn': 3, 'sabl-cascade-rcnn': 3, 'double-head-rcnn': 2, 'htc': 3,
+             'scnet': 3}
 # DETR-like: transformers shrunk to 2 layers of 32 channels, 12 queries
 DETR_ZOO = {
     'detr': 'detr/detr_r50_8xb2-150e_coco.py',
@@ -108,8 +111,10 @@ def zoo_config(name: str, num_classes: int = 3):
         heads = model.roi_head.bbox_head
         heads = heads if isinstance(heads, list) else [heads]
         for h in heads:
-            h.update(dict(dict(num_classes=num_classes, in_channels=32, fc_out_channels=64),
-                          **head_options))
+            narrow = (dict(cls_in_channels=32, reg_in_channels=32, cls_out_channels=64,
+                           reg_offset_out_channels=32, reg_cls_out_channels=32)
+                      if h.type == 'SABLHead' else dict(in_channels=32, fc_out_channels=64))
+            h.update(dict(dict(num_classes=num_classes, **narrow), **head_options))
         extractors = model.roi_head.bbox_roi_extractor
         for e in (extractors if isinstance(extractors, list) else [extractors]):
             e.out_channels = 32

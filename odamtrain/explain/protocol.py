@@ -96,10 +96,13 @@ class DetectorAdapter(abc.ABC):
 
     Class attributes:
         head_type: the head class whose subclasses it covers (when they pass the gate).
+        box_head_type: for a RoI head, the box head class it is for (None: any; the gate
+            checks the box head's methods).
         reproduces: the gate's :class:`Same` entries.
         features: the choices of A it offers ('auto' first).
     """
     head_type: type = object
+    box_head_type: type | None = None
     reproduces: tuple = ()
     features: tuple = ('auto',)
 

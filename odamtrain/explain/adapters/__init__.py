@@ -5,6 +5,7 @@ that no adapter reproduces exactly."""
 from __future__ import annotations
 
 from mmdet.models.dense_heads import DETRHead
+from torch.nn import ModuleList
 from mmdet.models.roi_heads import BaseRoIHead
 
 from ..protocol import DetectorAdapter, UnsupportedDetectorError
@@ -38,6 +39,8 @@ from .roi import (
     MaskScoringRoIAdapter,
     RoIForward,
     RoITrainStep,
+    SABLCascadeRoIAdapter,
+    SABLRoIAdapter,
     SCNetRoIAdapter,
     StandardRoIAdapter,
 )
@@ -46,7 +49,7 @@ __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'support
            'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
            'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
-           'CrowdDetRoIAdapter', 'RoIForward',
+           'CrowdDetRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter', 'RoIForward',
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
            'PAAAdapter', 'CondInstAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter',
@@ -58,13 +61,26 @@ ADAPTERS = DENSE_ADAPTERS + ROI_ADAPTERS + (DETRAdapter,)
 def supported_heads() -> list[str]:
     """The mmdet head classes (and their subclasses that keep what the adapter reproduces)
     that have an adapter."""
-    return [a.head_type.__name__ for a in ADAPTERS]
+    return [a.head_type.__name__ + (f' with {a.box_head_type.__name__}' if a.box_head_type
+                                    else '') for a in ADAPTERS]
+
+
+def _box_head(head):
+    """A RoI head's (last) box head, or None."""
+    box_head = getattr(head, 'bbox_head', None)
+    return box_head[-1] if isinstance(box_head, ModuleList) else box_head
 
 
 def _family(head, table):
-    """The adapter class of ``head``'s most specific class covered, or None."""
+    """The adapter class of ``head``'s most specific class covered, and among those of that
+    class the one of its box head's class (SABL's), else the one for any box head; or
+    None."""
+    box_head = _box_head(head)
     for cls in type(head).__mro__:
-        adapter = next((a for a in table if a.head_type is cls), None)
+        adapters = [a for a in table if a.head_type is cls]
+        adapter = next((a for a in adapters if a.box_head_type is not None
+                        and isinstance(box_head, a.box_head_type)), None)
+        adapter = adapter or next((a for a in adapters if a.box_head_type is None), None)
         if adapter is not None:
             return adapter
     return None

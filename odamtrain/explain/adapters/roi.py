@@ -33,7 +33,7 @@ from mmdet.models.roi_heads import (
     SCNetRoIHead,
     StandardRoIHead,
 )
-from mmdet.models.roi_heads.bbox_heads import BBoxHead, MultiInstanceBBoxHead
+from mmdet.models.roi_heads.bbox_heads import BBoxHead, MultiInstanceBBoxHead, SABLHead
 from mmdet.models.roi_heads.mask_heads import MaskIoUHead
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.structures.bbox import bbox2roi, bbox_overlaps, get_box_tensor
@@ -44,11 +44,20 @@ from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
-           'CrowdDetRoIAdapter', 'ROI_ADAPTERS',
+           'CrowdDetRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter', 'ROI_ADAPTERS',
+           'take_rows',
            'box_head_reads']
 
 _TWO_STAGE = Same('detector', (TwoStageDetector.predict, TwoStageDetector.extract_feat))
 _BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_feat_single))
+
+
+def take_rows(bbox_pred, index):
+    """The rows ``index`` of a box head's regression output: a tensor, or SABL's pair
+    (bucket scores, bucket offsets)."""
+    if torch.is_tensor(bbox_pred):
+        return bbox_pred[index]
+    return tuple(part[index] for part in bbox_pred)
 
 
 @contextlib.contextmanager
@@ -199,11 +208,22 @@ class StandardRoIAdapter(DetectorAdapter):
     # -------------------------------------------------------------- predictions
     def _per_roi(self, fwd: RoIForward, sl: slice, meta: dict) -> InstanceData:
         """mmdet's per-RoI decoding for one image (boxes (r, 4 K) original pixels, scores
-        (r, K + 1)), without NMS and without a graph."""
+        (r, K + 1); ``factors`` (r,) where :meth:`score_factors` has them), without NMS and
+        without a graph."""
         with torch.no_grad():
-            return self.bbox_head._predict_by_feat_single(
-                fwd.box_rois[sl], fwd.cls_score[sl], fwd.bbox_pred[sl], meta, rescale=True,
-                rcnn_test_cfg=None)
+            per_roi = self.bbox_head._predict_by_feat_single(
+                fwd.box_rois[sl], fwd.cls_score[sl], take_rows(fwd.bbox_pred, sl), meta,
+                rescale=True, rcnn_test_cfg=None)
+            factors = self.score_factors(fwd, torch.arange(sl.start, sl.stop,
+                                                           device=fwd.box_rois.device))
+        if factors is not None:
+            per_roi.factors = factors
+        return per_roi
+
+    def score_factors(self, fwd: RoIForward, roi: torch.Tensor) -> torch.Tensor | None:
+        """(n,) what mmdet's NMS multiplies the class probabilities of RoIs ``roi`` by,
+        with the graph (SABL's localisation confidence), or None."""
+        return None
 
     def _slices(self, fwd: RoIForward):
         start = 0
@@ -221,7 +241,9 @@ class StandardRoIAdapter(DetectorAdapter):
             num_classes = per_roi.scores.shape[1] - 1  # (the boxes may be class-agnostic)
             det, labels, inds = multiclass_nms(per_roi.bboxes, per_roi.scores,
                                                rcnn_cfg.score_thr, rcnn_cfg.nms,
-                                               rcnn_cfg.max_per_img, return_inds=True)
+                                               rcnn_cfg.max_per_img,
+                                               score_factors=per_roi.get('factors', None),
+                                               return_inds=True)
             dets.append(InstanceData(bboxes=det[:, :-1], scores=det[:, -1], labels=labels,
                                      roi=inds // num_classes + sl.start,
                                      img=torch.full_like(labels, i)))
@@ -237,6 +259,8 @@ class StandardRoIAdapter(DetectorAdapter):
             n, k = per_roi.scores.shape[0], per_roi.scores.shape[1] - 1
             boxes = per_roi.bboxes.view(n, -1, 4).expand(n, k, 4)
             scores = per_roi.scores[:, :-1]
+            if 'factors' in per_roi:
+                scores = scores * per_roi.factors[:, None]
             roi, labels = (scores > score_thr).nonzero(as_tuple=True)
             cands.append(InstanceData(bboxes=boxes[roi, labels], scores=scores[roi, labels],
                                       labels=labels, roi=roi + sl.start,
@@ -248,14 +272,17 @@ class StandardRoIAdapter(DetectorAdapter):
 
     # ---------------------------------------------------------------- attribute
     def attribute(self, target, fwd, preds):
-        """'score' is the softmax probability, as mmdet scores."""
+        """'score' is the softmax probability (times :meth:`score_factors`), as mmdet
+        scores."""
         cls_score = fwd.cls_score[preds.roi]
         if target == 'logit':
             return cls_score.gather(1, preds.labels[:, None])[:, 0]
         if target == 'score':
-            return cls_score.softmax(-1).gather(1, preds.labels[:, None])[:, 0]
+            score = cls_score.softmax(-1).gather(1, preds.labels[:, None])[:, 0]
+            factors = self.score_factors(fwd, preds.roi)
+            return score if factors is None else score * factors
         if target in BOX_SIDES:
-            boxes = self.boxes(fwd.bbox_pred[preds.roi], fwd.box_rois[preds.roi, 1:],
+            boxes = self.boxes(take_rows(fwd.bbox_pred, preds.roi), fwd.box_rois[preds.roi, 1:],
                                preds.labels)
             i = BOX_SIDES.index(target)
             return boxes[:, i] / scales(fwd.metas, boxes)[preds.img, i % 2]
@@ -276,8 +303,11 @@ class StandardRoIAdapter(DetectorAdapter):
               bbox_head=None, max_shape=None) -> torch.Tensor:
         """(n, 4) x1y1x2y2 boxes (input pixels; clipped to ``max_shape`` (h, w) if given)
         decoded by ``bbox_head`` (default: the last stage's) from the deltas of each RoI's
-        class (bbox_pred (n, 4 K) or class-agnostic (n, 4); rois (n, 4))."""
+        class (bbox_pred (n, 4 K) or class-agnostic (n, 4); SABL's (bucket scores, offsets);
+        rois (n, 4))."""
         bbox_head = self.bbox_head if bbox_head is None else bbox_head
+        if isinstance(bbox_pred, tuple):  # SABL: class-agnostic buckets
+            return bbox_head.bbox_coder.decode(rois, bbox_pred, max_shape=max_shape)[0]
         if not bbox_head.reg_class_agnostic:
             idx = labels[:, None] * 4 + torch.arange(4, device=labels.device)
             bbox_pred = bbox_pred.gather(1, idx)
@@ -302,8 +332,8 @@ class StandardRoIAdapter(DetectorAdapter):
         labels = torch.cat([res.pos_gt_labels for res in sampling_results])
         gt_boxes = torch.cat([res.pos_gt_bboxes for res in sampling_results])
         with torch.no_grad():
-            boxes = self.boxes(step.bbox_results['bbox_pred'][pos], rois[pos, 1:], labels,
-                               bbox_head)
+            boxes = self.boxes(take_rows(step.bbox_results['bbox_pred'], pos), rois[pos, 1:],
+                               labels, bbox_head)
             ious = bbox_overlaps(boxes, gt_boxes, is_aligned=True)
         return InstanceData(
             roi=pos, img=rois[pos, 0].long(), labels=labels, rois=rois[pos, 1:], ious=ious,
@@ -343,7 +373,7 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
             rows = (preds.img == i).nonzero()[:, 0]
             roi = preds.roi[rows]
             rois[rows, 0] = float(i)
-            rois[rows, 1:] = self.boxes(fwd.bbox_pred[roi], fwd.box_rois[roi, 1:],
+            rois[rows, 1:] = self.boxes(take_rows(fwd.bbox_pred, roi), fwd.box_rois[roi, 1:],
                                         preds.labels[rows], max_shape=meta['img_shape'])
         return rois
 
@@ -541,8 +571,9 @@ class CascadeRoIAdapter(StandardRoIAdapter):
         if bbox_head.custom_activation:
             cls_score = bbox_head.loss_cls.get_activation(cls_score)
         refined = []
-        for r, s, d, meta in zip(rois.split(counts), cls_score.split(counts),
-                                 bbox_pred.split(counts), metas):
+        deltas = (bbox_pred.split(counts) if torch.is_tensor(bbox_pred)
+                  else bbox_head.bbox_pred_split(bbox_pred, counts))  # (SABL: a pair)
+        for r, s, d, meta in zip(rois.split(counts), cls_score.split(counts), deltas, metas):
             if len(r):
                 boxes = get_box_tensor(bbox_head.regress_by_class(r[:, 1:], s[:, :-1].argmax(1),
                                                                   d, meta))
@@ -605,6 +636,36 @@ class SCNetRoIAdapter(HTCRoIAdapter):
                     glbctx_feat=head.glbctx_head(levels)[1] if head.with_glbctx else None)
 
 
-# build_adapter takes the head's most specific class here
-ROI_ADAPTERS = (SCNetRoIAdapter, HTCRoIAdapter, CascadeRoIAdapter, DoubleHeadRoIAdapter,
-                MaskScoringRoIAdapter, CrowdDetRoIAdapter, StandardRoIAdapter)
+class _SABLBoxes:
+    """SABL's box head (``SABLHead``): class-agnostic boxes from bucket scores and offsets
+    (``BucketingBBoxCoder``), and mmdet's NMS scores the class probability times the
+    buckets' localisation confidence, which :meth:`score_factors` gives with the graph."""
+    box_head_type = SABLHead
+
+    def score_factors(self, fwd, roi):
+        return self.bbox_head.bbox_coder.decode(fwd.box_rois[roi, 1:],
+                                                take_rows(fwd.bbox_pred, roi))[1]
+
+
+_SABL_BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, SABLHead._predict_by_feat_single))
+
+
+class SABLRoIAdapter(_SABLBoxes, StandardRoIAdapter):
+    """SABL Faster R-CNN (``StandardRoIHead`` with ``SABLHead``): Faster R-CNN's A; Y
+    'score' = the class probability x the localisation confidence (mmdet's NMS score),
+    box sides from the chosen buckets' offsets."""
+    reproduces = (_TWO_STAGE, _SABL_BOX_HEAD) + StandardRoIAdapter.reproduces[2:]
+
+
+class SABLCascadeRoIAdapter(_SABLBoxes, CascadeRoIAdapter):
+    """SABL Cascade R-CNN (``CascadeRoIHead`` with ``SABLHead`` stages): Cascade R-CNN's A,
+    SABL's score and boxes (last stage), SABL's ``regress_by_class`` between stages."""
+    reproduces = (_TWO_STAGE, _SABL_BOX_HEAD,
+                  Same('bbox_head', (SABLHead.regress_by_class, SABLHead.bbox_pred_split)),
+                  CascadeRoIAdapter.reproduces[-1])
+
+
+# build_adapter takes the head's most specific class here (then the most specific box head)
+ROI_ADAPTERS = (SCNetRoIAdapter, HTCRoIAdapter, SABLCascadeRoIAdapter, CascadeRoIAdapter,
+                DoubleHeadRoIAdapter, MaskScoringRoIAdapter, CrowdDetRoIAdapter,
+                SABLRoIAdapter, StandardRoIAdapter)

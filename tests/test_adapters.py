@@ -13,6 +13,7 @@ from mmdet.models.dense_heads import (
     CenterNetHead,
     CondInstBboxHead,
     RTMDetInsHead,
+    SABLRetinaHead,
     TOODHead,
     YOLOV3Head,
     YOLOXHead,
@@ -33,7 +34,7 @@ from .zoo import DENSE, DETR_ZOO, ROI_READS, TWO_STAGE, build_zoo_detector, zoo_
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
 PAA = ('paa', 'paa-novote', 'lad')  # (LAD's student is a PAA head)
-FAST = ['retinanet', 'atss', 'gfl', 'paa-novote', 'fcos', 'condinst', 'autoassign', 'foveabox',
+FAST = ['retinanet', 'sabl-retinanet', 'atss', 'gfl', 'paa-novote', 'fcos', 'condinst', 'autoassign', 'foveabox',
         'rtmdet', 'rtmdet-ins', 'yolox', 'yolov3', 'centernet']
 
 
@@ -61,6 +62,12 @@ def mmdet_dense_graph(model, inputs, samples, frozen=False):
                 *(o[0][i:i + 1] for o in outs), meta, rescale=True)
                 for i, meta in enumerate(metas)]
         sizes = [c.shape[-2:] for c in outs[0]]
+        if isinstance(head, SABLRetinaHead):  # square anchors, (bucket scores, offsets)
+            squares = head.square_anchor_generator.grid_priors(sizes, device=leaves[0].device)
+            return leaves, outs, [head._predict_by_feat_single(
+                [c[i] for c in outs[0]], [b[0][i] for b in outs[1]],
+                [b[1][i] for b in outs[1]], squares, meta, head.test_cfg, rescale=True)
+                for i, meta in enumerate(metas)]
         instances = isinstance(head, (RTMDetInsHead, CondInstBboxHead))  # with strides
         priors = head.prior_generator.grid_priors(sizes, dtype=leaves[0].dtype,
                                                   device=leaves[0].device,
@@ -459,8 +466,8 @@ def test_mask_scoring_gradients_equal_mmdets_graph():
 
 
 # --------------------------------------------------------------------- errors
-@pytest.mark.parametrize('config, head', [('sabl/sabl-retinanet_r50_fpn_1x_coco.py',
-                                           'SABLRetinaHead')])
+@pytest.mark.parametrize('config, head', [
+    ('guided_anchoring/ga-retinanet_r50-caffe_fpn_1x_coco.py', 'GARetinaHead')])
 def test_unsupported_head_is_one_clear_error_before_any_work(config, head):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

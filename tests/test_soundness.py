@@ -31,8 +31,8 @@ from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_
 
 # (stock mmdet config, the class.method or words the refusal must name)
 REFUSED = {
-    'sabl-retinanet': ('sabl/sabl-retinanet_r50_fpn_1x_coco.py',
-                       'SABLRetinaHead.predict_by_feat'),
+    'ga-retinanet': ('guided_anchoring/ga-retinanet_r50-caffe_fpn_1x_coco.py',
+                     'GARetinaHead.predict_by_feat'),
     'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py',
                   'GridRoIHead.predict_bbox'),
     'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', 'SparseRoIHead.predict_bbox'),

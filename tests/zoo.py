@@ -20,6 +20,7 @@ NARROW_RESNET = dict(
 ZOO = {
     'retinanet': ('retinanet/retinanet_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'atss': ('atss/atss_r50_fpn_1x_coco.py', dict(feat_channels=32)),
+    'sabl-retinanet': ('sabl/sabl-retinanet_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'gfl': ('gfl/gfl_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'paa': ('paa/paa_r50_fpn_1x_coco.py', dict(feat_channels=32)),
     'paa-novote': ('paa/paa_r50_fpn_1x_coco.py', dict(feat_channels=32, score_voting=False)),

@@ -25,6 +25,7 @@ from .dense import (
     RetinaAdapter,
     RTMDetAdapter,
     RTMDetInsAdapter,
+    SABLRetinaAdapter,
     TOODAdapter,
     YOLOv3Adapter,
     YOLOXAdapter,
@@ -53,7 +54,7 @@ __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'support
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
            'PAAAdapter', 'CondInstAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter',
-           'YOLOv3Adapter', 'ADAPTERS']
+           'YOLOv3Adapter', 'SABLRetinaAdapter', 'ADAPTERS']
 
 ADAPTERS = DENSE_ADAPTERS + ROI_ADAPTERS + (DETRAdapter,)
 

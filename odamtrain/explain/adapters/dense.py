@@ -35,6 +35,7 @@ from mmdet.models.dense_heads import (
     RTMDetInsHead,
     RTMDetInsSepBNHead,
     RTMDetSepBNHead,
+    SABLRetinaHead,
     TOODHead,
     YOLOV3Head,
     YOLOXHead,
@@ -71,7 +72,7 @@ __all__ = ['DenseRows', 'DenseTrainStep', 'DenseHeadAdapter', 'RetinaAdapter', '
            'GFLAdapter', 'PAAAdapter', 'FCOSAdapter', 'CondInstAdapter', 'AutoAssignAdapter',
            'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'RTMDetInsAdapter',
            'CenterNetAdapter', 'RepPointsAdapter', 'YOLOXAdapter', 'YOLOv3Adapter',
-           'DENSE_ADAPTERS']
+           'SABLRetinaAdapter', 'DENSE_ADAPTERS']
 
 
 def selection(*head_methods) -> tuple:
@@ -159,16 +160,20 @@ class DenseHeadAdapter(DetectorAdapter):
         return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
 
     @property
+    def prior_generator(self):
+        """The generator of the priors the head decodes from."""
+        return self.head.prior_generator
+
+    @property
     def num_levels(self) -> int:
-        return self.head.prior_generator.num_levels
+        return self.prior_generator.num_levels
 
     def num_priors(self, level: int) -> int:
-        return self.head.prior_generator.num_base_priors[level]
+        return self.prior_generator.num_base_priors[level]
 
     def priors(self, sizes, like: torch.Tensor) -> list:
         """Per level (h * w * A, P) priors, as the head's ``predict_by_feat`` makes them."""
-        return self.head.prior_generator.grid_priors(sizes, dtype=like.dtype,
-                                                     device=like.device)
+        return self.prior_generator.grid_priors(sizes, dtype=like.dtype, device=like.device)
 
     def prior_coords(self, fwd: DenseForward, preds: InstanceData) -> torch.Tensor:
         """(n, P) the prior of each prediction (``level``, ``prior``) on the forward's
@@ -367,11 +372,11 @@ class DenseHeadAdapter(DetectorAdapter):
 
     def level_stride(self, fwd: DenseForward, level: int) -> float:
         """Input pixels per cell of a level of the forward."""
-        return float(self.head.prior_generator.strides[level][0])
+        return float(self.prior_generator.strides[level][0])
 
     def stride(self, level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """(n,) the stride of each prediction's ``level``."""
-        strides = torch.tensor([s[0] for s in self.head.prior_generator.strides],
+        strides = torch.tensor([s[0] for s in self.prior_generator.strides],
                                dtype=like.dtype, device=like.device)
         return strides[level]
 
@@ -510,6 +515,46 @@ class RetinaAdapter(SampledPositives, DenseHeadAdapter):
         head = self.head
         return self.centre(head.retina_cls(cls_feat)), self.centre(head.retina_reg(reg_feat)), \
             None
+
+
+class SABLRetinaAdapter(DenseHeadAdapter):
+    """SABL RetinaNet (``SABLRetinaHead``): RetinaNet's towers; one square anchor per
+    location; class-agnostic boxes from bucket scores and offsets (``BucketingBBoxCoder``);
+    mmdet's score = the class sigmoid x the buckets' localisation confidence (its NMS
+    score factor). The head's outputs per prediction: ``reg`` = (bucket scores, bucket
+    offsets) side by side."""
+    head_type = SABLRetinaHead
+    reproduces = selection(SABLRetinaHead.predict_by_feat, SABLRetinaHead._predict_by_feat_single,
+                           BaseDenseHead._bbox_post_process)
+    forward_impl = staticmethod(SABLRetinaHead.forward_single)
+
+    @property
+    def prior_generator(self):
+        return self.head.square_anchor_generator
+
+    def split(self, outputs):
+        cls, bbox = outputs[0], outputs[1]
+        return cls, [torch.cat(pair, 1) for pair in bbox], None
+
+    def final_layers(self, level, cls_feat, reg_feat):
+        head = self.head
+        reg = torch.cat([head.retina_bbox_cls(reg_feat), head.retina_bbox_reg(reg_feat)], 1)
+        return self.centre(head.retina_cls(cls_feat)), self.centre(reg), None
+
+    def _decode(self, rows, prior_coords):
+        """(boxes (n, 4) input pixels not clipped, localisation confidence (n,))."""
+        half = rows.reg.shape[1] // 2
+        return self.head.bbox_coder.decode(prior_coords, (rows.reg[:, :half].contiguous(),
+                                                          rows.reg[:, half:].contiguous()))
+
+    def decode(self, rows, preds, prior_coords):
+        return self._decode(rows, prior_coords)[0]
+
+    def score(self, rows, labels):
+        """The class sigmoid x the localisation confidence (which reads the bucket scores
+        only, not the anchors)."""
+        confidence = self._decode(rows, rows.reg.new_zeros(len(rows.reg), 4))[1]
+        return super().score(rows, labels) * confidence
 
 
 class ATSSAdapter(SampledPositives, DenseHeadAdapter):
@@ -1188,7 +1233,7 @@ class YOLOv3Adapter(DenseHeadAdapter):
 
 # build_adapter takes the head's most specific class here; DenseHeadAdapter covers any
 # other head with mmdet's base post-processing (exact mode)
-DENSE_ADAPTERS = (RetinaAdapter, PAAAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
+DENSE_ADAPTERS = (RetinaAdapter, SABLRetinaAdapter, PAAAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
                   AutoAssignAdapter, FoveaAdapter, TOODAdapter, RTMDetInsAdapter,
                   RTMDetAdapter, CenterNetAdapter, RepPointsAdapter, YOLOXAdapter,
                   YOLOv3Adapter, DenseHeadAdapter)

@@ -374,7 +374,7 @@ def test_roi_gradients_equal_mmdets_graph(two_stage, target):
     predict_bbox (Cascade: every stage's RoI features)."""
     name, model, inputs, samples = two_stage
     if name == 'ms-rcnn' and target == 'score':
-        pytest.skip('rescored after predict_bbox: test_mask_scoring_gradients_equal_mmdets_graph')
+        pytest.skip('rescored after predict_bbox: test_reads_at_the_detections_equal_mmdets_graph')
     adapter = build_adapter(model)
     meta = samples[0].metainfo
     with torch.no_grad():
@@ -425,12 +425,15 @@ def test_cascade_maps_sum_the_stages(two_stage):
     torch.testing.assert_close(det.heatmaps, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_mask_scoring_gradients_equal_mmdets_graph():
-    """MS R-CNN's score (the box head's probability x the mask IoU, after NMS): the batched
-    dY/dA of the box head's RoI read and of the mask read at each detection's box == one
-    backward per detection through mmdet's own predict_bbox and predict_mask, both reads
-    leaves; the mask read is at mmdet's mask RoI."""
-    model = build_zoo_detector('ms-rcnn')
+@pytest.mark.parametrize('name, target', [('ms-rcnn', 'score'), ('grid-rcnn', 'x1'),
+                                          ('grid-rcnn', 'y2')])
+def test_reads_at_the_detections_equal_mmdets_graph(name, target):
+    """What a branch reads at each detection's box after NMS: MS R-CNN's score (the box
+    head's probability x the mask IoU) and Grid R-CNN's box sides (the grid head's points).
+    The batched dY/dA of the box head's RoI read and of the branch's read == one backward
+    per detection through mmdet's own predict_bbox (and predict_mask), both reads leaves;
+    the branch reads at mmdet's box."""
+    model = build_zoo_detector(name)
     inputs, samples = zoo_batch(model)
     adapter, head, meta = build_adapter(model), model.roi_head, samples[0].metainfo
     with torch.no_grad():
@@ -438,31 +441,43 @@ def test_mask_scoring_gradients_equal_mmdets_graph():
         proposals = model.rpn_head.predict(feats, samples, rescale=False)
     fwd = adapter.forward_rois(feats, proposals, [meta])
     det, = adapter.predictions(fwd)
-    reads = roi_grads(adapter, fwd, det, 'score')
-    mask_leaves, mask_rois = [], []
+    reads = roi_grads(adapter, fwd, det, target)
+    extractor = head.mask_roi_extractor if name == 'ms-rcnn' else head.grid_roi_extractor
+    branch_leaves, branch_rois = [], []
 
     def leaf_output(module, args, out):
-        mask_rois.append(args[1])
-        mask_leaves.append(out.detach().requires_grad_(True))
-        return mask_leaves[-1]
+        branch_rois.append(args[1])
+        branch_leaves.append(out.detach().requires_grad_(True))
+        return branch_leaves[-1]
 
-    handle = head.mask_roi_extractor.register_forward_hook(leaf_output)
+    handle = extractor.register_forward_hook(leaf_output)
     try:
         with torch.enable_grad(), leaf_roi_features(head) as leaves:
-            res, = head.predict_bbox(feats, [meta], proposals, head.test_cfg, rescale=False)
-            res, = head.predict_mask(feats, [meta], [res], rescale=True)
+            if name == 'ms-rcnn':
+                res, = head.predict_bbox(feats, [meta], proposals, head.test_cfg, rescale=False)
+                res, = head.predict_mask(feats, [meta], [res], rescale=True)
+            else:
+                res, = head.predict_bbox(feats, [meta], proposals, head.test_cfg, rescale=True)
     finally:
         handle.remove()
-    assert len(reads) == 2 and len(mask_leaves) == 1 and len(det) > 1
+    assert len(reads) == 2 and len(branch_leaves) == 1 and len(det) > 1
     assert torch.equal(res.labels, det.labels)
     torch.testing.assert_close(res.scores, det.scores)
-    torch.testing.assert_close(reads[1].rois, mask_rois[0])
+    torch.testing.assert_close(res.bboxes, det.bboxes)
+    torch.testing.assert_close(reads[1].rois, branch_rois[0])
+    checked = 0
     for p in range(min(len(det), 6)):
-        box_ref, mask_ref = torch.autograd.grad(res.scores[p], [leaves[0], mask_leaves[0]],
-                                                retain_graph=True)
-        assert mask_ref[p].abs().sum() > 0
+        if not unclipped(res, p, target, meta, model):
+            continue
+        y = res.scores[p] if target == 'score' else res.bboxes[p, SIDES.index(target)]
+        box_ref, branch_ref = torch.autograd.grad(y, [leaves[0], branch_leaves[0]],
+                                                  retain_graph=True, allow_unused=True)
+        box_ref = torch.zeros_like(leaves[0]) if box_ref is None else box_ref
+        assert branch_ref[p].abs().sum() > 0
         torch.testing.assert_close(reads[0].grads[p], box_ref[det.roi[p]], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(reads[1].grads[p], mask_ref[p], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(reads[1].grads[p], branch_ref[p], rtol=1e-4, atol=1e-6)
+        checked += 1
+    assert checked > 0
 
 
 # --------------------------------------------------------------------- errors

@@ -27,10 +27,11 @@ def with_odam_nms(model, corr_low, corr_high, **nms):
 
 
 # (RTMDet-Ins and CondInst make masks of what their NMS keeps, CenterNet has no NMS, PAA
-# votes after it, CrowdDet's set NMS is its own: Odam-NMS is refused for them, below)
+# votes after it, Grid R-CNN's grid head refines what it keeps, CrowdDet's set NMS is its
+# own: Odam-NMS is refused for them, below)
 WITH_NMS = [n for n in DENSE + TWO_STAGE
             if n not in ('rtmdet-ins', 'condinst', 'centernet', 'paa', 'paa-novote', 'lad',
-                         'crowddet-rcnn', 'crowddet-refine-rcnn')]
+                         'grid-rcnn', 'crowddet-rcnn', 'crowddet-refine-rcnn')]
 
 
 @pytest.mark.parametrize('name', WITH_NMS)
@@ -55,7 +56,8 @@ def test_limit_is_exactly_mmdet_nms_for_every_family(name, rescale):
                                        ('condinst', 'CondInstBboxHead: .*dynamic parameters'),
                                        ('centernet', 'CenterNetHead: .*no NMS'),
                                        ('paa', 'PAAHead: .*score voting'),
-                                       ('crowddet-rcnn', 'MultiInstanceRoIHead: .*set NMS')])
+                                       ('crowddet-rcnn', 'MultiInstanceRoIHead: .*set NMS'),
+                                       ('grid-rcnn', 'GridRoIHead: .*grid head refines')])
 def test_odam_nms_is_refused_where_the_nms_feeds_more_than_boxes(name, why):
     with pytest.raises(ValueError, match=why):
         with_odam_nms(build_zoo_detector(name), 0.2, 0.8)

@@ -33,8 +33,6 @@ from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_
 REFUSED = {
     'ga-retinanet': ('guided_anchoring/ga-retinanet_r50-caffe_fpn_1x_coco.py',
                      'GARetinaHead.predict_by_feat'),
-    'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py',
-                  'GridRoIHead.predict_bbox'),
     'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', 'SparseRoIHead.predict_bbox'),
     'solov2': ('solov2/solov2_r50_fpn_1x_coco.py',
                'SOLOv2: no box head or RoI head to explain (mask_head=SOLOV2Head)'),

@@ -45,6 +45,7 @@ ZOO = {
     'double-head-rcnn': ('double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
                          dict(conv_out_channels=32)),
     'ms-rcnn': ('ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py', dict()),
+    'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py', dict()),
     'crowddet-rcnn': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
                       dict(num_classes=1)),  # (its scores read column 1: one class only)
     'crowddet-refine-rcnn': ('crowddet/crowddet-rcnn_refine_r50_fpn_8xb2-30e_crowdhuman.py',
@@ -147,6 +148,9 @@ def _narrow_roi_branches(roi_head, num_classes: int):
         heads = roi_head.mask_head
         for h in (heads if isinstance(heads, list) else [heads]):
             h.update(num_classes=num_classes, in_channels=32, conv_out_channels=32)
+    if 'grid_head' in roi_head:  # Grid R-CNN: 9 points x 8 channels (GN: 36 groups)
+        roi_head.grid_roi_extractor.out_channels = 32
+        roi_head.grid_head.update(in_channels=32, point_feat_channels=8)
     if 'mask_iou_head' in roi_head:  # MS R-CNN
         roi_head.mask_iou_head.update(in_channels=32, conv_out_channels=32,
                                       fc_out_channels=64, num_classes=num_classes)

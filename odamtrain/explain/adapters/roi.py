@@ -27,6 +27,7 @@ from mmdet.models.roi_heads import (
     BaseRoIHead,
     CascadeRoIHead,
     DoubleHeadRoIHead,
+    GridRoIHead,
     HybridTaskCascadeRoIHead,
     MaskScoringRoIHead,
     MultiInstanceRoIHead,
@@ -34,7 +35,7 @@ from mmdet.models.roi_heads import (
     StandardRoIHead,
 )
 from mmdet.models.roi_heads.bbox_heads import BBoxHead, MultiInstanceBBoxHead, SABLHead
-from mmdet.models.roi_heads.mask_heads import MaskIoUHead
+from mmdet.models.roi_heads.mask_heads import GridHead, MaskIoUHead
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.structures.bbox import bbox2roi, bbox_overlaps, get_box_tensor
 from mmengine.structures import InstanceData
@@ -44,7 +45,7 @@ from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
-           'CrowdDetRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter', 'ROI_ADAPTERS',
+           'CrowdDetRoIAdapter', 'GridRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter', 'ROI_ADAPTERS',
            'take_rows',
            'box_head_reads']
 
@@ -53,10 +54,10 @@ _BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_fe
 
 
 def take_rows(bbox_pred, index):
-    """The rows ``index`` of a box head's regression output: a tensor, or SABL's pair
-    (bucket scores, bucket offsets)."""
-    if torch.is_tensor(bbox_pred):
-        return bbox_pred[index]
+    """The rows ``index`` of a box head's regression output: a tensor, SABL's pair
+    (bucket scores, bucket offsets), or None (no regression: Grid R-CNN)."""
+    if bbox_pred is None or torch.is_tensor(bbox_pred):
+        return None if bbox_pred is None else bbox_pred[index]
     return tuple(part[index] for part in bbox_pred)
 
 
@@ -289,15 +290,40 @@ class StandardRoIAdapter(DetectorAdapter):
         raise ValueError(f"target must be 'score', 'logit' or one of {BOX_SIDES}, "
                          f'got {target!r}')
 
+    def detection_rois(self, fwd, preds) -> torch.Tensor:
+        """(n, 5) each prediction's image and box (input pixels) as mmdet's ``predict_bbox``
+        gives it unrescaled (where a mask or grid branch reads), with the graph to the box
+        head's regression."""
+        rois = fwd.box_rois.new_zeros(len(preds), 5)
+        for i, meta in enumerate(fwd.metas):
+            rows = (preds.img == i).nonzero()[:, 0]
+            if len(rows) == 0:
+                continue
+            roi = preds.roi[rows]
+            boxes = self.bbox_head._predict_by_feat_single(
+                fwd.box_rois[roi], fwd.cls_score[roi], take_rows(fwd.bbox_pred, roi), meta,
+                rescale=False, rcnn_test_cfg=None).bboxes.view(len(rows), -1, 4)
+            label = preds.labels[rows] if boxes.shape[1] > 1 else torch.zeros_like(roi)
+            rois[rows, 0] = float(i)
+            rois[rows, 1:] = boxes[torch.arange(len(rows), device=roi.device), label]
+        return rois
+
     def prediction_reads(self, fwd, preds, target: str) -> list:
         """The reads of A made at each prediction's own box, beyond the forward's RoI reads:
         [(feats (n, C, s, s) leaves, rois (n, 5))] (none here; MS R-CNN's mask features)."""
         return []
 
     def leaf_attribute(self, target, fwd, preds):
+        preds = preds.clone()
+        reads = self.prediction_reads(fwd, preds, target) if len(preds) else []
         with torch.enable_grad():
             y = self.attribute(target, fwd, preds)
-        return y, fwd.feats, preds.roi if fwd.features == 'roi' else preds.img
+        rows = preds.roi if fwd.features == 'roi' else preds.img
+        if not reads:
+            return y, fwd.feats, rows
+        own = torch.arange(len(preds), device=rows.device)  # (a read per prediction)
+        return (y, list(fwd.feats) + [feats for feats, _ in reads],
+                [rows] * len(fwd.feats) + [own] * len(reads))
 
     def boxes(self, bbox_pred: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor,
               bbox_head=None, max_shape=None) -> torch.Tensor:
@@ -365,18 +391,6 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
     def parts(self) -> dict:
         return dict(super().parts(), mask_iou_head=[self.roi_head.mask_iou_head])
 
-    def mask_rois(self, fwd, preds) -> torch.Tensor:
-        """(n, 5) the mask branch's RoIs: each prediction's box in input pixels, clipped to
-        its image, as mmdet's ``predict_bbox`` (unrescaled) gives it."""
-        rois = fwd.box_rois.new_zeros(len(preds), 5)
-        for i, meta in enumerate(fwd.metas):
-            rows = (preds.img == i).nonzero()[:, 0]
-            roi = preds.roi[rows]
-            rois[rows, 0] = float(i)
-            rois[rows, 1:] = self.boxes(take_rows(fwd.bbox_pred, roi), fwd.box_rois[roi, 1:],
-                                        preds.labels[rows], max_shape=meta['img_shape'])
-        return rois
-
     def mask_feats(self, fwd, rois: torch.Tensor) -> torch.Tensor:
         """(n, C, s, s) the mask features read at ``rois``, as ``_mask_forward`` reads them."""
         head = self.roi_head
@@ -386,9 +400,9 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
 
     def mask_iou(self, fwd, preds, mask_feats: torch.Tensor | None = None) -> torch.Tensor:
         """(n,) the mask IoU head's prediction of each prediction's class, from its mask
-        features (read at :meth:`mask_rois` when None) and its mask."""
+        features (read at :meth:`detection_rois` when None) and its mask."""
         if mask_feats is None:
-            mask_feats = self.mask_feats(fwd, self.mask_rois(fwd, preds))
+            mask_feats = self.mask_feats(fwd, self.detection_rois(fwd, preds).detach())
         head, n = self.roi_head, torch.arange(len(preds), device=preds.labels.device)
         mask_preds = head.mask_head(mask_feats)
         iou = head.mask_iou_head(mask_feats, mask_preds[n, preds.labels])
@@ -406,8 +420,8 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
     def prediction_reads(self, fwd, preds, target):
         if target != 'score':
             return []
-        rois = self.mask_rois(fwd, preds)
         with torch.no_grad():
+            rois = self.detection_rois(fwd, preds)
             feats = self.mask_feats(fwd, rois)
         preds.mask_feats = feats.requires_grad_(True)
         return [(preds.mask_feats, rois)]
@@ -418,12 +432,79 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
             return y
         return y * self.mask_iou(fwd, preds, preds.get('mask_feats', None))
 
-    def leaf_attribute(self, target, fwd, preds):
-        preds = preds.clone()
-        reads = self.prediction_reads(fwd, preds, target)
-        y, leaves, rows = super().leaf_attribute(target, fwd, preds)
-        rows = [rows] * len(leaves) + [torch.arange(len(preds), device=rows.device)] * len(reads)
-        return y, list(leaves) + [feats for feats, _ in reads], rows
+
+class GridRoIAdapter(StandardRoIAdapter):
+    """Grid R-CNN (``GridRoIHead``): its box head classifies the proposals (no regression);
+    after NMS the grid head reads the features at each detection's box and places its box
+    sides at the score-weighted grid points of its heat maps (mmdet's
+    ``GridHead._predict_by_feat_single``, run with the graph). Y 'score' / 'logit': the box
+    head's (A = its RoI read); box sides: the grid's (A = the grid features read at the
+    detection's box, one leaf per prediction, pasted there). Odam-NMS would skip the grid's
+    refinement of what NMS keeps: refused; so is Odam-Train."""
+    head_type = GridRoIHead
+    features = ('auto', 'roi')
+    reproduces = (_TWO_STAGE, _BOX_HEAD,
+                  Same('head', (BaseRoIHead.predict, GridRoIHead.predict_bbox,
+                                StandardRoIHead._bbox_forward, StandardRoIHead.predict_mask)),
+                  Same('grid_head', (GridHead.forward, GridHead.predict_by_feat,
+                                     GridHead._predict_by_feat_single)))
+
+    def parts(self) -> dict:
+        return dict(super().parts(), grid_head=[self.roi_head.grid_head])
+
+    def nms_support(self):
+        return 'its grid head refines the boxes that NMS keeps'
+
+    def train_support(self):
+        return 'its boxes come from the grid head, whose targets Odam-Train does not know'
+
+    def grid_feats(self, fwd, rois: torch.Tensor) -> torch.Tensor:
+        """(n, C, s, s) the grid features read at ``rois``, as ``predict_bbox`` reads them."""
+        head = self.roi_head
+        extractor = head.grid_roi_extractor
+        feats = extractor(fwd.levels[:len(extractor.featmap_strides)], rois)
+        return head.shared_head(feats) if head.with_shared_head else feats
+
+    def grid_boxes(self, fwd, preds, grid_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, 4) x1y1x2y2 original pixels: mmdet's grid boxes of the predictions, from
+        their grid features (read at :meth:`detection_rois` when None)."""
+        grid_head = self.roi_head.grid_head
+        rois = self.detection_rois(fwd, preds)
+        if grid_feats is None:
+            grid_feats = self.grid_feats(fwd, rois.detach())
+        grid_head.test_mode = True  # (as mmdet's predict_bbox sets it)
+        fused = grid_head(grid_feats)['fused']
+        boxes = rois.new_zeros(len(preds), 4)
+        for i, meta in enumerate(fwd.metas):
+            rows = (preds.img == i).nonzero()[:, 0]
+            if len(rows):
+                boxes[rows] = grid_head._predict_by_feat_single(fused[rows], rois[rows, 1:],
+                                                                meta, rescale=True)
+        return boxes
+
+    def predictions(self, fwd, cfg=None) -> list:
+        """The box head's detections, their boxes replaced by the grid's."""
+        dets = super().predictions(fwd, cfg)
+        with torch.no_grad():
+            for det in dets:
+                if len(det):
+                    det.bboxes = self.grid_boxes(fwd, det)
+        return dets
+
+    def prediction_reads(self, fwd, preds, target):
+        if target not in BOX_SIDES:
+            return []
+        with torch.no_grad():
+            rois = self.detection_rois(fwd, preds)
+            feats = self.grid_feats(fwd, rois)
+        preds.grid_feats = feats.requires_grad_(True)
+        return [(preds.grid_feats, rois)]
+
+    def attribute(self, target, fwd, preds):
+        if target not in BOX_SIDES:
+            return super().attribute(target, fwd, preds)
+        boxes = self.grid_boxes(fwd, preds, preds.get('grid_feats', None))
+        return boxes[:, BOX_SIDES.index(target)]
 
 
 class CrowdDetRoIAdapter(StandardRoIAdapter):
@@ -667,5 +748,5 @@ class SABLCascadeRoIAdapter(_SABLBoxes, CascadeRoIAdapter):
 
 # build_adapter takes the head's most specific class here (then the most specific box head)
 ROI_ADAPTERS = (SCNetRoIAdapter, HTCRoIAdapter, SABLCascadeRoIAdapter, CascadeRoIAdapter,
-                DoubleHeadRoIAdapter, MaskScoringRoIAdapter, CrowdDetRoIAdapter,
+                DoubleHeadRoIAdapter, MaskScoringRoIAdapter, GridRoIAdapter, CrowdDetRoIAdapter,
                 SABLRoIAdapter, StandardRoIAdapter)

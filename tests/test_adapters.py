@@ -24,13 +24,22 @@ from odamtrain.apis import explain_batch
 from odamtrain.explain import UnsupportedDetectorError, build_adapter
 from odamtrain.explain.conv_towers import paste_windows
 from odamtrain.explain.dense_gradients import dense_forward, exact_grads, window_grads
+from odamtrain.explain.detr_gradients import detr_grads
 from odamtrain.explain.heatmap import odam_heatmap, paste_roi_maps, resize_maps
 from odamtrain.explain.protocol import scales
 from odamtrain.explain.roi_gradients import roi_grads
 from odamtrain.inference import image_window
 
 from .helpers.oracles import frozen_norm_stats
-from .zoo import DENSE, DETR_ZOO, ROI_READS, TWO_STAGE, build_zoo_detector, zoo_batch
+from .zoo import (
+    DENSE,
+    DETR_ZOO,
+    QUERY_RCNN,
+    ROI_READS,
+    TWO_STAGE,
+    build_zoo_detector,
+    zoo_batch,
+)
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
 PAA = ('paa', 'paa-novote', 'lad')  # (LAD's student is a PAA head)
@@ -480,6 +489,55 @@ def test_reads_at_the_detections_equal_mmdets_graph(name, target):
     assert checked > 0
 
 
+@pytest.mark.parametrize('target', ['score', 'logit', 'x1', 'y2'])
+def test_sparse_rcnn_gradients_equal_mmdets_graph(target, monkeypatch):
+    """Sparse R-CNN (queries that attend to each other over six stages): the vectorised
+    dY/dA_level == one backward per detection through mmdet's own ``predict_bbox`` on leaf
+    FPN levels (box sides: its last stage's refined proposals, which mmdet detaches before
+    returning them)."""
+    model = build_zoo_detector('sparse-rcnn')
+    inputs, samples = zoo_batch(model)
+    adapter, head, meta = build_adapter(model), model.roi_head, samples[0].metainfo
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(feats, samples)
+    fwd = adapter.forward_proposals(feats, proposals, [meta])
+    det, = adapter.predictions(fwd)
+    got = [None] * len(det)
+    for idx, level_grads in detr_grads(adapter, fwd, det, target):
+        for j, p in enumerate(idx.tolist()):
+            got[p] = [g[j] for g in level_grads]
+    stages = []
+    original = head._bbox_forward
+    monkeypatch.setattr(head, '_bbox_forward',
+                        lambda *a, **k: stages.append(original(*a, **k)) or stages[-1])
+    with torch.enable_grad():
+        levels = [f.detach().requires_grad_(True) for f in feats[:len(fwd.feats)]]
+        res, = head.predict_bbox(levels, [meta], [p.clone() for p in proposals],
+                                 head.test_cfg, rescale=True)
+    assert len(stages) == head.num_stages and len(det) > 1
+    assert torch.equal(res.labels, det.labels)
+    torch.testing.assert_close(res.scores, det.scores)
+    torch.testing.assert_close(res.bboxes, det.bboxes)
+    last = stages[-1]
+    scale = inputs.new_tensor(meta['scale_factor'][:2]).repeat(2)
+    for p in range(min(len(det), 6)):
+        query, label = int(det.query[p]), int(det.labels[p])
+        with torch.enable_grad():
+            if target == 'score':
+                y = res.scores[p]
+            elif target == 'logit':
+                y = last['cls_score'][0, query, label]
+            else:
+                i = SIDES.index(target)
+                y = last['decoded_bboxes'][query, i] / scale[i]
+            refs = torch.autograd.grad(y, levels, retain_graph=True, allow_unused=True)
+        assert any(r is not None and r.abs().sum() > 0 for r in refs)
+        for g, ref in zip(got[p], refs):
+            torch.testing.assert_close(g, torch.zeros_like(g) if ref is None else ref[0],
+                                       rtol=1e-4, atol=1e-7)
+
+
 # --------------------------------------------------------------------- errors
 @pytest.mark.parametrize('config, head', [
     ('guided_anchoring/ga-retinanet_r50-caffe_fpn_1x_coco.py', 'GARetinaHead')])
@@ -541,7 +599,7 @@ def test_image_window_is_where_centernets_pipeline_put_the_image():
 
 
 # ------------------------------------------------------------------- black box
-@pytest.mark.parametrize('name', DENSE + TWO_STAGE + list(DETR_ZOO))
+@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO))
 def test_drise_and_vps_take_every_family_as_a_black_box(name):
     """D-RISE's map of a detection == its definition computed here from mmdet's own
     predictions of the masked images (sum_i w_i M_i / sum_i M_i, w_i = max IoU x score of

@@ -57,7 +57,8 @@ def test_limit_is_exactly_mmdet_nms_for_every_family(name, rescale):
                                        ('centernet', 'CenterNetHead: .*no NMS'),
                                        ('paa', 'PAAHead: .*score voting'),
                                        ('crowddet-rcnn', 'MultiInstanceRoIHead: .*set NMS'),
-                                       ('grid-rcnn', 'GridRoIHead: .*grid head refines')])
+                                       ('grid-rcnn', 'GridRoIHead: .*grid head refines'),
+                                       ('sparse-rcnn', 'SparseRoIHead: .*set predictions')])
 def test_odam_nms_is_refused_where_the_nms_feeds_more_than_boxes(name, why):
     with pytest.raises(ValueError, match=why):
         with_odam_nms(build_zoo_detector(name), 0.2, 0.8)

@@ -27,13 +27,12 @@ from odamtrain.models import asks_for_odam
 
 from .conftest import REPO
 from .odam_fixtures import train_batch
-from .zoo import DENSE, DETR_ZOO, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_config
+from .zoo import DENSE, DETR_ZOO, QUERY_RCNN, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_config
 
 # (stock mmdet config, the class.method or words the refusal must name)
 REFUSED = {
     'ga-retinanet': ('guided_anchoring/ga-retinanet_r50-caffe_fpn_1x_coco.py',
                      'GARetinaHead.predict_by_feat'),
-    'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', 'SparseRoIHead.predict_bbox'),
     'solov2': ('solov2/solov2_r50_fpn_1x_coco.py',
                'SOLOv2: no box head or RoI head to explain (mask_head=SOLOV2Head)'),
     'mask2former': ('mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
@@ -99,7 +98,7 @@ def test_subclass_overriding_one_step_is_refused():
         build_adapter(cascade)
 
 
-@pytest.mark.parametrize('name', DENSE + TWO_STAGE + list(DETR_ZOO))
+@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO))
 def test_every_covered_family_passes_the_self_check(name):
     """The explained detections are ``model.predict``'s (boxes, labels, scores), for a score
     and a box-side target; a model built by the registry from the zoo config."""

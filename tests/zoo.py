@@ -46,6 +46,8 @@ ZOO = {
                          dict(conv_out_channels=32)),
     'ms-rcnn': ('ms_rcnn/ms-rcnn_r50_fpn_1x_coco.py', dict()),
     'grid-rcnn': ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py', dict()),
+    'sparse-rcnn': ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', dict()),
+    'queryinst': ('queryinst/queryinst_r50_fpn_1x_coco.py', dict()),
     'crowddet-rcnn': ('crowddet/crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
                       dict(num_classes=1)),  # (its scores read column 1: one class only)
     'crowddet-refine-rcnn': ('crowddet/crowddet-rcnn_refine_r50_fpn_8xb2-30e_crowdhuman.py',
@@ -55,8 +57,9 @@ ZOO = {
     'htc': ('htc/htc_r50_fpn_1x_coco.py', dict()),
     'scnet': ('scnet/scnet_r50_fpn_1x_coco.py', dict()),
 }
-TWO_STAGE = [k for k in ZOO if 'rcnn' in k or k in ('htc', 'scnet')]
-DENSE = [k for k in ZOO if k not in TWO_STAGE]
+QUERY_RCNN = ['sparse-rcnn', 'queryinst']  # query-based RoI heads (set predictions)
+TWO_STAGE = [k for k in ZOO if ('rcnn' in k or k in ('htc', 'scnet')) and k not in QUERY_RCNN]
+DENSE = [k for k in ZOO if k not in TWO_STAGE + QUERY_RCNN]
 # RoI heads whose box heads read more than one RoI feature tensor per RoI
 ROI_READS = {'cascade-rcnn': 3, 'sabl-cascade-rcnn': 3, 'double-head-rcnn': 2, 'htc': 3,
              'scnet': 3}
@@ -109,14 +112,14 @@ def zoo_config(name: str, num_classes: int = 3):
     else:
         model.backbone.init_cfg = None
     if 'roi_head' in model:
-        model.rpn_head.update(in_channels=32, feat_channels=32)
+        if model.rpn_head.type == 'EmbeddingRPNHead':  # Sparse R-CNN: 30 learned queries
+            model.rpn_head.update(num_proposals=30, proposal_feature_channel=32)
+        else:
+            model.rpn_head.update(in_channels=32, feat_channels=32)
         heads = model.roi_head.bbox_head
         heads = heads if isinstance(heads, list) else [heads]
         for h in heads:
-            narrow = (dict(cls_in_channels=32, reg_in_channels=32, cls_out_channels=64,
-                           reg_offset_out_channels=32, reg_cls_out_channels=32)
-                      if h.type == 'SABLHead' else dict(in_channels=32, fc_out_channels=64))
-            h.update(dict(dict(num_classes=num_classes, **narrow), **head_options))
+            h.update(dict(dict(num_classes=num_classes, **_narrow_box_head(h)), **head_options))
         extractors = model.roi_head.bbox_roi_extractor
         for e in (extractors if isinstance(extractors, list) else [extractors]):
             e.out_channels = 32
@@ -124,7 +127,8 @@ def zoo_config(name: str, num_classes: int = 3):
                 e.roi_layer.use_torchvision = False
         _narrow_roi_branches(model.roi_head, num_classes)
         model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=30)
-        model.test_cfg.rpn.update(nms_pre=200, max_per_img=60)
+        if model.test_cfg.rpn is not None:
+            model.test_cfg.rpn.update(nms_pre=200, max_per_img=60)
     else:
         head = model.bbox_head
         head.update(num_classes=num_classes, **head_options)
@@ -141,13 +145,30 @@ def zoo_config(name: str, num_classes: int = 3):
     return cfg
 
 
+def _narrow_box_head(box_head) -> dict:
+    """The settings that make a RoI box head read 32 channels."""
+    if box_head.type == 'SABLHead':
+        return dict(cls_in_channels=32, reg_in_channels=32, cls_out_channels=64,
+                    reg_offset_out_channels=32, reg_cls_out_channels=32)
+    if box_head.type == 'DIIHead':  # Sparse R-CNN
+        return dict(in_channels=32, feedforward_channels=64, num_heads=2,
+                    dynamic_conv_cfg=dict(box_head.dynamic_conv_cfg, in_channels=32,
+                                          feat_channels=16, out_channels=32))
+    return dict(in_channels=32, fc_out_channels=64)
+
+
 def _narrow_roi_branches(roi_head, num_classes: int):
     """32 channels in a RoI head's mask, semantic, global context and relay branches."""
     if 'mask_head' in roi_head:
-        roi_head.mask_roi_extractor.out_channels = 32
+        extractors = roi_head.mask_roi_extractor
+        for e in (extractors if isinstance(extractors, list) else [extractors]):
+            e.out_channels = 32
         heads = roi_head.mask_head
         for h in (heads if isinstance(heads, list) else [heads]):
             h.update(num_classes=num_classes, in_channels=32, conv_out_channels=32)
+            if h.type == 'DynamicMaskHead':  # QueryInst
+                h.dynamic_conv_cfg = dict(h.dynamic_conv_cfg, in_channels=32,
+                                          feat_channels=16, out_channels=32)
     if 'grid_head' in roi_head:  # Grid R-CNN: 9 points x 8 channels (GN: 36 groups)
         roi_head.grid_roi_extractor.out_channels = 32
         roi_head.grid_head.update(in_channels=32, point_feat_channels=8)

@@ -46,6 +46,7 @@ from .roi import (
     SCNetRoIAdapter,
     StandardRoIAdapter,
 )
+from .sparse import SparseForward, SparseRoIAdapter
 
 __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'supported_heads',
            'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
@@ -55,9 +56,12 @@ __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'support
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
            'PAAAdapter', 'CondInstAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter',
-           'YOLOv3Adapter', 'SABLRetinaAdapter', 'ADAPTERS']
+           'YOLOv3Adapter', 'SABLRetinaAdapter', 'SparseRoIAdapter', 'SparseForward',
+           'ADAPTERS']
 
-ADAPTERS = DENSE_ADAPTERS + ROI_ADAPTERS + (DETRAdapter,)
+# the RoI heads' adapters: region-based, then query-based
+TWO_STAGE_ADAPTERS = ROI_ADAPTERS + (SparseRoIAdapter,)
+ADAPTERS = DENSE_ADAPTERS + TWO_STAGE_ADAPTERS + (DETRAdapter,)
 
 
 def supported_heads() -> list[str]:
@@ -114,7 +118,7 @@ def build_adapter(model) -> DetectorAdapter:
     roi_head = getattr(model, 'roi_head', None)
     bbox_head = getattr(model, 'bbox_head', None)
     if roi_head is not None:
-        head, table = roi_head, ROI_ADAPTERS
+        head, table = roi_head, TWO_STAGE_ADAPTERS
     elif isinstance(bbox_head, DETRHead):
         head, table = bbox_head, (DETRAdapter,)
     elif bbox_head is not None:
@@ -137,7 +141,7 @@ def build_adapter(model) -> DetectorAdapter:
 def head_adapter(head) -> DetectorAdapter:
     """The adapter of a head alone (Odam-NMS and Odam-Train inside the head), checked on the
     head's parts."""
-    cls = _family(head, ROI_ADAPTERS if isinstance(head, BaseRoIHead) else DENSE_ADAPTERS)
+    cls = _family(head, TWO_STAGE_ADAPTERS if isinstance(head, BaseRoIHead) else DENSE_ADAPTERS)
     if cls is None:
         raise _refusal(type(head).__name__, 'no adapter covers this head')
     adapter = cls(head)

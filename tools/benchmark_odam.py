@@ -42,6 +42,11 @@ FAMILIES = {  # name -> config (ours for FCOS / Faster R-CNN: one class, CrowdHu
     'htc': 'mmdet::htc/htc_r50_fpn_1x_coco.py',
     'scnet': 'mmdet::scnet/scnet_r50_fpn_1x_coco.py',
     'crowddet': 'configs/crowddet-rcnn_r50_fpn_crowdhuman.py',
+    'sabl-retinanet': 'mmdet::sabl/sabl-retinanet_r50_fpn_1x_coco.py',
+    'sabl-faster-rcnn': 'mmdet::sabl/sabl-faster-rcnn_r50_fpn_1x_coco.py',
+    'sabl-cascade-rcnn': 'mmdet::sabl/sabl-cascade-rcnn_r50_fpn_1x_coco.py',
+    'grid-rcnn': 'mmdet::grid_rcnn/grid-rcnn_r50_fpn_gn-head_1x_coco.py',
+    'sparse-rcnn': 'mmdet::sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py',
     'yolov3': 'mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py',
     'rtmdet-ins-l': 'mmdet::rtmdet/rtmdet-ins_l_8xb32-300e_coco.py',
     'condinst': 'mmdet::condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py',
@@ -70,13 +75,22 @@ def build(family: str, n: int):
     if 'encoder' in cfg.model:  # DETR-like: no NMS
         cfg.model.test_cfg.max_per_img = n
     elif 'roi_head' in cfg.model:
-        cfg.model.test_cfg.rpn.update(nms_pre=max(1000, n), max_per_img=max(1000, n))
+        if cfg.model.test_cfg.get('rpn') is not None:  # (Sparse R-CNN: learned proposals)
+            cfg.model.test_cfg.rpn.update(nms_pre=max(1000, n), max_per_img=max(1000, n))
         cfg.model.test_cfg.rcnn.update(score_thr=0.0, max_per_img=n, nms=keep_all)
     else:  # (YOLOX ignores max_per_img: its NMS keeps at most n; CenterNet keeps its top-k)
         cfg.model.test_cfg.update(score_thr=0.0, nms_pre=n, max_per_img=n, conf_thr=-1,
                                   nms=dict(keep_all, max_num=n), topk=n)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).eval()
+    if cfg.model.get('rpn_head', {}).get('type') == 'EmbeddingRPNHead':
+        # Sparse R-CNN: its proposals as initialised (whole image), and zero deltas (random
+        # ones over six stages invert boxes, which mmcv's RoIAlign refuses; the cost does not
+        # depend on them)
+        model.rpn_head.init_weights()
+        for box_head in model.roi_head.bbox_head:
+            torch.nn.init.zeros_(box_head.fc_reg.weight)
+            torch.nn.init.zeros_(box_head.fc_reg.bias)
     model.cfg = cfg
     return model
 

@@ -43,7 +43,8 @@ from .zoo import (
 
 SIDES = ('x1', 'y1', 'x2', 'y2')
 PAA = ('paa', 'paa-novote', 'lad')  # (LAD's student is a PAA head)
-FAST = ['retinanet', 'sabl-retinanet', 'atss', 'gfl', 'paa-novote', 'fcos', 'condinst', 'autoassign', 'foveabox',
+FAST = ['retinanet', 'sabl-retinanet', 'atss', 'gfl', 'paa-novote', 'fcos', 'condinst',
+        'autoassign', 'foveabox',
         'rtmdet', 'rtmdet-ins', 'yolox', 'yolov3', 'centernet']
 
 

@@ -259,6 +259,7 @@ def test_odam_train_on_htc_and_scnet_is_refused_when_built(name):
     Odam-Train is an error naming the head; Odam-NMS alone builds."""
     cfg = zoo_config(name)
     cfg.model.train_cfg.odam_loss = {}
-    with pytest.raises(ValueError, match=f'odam_loss: .*{type(build_zoo_detector(name).roi_head).__name__}'
-                       '._bbox_forward does not return the RoI features'):
+    head = type(build_zoo_detector(name).roi_head).__name__
+    with pytest.raises(ValueError,
+                       match=f'odam_loss: .*{head}._bbox_forward does not return the RoI'):
         init_detector(cfg, device='cpu')

@@ -33,7 +33,8 @@ from .heatmap import (
 from .protocol import scales
 from .settings import ExplanationSettings
 
-__all__ = ['RoIReadGrads', 'roi_grads', 'roi_heatmaps', 'fpn_rounds', 'roi_footprints', 'roi_fpn_grads',
+__all__ = ['RoIReadGrads', 'roi_grads', 'roi_heatmaps', 'fpn_rounds', 'roi_footprints',
+           'roi_fpn_grads',
            'fpn_heatmaps', 'roi_positive_maps']
 
 

@@ -5,8 +5,8 @@ that no adapter reproduces exactly."""
 from __future__ import annotations
 
 from mmdet.models.dense_heads import DETRHead
-from torch.nn import ModuleList
 from mmdet.models.roi_heads import BaseRoIHead
+from torch.nn import ModuleList
 
 from ..protocol import DetectorAdapter, UnsupportedDetectorError
 from .dense import (
@@ -52,7 +52,8 @@ __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'support
            'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
            'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
-           'CrowdDetRoIAdapter', 'GridRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter', 'RoIForward',
+           'CrowdDetRoIAdapter', 'GridRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter',
+           'RoIForward',
            'RoITrainStep', 'RetinaAdapter', 'ATSSAdapter', 'GFLAdapter', 'FCOSAdapter',
            'AutoAssignAdapter', 'FoveaAdapter', 'TOODAdapter', 'RTMDetAdapter', 'YOLOXAdapter',
            'PAAAdapter', 'CondInstAdapter', 'RTMDetInsAdapter', 'CenterNetAdapter',

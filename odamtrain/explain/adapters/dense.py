@@ -1233,7 +1233,8 @@ class YOLOv3Adapter(DenseHeadAdapter):
 
 # build_adapter takes the head's most specific class here; DenseHeadAdapter covers any
 # other head with mmdet's base post-processing (exact mode)
-DENSE_ADAPTERS = (RetinaAdapter, SABLRetinaAdapter, PAAAdapter, ATSSAdapter, GFLAdapter, CondInstAdapter, FCOSAdapter,
+DENSE_ADAPTERS = (RetinaAdapter, SABLRetinaAdapter, PAAAdapter, ATSSAdapter, GFLAdapter,
+                  CondInstAdapter, FCOSAdapter,
                   AutoAssignAdapter, FoveaAdapter, TOODAdapter, RTMDetInsAdapter,
                   RTMDetAdapter, CenterNetAdapter, RepPointsAdapter, YOLOXAdapter,
                   YOLOv3Adapter, DenseHeadAdapter)

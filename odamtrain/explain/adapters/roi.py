@@ -5,14 +5,16 @@ Shapes: R RoIs of the batch, n predictions, C channels, (s, s) the RoI feature s
 classes (+1 background).
 
 A prediction's provenance: ``roi`` (index into the batch's RoIs, the same in every stage),
-``labels`` and ``img``. A (``features``): 'roi' (the paper), the RoI features every stage's
-box head reads (its inputs, made leaves of the graph by :func:`box_head_reads` around the
-RoI head's own ``_bbox_forward``): Faster / Mask R-CNN one stage, Double-Head two reads,
-Cascade R-CNN, HTC and SCNet all stages (mmdet averages the stages' class logits, then
-softmax; the box is the last stage's regression of the last stage's RoIs; HTC and SCNet
-add semantic / global context features to what their box heads read); or 'fpn' (one
-stage): the FPN levels, through RoIAlign's backward. The box head treats RoIs independently, so one backward of a sum of
-predictions on distinct RoIs gives each its own gradient.
+``labels`` and ``img`` (CrowdDet adds ``instance``). A (``features``): 'roi' (the paper), the
+RoI features every stage's box head reads (its inputs, made leaves of the graph by
+:func:`box_head_reads` around the RoI head's own ``_bbox_forward``): Faster / Mask R-CNN
+one stage, Double-Head two reads, Cascade R-CNN, HTC and SCNet all stages (mmdet averages
+the stages' class logits, then softmax; the box is the last stage's regression of the last
+stage's RoIs; HTC and SCNet add semantic / global context features to what their box heads
+read); MS R-CNN and Grid R-CNN add what their mask-IoU / grid branch reads at each
+detection's box; or 'fpn' (one stage): the FPN levels, through RoIAlign's backward. The box
+head treats RoIs independently, so one backward of a sum of predictions on distinct RoIs
+gives each its own gradient.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
-           'CrowdDetRoIAdapter', 'GridRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter', 'ROI_ADAPTERS',
+           'CrowdDetRoIAdapter', 'GridRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter',
+           'ROI_ADAPTERS',
            'take_rows',
            'box_head_reads']
 

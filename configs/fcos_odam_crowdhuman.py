@@ -1,5 +1,5 @@
 # FCOS R50-FPN with Odam-Train on CrowdHuman (full boxes), tested with Odam-NMS: the ODAM
-# paper's setting. Data in data/CrowdHuman/ (see README), ImageNet ResNet-50 weights in
+# paper's setting. Data in data/CrowdHuman/ (docs/crowdhuman.md), ImageNet ResNet-50 weights in
 # checkpoints/resnet50.pth. 8 GPUs x 2 images:
 #   bash tools/dist_train.sh configs/fcos_odam_crowdhuman.py 8
 # Plain NMS at test time: --cfg-options model.test_cfg.nms.type=nms

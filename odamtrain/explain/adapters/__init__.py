@@ -97,7 +97,7 @@ def _refusal(what: str, why: str) -> UnsupportedDetectorError:
     return UnsupportedDetectorError(
         f'{what}: {why}. odamtrain explains detectors whose head is one of '
         f'{", ".join(supported_heads())}, or a subclass that keeps what its adapter '
-        'reproduces (README: Detectors covered)')
+        'reproduces (docs/coverage.md)')
 
 
 def _heads(model) -> str:

@@ -91,6 +91,11 @@ def build(family: str, n: int):
         for box_head in model.roi_head.bbox_head:
             torch.nn.init.zeros_(box_head.fc_reg.weight)
             torch.nn.init.zeros_(box_head.fc_reg.bias)
+    if 'roi_head' in cfg.model and cfg.model.roi_head.get('type') == 'CascadeRoIHead':
+        for box_head in model.roi_head.bbox_head:
+            if hasattr(box_head, 'fc_reg_offset'):  # SABL: random offsets invert the RoIs
+                torch.nn.init.zeros_(box_head.fc_reg_offset.weight)  # of later stages;
+                torch.nn.init.zeros_(box_head.fc_reg_offset.bias)  # zero: bucket centres
     model.cfg = cfg
     return model
 

@@ -1,0 +1,99 @@
+"""The explanation audit as an mmengine hook: after training and/or after testing."""
+from __future__ import annotations
+
+import os.path as osp
+
+from mmengine.dataset import pseudo_collate
+from mmengine.dist import all_gather_object, get_rank, get_world_size, is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+from mmengine.utils import ProgressBar
+
+from odamtrain.evaluation.explanation_audit import (
+    AuditSettings,
+    collect_explanation_scores,
+    merge_scores,
+)
+from odamtrain.visualization import format_audit_table, write_audit_report
+
+__all__ = ['ExplanationAuditHook']
+
+
+@HOOKS.register_module()
+class ExplanationAuditHook(Hook):
+    """Audit the model's explanations on the val (after training) or test (after testing)
+    set: every method explains the same objects (well detected, and with ``sets`` the
+    missed / misclassified ones) and every metric scores them
+    (:func:`odamtrain.evaluation.explanation_audit.collect_explanation_scores`).
+
+    Each rank audits its share of the images (every ``world_size``-th, from its rank), the
+    raw scores are gathered, and rank 0 logs the method x metric table and writes
+    ``<work_dir>/audit_<stage>/audit.json``, ``audit_curves.png`` and ``audit_methods.png``
+    (one table per object set).
+
+    Args:
+        after_train / after_test: when to run.
+        max_images: at most this many images in all (0: all).
+        methods, target, sets, iou_thr, score_thr, deletion_steps, evidence, extent, drise,
+            vps, seed: the :class:`~odamtrain.evaluation.explanation_audit.AuditSettings`,
+            checked when the hook is built (a misspelt key or method fails with the config,
+            before training).
+    """
+    priority = 'LOW'
+
+    def __init__(self, after_train: bool = True, after_test: bool = True,
+                 max_images: int = 0, *, methods=AuditSettings.methods,
+                 target: str = AuditSettings.target, sets=AuditSettings.sets,
+                 iou_thr: float = AuditSettings.iou_thr,
+                 score_thr: float = AuditSettings.score_thr,
+                 deletion_steps: int = AuditSettings.deletion_steps,
+                 evidence: str = AuditSettings.evidence, extent: str = AuditSettings.extent,
+                 drise: dict | None = None, vps: dict | None = None,
+                 seed: int = AuditSettings.seed):
+        if type(max_images) is not int or max_images < 0:
+            raise ValueError(f'ExplanationAuditHook: max_images must be an integer >= 0, '
+                             f'got {max_images!r}')
+        self.settings = AuditSettings(
+            methods=methods, target=target, sets=sets, iou_thr=iou_thr, score_thr=score_thr,
+            deletion_steps=deletion_steps, evidence=evidence, extent=extent, drise=drise,
+            vps=vps, seed=seed)
+        self.run_after_train = after_train
+        self.run_after_test = after_test
+        self.max_images = max_images
+
+    def after_train(self, runner) -> None:
+        if self.run_after_train:
+            self._audit(runner, runner.val_dataloader, 'val')
+
+    def after_test(self, runner) -> None:
+        if self.run_after_test:
+            self._audit(runner, runner.test_dataloader, 'test')
+
+    def _audit(self, runner, loader, stage: str) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        dataset = loader.dataset
+        world, rank = get_world_size(), get_rank()
+        count = len(dataset) if not self.max_images else min(self.max_images, len(dataset))
+        # this rank's images, one per batch, collated as mmdet's dataloaders do
+        batches = (pseudo_collate([dataset[i]]) for i in range(rank, count, world))
+        mine = len(range(rank, count, world))
+        print_log(f'explanation audit ({stage}): {", ".join(self.settings.methods)} on '
+                  f'{count} images', logger='current')
+        was_training = model.training
+        model.eval()
+        try:
+            raw = collect_explanation_scores(model, batches, self.settings,
+                                             progress=ProgressBar(mine)
+                                             if is_main_process() else None)
+        finally:
+            model.train(was_training)
+        parts = all_gather_object(raw) if world > 1 else [raw]
+        if is_main_process():
+            merged = merge_scores(parts)
+            out_dir = osp.join(runner.work_dir, f'audit_{stage}')
+            table = write_audit_report(merged, out_dir, dict(
+                images=merged['images'], **self.settings.to_dict()))
+            print_log('explanation audit:\n' + format_audit_table(table)
+                      + f'\n(written to {out_dir})', logger='current')

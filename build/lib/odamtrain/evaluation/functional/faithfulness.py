@@ -1,0 +1,115 @@
+"""Faithfulness of a heat map: delete (or insert) pixels in the order of their heat and watch
+the detector's evidence for the explained object fall (or rise). Pure functions around a
+``predict`` callable.
+
+Shapes: image (3, H, W) as the detector takes it; heatmap (H, W) on the same grid; boxes
+x1y1x2y2 in the pixels ``predict`` returns.
+
+Protocols:
+* ODAM (Zhao & Chan, TPAMI'24, Sec. 5.1): ``steps`` steps of area(target box) / steps pixels;
+  deletion replaces pixels by the ``baseline`` (uniform noise in the paper), insertion starts
+  from the ``baseline`` (zeros) and restores them; the evidence is
+  ``max_d score(d) * [same class] * [IoU(d, target) > 0.5]`` (``evidence='odam'``).
+* VPS (Chen et al., CVPR'25): evidence ``max_d IoU(d, target) * score(d) * [same class]``
+  (``'vps'``), or its class-only / IoU-only parts (``'class'``, ``'iou'``).
+AUC: trapezoid over the fraction of the steps done, in [0, 1]. The metrics of the curves
+declare their direction and paper (:func:`deletion_auc`, :func:`insertion_auc`,
+:func:`highest_score`, :func:`explanation_success`); NaN where undefined (a curve of fewer
+than two points).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from odamtrain.structures import detection_evidence
+
+from .declaration import metric
+
+__all__ = ['perturbed_images', 'curve_auc', 'deletion_insertion', 'deletion_auc',
+           'insertion_auc', 'highest_score', 'explanation_success']
+
+def perturbed_images(image: torch.Tensor, order: torch.Tensor, counts: list[int],
+                     baseline: torch.Tensor, mode: str) -> torch.Tensor:
+    """(S, 3, H, W): for each count c, the image with its first c pixels of ``order``
+    (flat indices) replaced by ``baseline`` (deletion), or the baseline with those pixels
+    restored from the image (insertion)."""
+    if mode not in ('deletion', 'insertion'):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    c, h, w = image.shape
+    src, dst = (baseline, image) if mode == 'deletion' else (image, baseline)
+    out = dst.reshape(1, c, h * w).repeat(len(counts), 1, 1)
+    for i, n in enumerate(counts):
+        idx = order[:n]
+        out[i][:, idx] = src.reshape(c, h * w)[:, idx]
+    return out.reshape(len(counts), c, h, w)
+
+
+def curve_auc(values: list[float]) -> float:
+    """Trapezoid area under values at evenly spaced x in [0, 1]."""
+    if len(values) < 2:
+        return math.nan
+    v = torch.tensor(values, dtype=torch.float64)
+    return float(((v[1:] + v[:-1]) / 2).mean())
+
+
+@metric('lower', 'Petsiuk et al., RISE, BMVC 2018 (deletion); protocol of Zhao & Chan, '
+                 'ODAM, TPAMI 2024, Sec. 5.1')
+def deletion_auc(deletion_curve: list[float]) -> float:
+    """Area under the deletion curve (evidence as the top pixels are removed)."""
+    return curve_auc(deletion_curve)
+
+
+@metric('higher', 'Petsiuk et al., RISE, BMVC 2018 (insertion); protocol of Zhao & Chan, '
+                  'ODAM, TPAMI 2024, Sec. 5.1')
+def insertion_auc(insertion_curve: list[float]) -> float:
+    """Area under the insertion curve (evidence as the top pixels are restored)."""
+    return curve_auc(insertion_curve)
+
+
+@metric('higher', "Chen et al., VPS, CVPR 2025 (average highest confidence)")
+def highest_score(insertion_curve: list[float]) -> float:
+    """The highest evidence along insertion (NaN for an empty curve)."""
+    return max(insertion_curve) if insertion_curve else math.nan
+
+
+@metric('higher', "Chen et al., VPS, CVPR 2025 (explanation success rate)")
+def explanation_success(insertion_curve: list[float], score_thr: float) -> float:
+    """1.0 if the highest evidence along insertion reaches ``score_thr`` (the top pixels
+    alone make the detector find the object), else 0.0; NaN for an empty curve."""
+    return float(max(insertion_curve) >= score_thr) if insertion_curve else math.nan
+
+
+def deletion_insertion(predict: Callable, image: torch.Tensor, heatmap: torch.Tensor,
+                       target_box: torch.Tensor, target_label: int, box_area: float,
+                       deletion_baseline: torch.Tensor, insertion_baseline: torch.Tensor,
+                       steps: int = 100, evidence: str = 'odam',
+                       batch_size: int = 16) -> dict:
+    """Deletion and insertion curves of one explained object.
+
+    Args:
+        predict: images (b, 3, H, W) -> b detections, each (boxes, labels, scores).
+        heatmap: (H, W) on the image's grid; ties keep row-major order.
+        box_area: area of the target box in the image's pixels (the pixels changed in
+            all: ``steps`` steps of ceil(box_area / steps)).
+        deletion_baseline / insertion_baseline: (3, H, W) what deleted pixels become / what
+            insertion starts from.
+    Returns:
+        {'deletion': [steps + 1 floats], 'insertion': [...], 'deletion_auc', 'insertion_auc'}
+    """
+    order = torch.argsort(heatmap.flatten(), descending=True, stable=True)
+    per_step = max(1, math.ceil(box_area / steps))
+    counts = [min(k * per_step, order.numel()) for k in range(steps + 1)]
+    out = {}
+    for mode, baseline in (('deletion', deletion_baseline), ('insertion', insertion_baseline)):
+        curve = []
+        for start in range(0, len(counts), batch_size):
+            imgs = perturbed_images(image, order, counts[start:start + batch_size], baseline,
+                                    mode)
+            curve += [detection_evidence(*det, target_box, target_label, evidence)
+                      for det in predict(imgs)]
+        out[mode] = curve
+        out[f'{mode}_auc'] = curve_auc(curve)
+    return out

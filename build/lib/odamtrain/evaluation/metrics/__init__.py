@@ -1,0 +1,3 @@
+from .crowdhuman_metric import CrowdHumanDetMetric
+
+__all__ = ['CrowdHumanDetMetric']

@@ -1,0 +1,130 @@
+"""Images -> the preprocessed batches a detector takes (inference and training), and the
+detector as a black box (images -> detections)."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmdet.structures import DetDataSample
+from mmdet.utils import get_test_pipeline_cfg
+
+__all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input',
+           'input_to_rgb', 'plain_nms', 'image_window']
+
+
+def _test_pipeline(model, img, with_annotations: bool) -> Compose:
+    cfg = get_test_pipeline_cfg(model.cfg.copy())
+    if not with_annotations:
+        cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]  # no GT at inference
+    if isinstance(img, np.ndarray):
+        cfg[0] = dict(cfg[0], type='mmdet.LoadImageFromNDArray')
+    return Compose(cfg)
+
+
+def _source(img, img_id: int) -> dict:
+    return (dict(img=img, img_id=img_id) if isinstance(img, np.ndarray)
+            else dict(img_path=img, img_id=img_id))
+
+
+def prepare_batch(model, img, test_pipeline=None):
+    """One image (path or BGR array) through the model's test pipeline (without
+    annotation loading) and data preprocessor -> (inputs (1, 3, H, W), [DetDataSample])."""
+    pipeline = test_pipeline or _test_pipeline(model, img, with_annotations=False)
+    data = pipeline(_source(img, 0))
+    batch = model.data_preprocessor(dict(inputs=[data['inputs']],
+                                         data_samples=[data['data_samples']]), False)
+    return batch['inputs'], batch['data_samples']
+
+
+def prepare_train_batch(model, imgs: list, gt_bboxes: list, gt_labels: list | None = None):
+    """Images with their GT through the model's test pipeline (resize, no augmentation) and
+    its data preprocessor in training mode -> (inputs (B, 3, H, W), data samples with
+    ``gt_instances``), what ``model.loss`` takes.
+
+    Args:
+        imgs: B image paths or BGR arrays (one size transform: the test pipeline's).
+        gt_bboxes: B arrays (n_i, 4) x1y1x2y2 in original pixels.
+        gt_labels: B arrays (n_i,) class indices (default all 0).
+    """
+    pipeline = _test_pipeline(model, imgs[0], with_annotations=True)
+    datas = []
+    for i, (img, boxes) in enumerate(zip(imgs, gt_bboxes)):
+        labels = np.zeros(len(boxes), int) if gt_labels is None else gt_labels[i]
+        src = _source(img, i)
+        src['instances'] = [dict(bbox=[float(v) for v in box], bbox_label=int(label),
+                                 ignore_flag=0) for box, label in zip(boxes, labels)]
+        datas.append(pipeline(src))
+    batch = model.data_preprocessor(dict(inputs=[d['inputs'] for d in datas],
+                                         data_samples=[d['data_samples'] for d in datas]),
+                                    True)
+    return batch['inputs'], batch['data_samples']
+
+
+def predict_fn(model, metainfo: dict):
+    """A callable: images (b, 3, H, W) preprocessed like the image of ``metainfo`` -> b
+    detections (boxes (D, 4) x1y1x2y2 original pixels, labels (D,), scores (D,)) by
+    ``model.predict`` in one batch (black-box explainers and the deletion metrics).
+
+    A model whose test-time NMS is Odam-NMS runs these forwards with plain NMS at the same
+    IoU threshold: the callers take the best match of a target over all detections, which
+    barely depends on the duplicates NMS removes, and Odam-NMS would explain every candidate
+    of every perturbed image (hundreds of times the cost)."""
+    def predict(images):
+        with torch.no_grad(), plain_nms(model):
+            out = model.predict(images, [DetDataSample(metainfo=metainfo) for _ in images])
+        return [(o.pred_instances.bboxes, o.pred_instances.labels, o.pred_instances.scores)
+                for o in out]
+    return predict
+
+
+@contextlib.contextmanager
+def plain_nms(model):
+    """Inside, a test-time ``odam_nms`` of the model is mmdet's ``nms`` (same IoU)."""
+    head = model.roi_head if hasattr(model, 'roi_head') else getattr(model, 'bbox_head', None)
+    cfg = getattr(head, 'test_cfg', None)
+    nms = cfg.get('nms') if cfg else None
+    if not nms or nms.get('type') != 'odam_nms':
+        yield
+        return
+    cfg.nms = dict(type='nms', iou_threshold=nms.get('iou_threshold', 0.5))
+    try:
+        yield
+    finally:
+        cfg.nms = nms
+
+
+def input_to_rgb(model, inputs: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) network input -> (H, W, 3) uint8 RGB pixels (the inverse of the data
+    preprocessor's normalisation and channel order), e.g. for superpixels."""
+    prep = model.data_preprocessor
+    pixels = inputs
+    if getattr(prep, '_enable_normalize', False):
+        pixels = pixels * prep.std.reshape(3, 1, 1) + prep.mean.reshape(3, 1, 1)
+    if not getattr(prep, '_channel_conversion', False):  # mmdet loads BGR
+        pixels = pixels.flip(0)
+    return pixels.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+def image_window(meta: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where the image lies in the network input: ``((top, left), (h, w))`` in input pixels.
+    mmdet's pipelines put the (resized) image at the top-left, ``img_shape`` big, padding
+    right and below; CenterNet's test-time ``RandomCenterCropPad`` pastes it into a larger
+    canvas (then ``img_shape``) at an offset it records as ``border`` (top, bottom, left,
+    right)."""
+    if meta.get('border') is not None:
+        top, bottom, left, right = (int(round(float(v))) for v in meta['border'][:4])
+        return (top, left), (bottom - top, right - left)
+    h, w = meta['img_shape'][:2]
+    return (0, 0), (int(h), int(w))
+
+
+def pixel_to_input(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel values (0..255, (3, ...) in the model's channel order) -> what the model takes
+    after its data preprocessor's normalisation (e.g. black = -mean / std)."""
+    prep = model.data_preprocessor
+    if not getattr(prep, '_enable_normalize', False):
+        return pixels
+    shape = (3,) + (1,) * (pixels.dim() - 1)
+    return (pixels - prep.mean.reshape(shape)) / prep.std.reshape(shape)

@@ -1,5 +1,7 @@
 """odamtrain installs as a wheel into an environment that already has torch, mmcv and mmdet
 (an MMDetection user's) and works there from outside the repository."""
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -37,9 +39,16 @@ USER_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_the_wheel_installs_into_an_mmdet_environment_and_explains(tmp_path):
+    # built from a copy of what the package is made of (setuptools writes build/ and
+    # *.egg-info next to the sources)
+    source = tmp_path / 'source'
+    shutil.copytree(os.path.join(REPO, 'odamtrain'), source / 'odamtrain',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE'):
+        shutil.copy(os.path.join(REPO, name), source / name)
     dist = tmp_path / 'dist'
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-                    '--no-index', '--quiet', '-w', str(dist), REPO], check=True)
+                    '--no-index', '--quiet', '-w', str(dist), str(source)], check=True)
     wheel, = dist.glob('odamtrain-*.whl')
     # the user's environment: a new one that sees this one's packages (torch, mmcv, mmdet),
     # not this repository (the path is not a site directory: its .pth files, among them an

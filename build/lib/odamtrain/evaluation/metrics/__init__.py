@@ -1,3 +1,0 @@
-from .crowdhuman_metric import CrowdHumanDetMetric
-
-__all__ = ['CrowdHumanDetMetric']

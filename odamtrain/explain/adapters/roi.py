@@ -48,9 +48,7 @@ from ..roi_gradients import fpn_heatmaps, roi_heatmaps, roi_positive_maps
 __all__ = ['RoIForward', 'RoITrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
            'CrowdDetRoIAdapter', 'GridRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter',
-           'ROI_ADAPTERS',
-           'take_rows',
-           'box_head_reads']
+           'ROI_ADAPTERS', 'take_rows', 'box_head_reads']
 
 _TWO_STAGE = Same('detector', (TwoStageDetector.predict, TwoStageDetector.extract_feat))
 _BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_feat_single))
@@ -59,8 +57,10 @@ _BOX_HEAD = Same('bbox_head', (BBoxHead.predict_by_feat, BBoxHead._predict_by_fe
 def take_rows(bbox_pred, index):
     """The rows ``index`` of a box head's regression output: a tensor, SABL's pair
     (bucket scores, bucket offsets), or None (no regression: Grid R-CNN)."""
-    if bbox_pred is None or torch.is_tensor(bbox_pred):
-        return None if bbox_pred is None else bbox_pred[index]
+    if bbox_pred is None:
+        return None
+    if torch.is_tensor(bbox_pred):
+        return bbox_pred[index]
     return tuple(part[index] for part in bbox_pred)
 
 
@@ -119,6 +119,10 @@ class StandardRoIAdapter(DetectorAdapter):
     level through RoIAlign's backward."""
     head_type = StandardRoIHead
     features = ('auto', 'roi', 'fpn')
+    # a branch that reads the levels again at each detection's box after NMS and changes
+    # what is explained (MS R-CNN's mask IoU, Grid R-CNN's grid): the RoI head's attribute
+    # of its RoI extractor, and the targets that read it
+    detection_branch: tuple | None = None
     reproduces = (_TWO_STAGE, _BOX_HEAD,
                   Same('head', (BaseRoIHead.predict, StandardRoIHead.predict_bbox,
                                 StandardRoIHead._bbox_forward, StandardRoIHead.predict_mask)))
@@ -311,10 +315,24 @@ class StandardRoIAdapter(DetectorAdapter):
             rois[rows, 1:] = boxes[torch.arange(len(rows), device=roi.device), label]
         return rois
 
+    def detection_feats(self, fwd, rois: torch.Tensor) -> torch.Tensor:
+        """(n, C, s, s) the :attr:`detection_branch`'s features at ``rois``, read as the RoI
+        head reads them (its extractor's levels, then its shared head)."""
+        head = self.roi_head
+        extractor = getattr(head, self.detection_branch[0])
+        feats = extractor(fwd.levels[:extractor.num_inputs], rois)
+        return head.shared_head(feats) if head.with_shared_head else feats
+
     def prediction_reads(self, fwd, preds, target: str) -> list:
         """The reads of A made at each prediction's own box, beyond the forward's RoI reads:
-        [(feats (n, C, s, s) leaves, rois (n, 5))] (none here; MS R-CNN's mask features)."""
-        return []
+        [(feats (n, C, s, s) leaves, rois (n, 5))], the :attr:`detection_branch`'s when
+        ``target`` reads it (also set on ``preds`` as ``detection_feats``), else none."""
+        if self.detection_branch is None or target not in self.detection_branch[1]:
+            return []
+        with torch.no_grad():
+            rois = self.detection_rois(fwd, preds)
+            preds.detection_feats = self.detection_feats(fwd, rois).requires_grad_(True)
+        return [(preds.detection_feats, rois)]
 
     def leaf_attribute(self, target, fwd, preds):
         preds = preds.clone()
@@ -385,6 +403,7 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
     'candidates' evidence) keep the box head's scores, as mmdet's NMS sees them."""
     head_type = MaskScoringRoIHead
     features = ('auto', 'roi')
+    detection_branch = ('mask_roi_extractor', ('score',))
     reproduces = (_TWO_STAGE, _BOX_HEAD,
                   Same('head', (BaseRoIHead.predict, StandardRoIHead.predict_bbox,
                                 StandardRoIHead._bbox_forward, StandardRoIHead._mask_forward,
@@ -394,18 +413,11 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
     def parts(self) -> dict:
         return dict(super().parts(), mask_iou_head=[self.roi_head.mask_iou_head])
 
-    def mask_feats(self, fwd, rois: torch.Tensor) -> torch.Tensor:
-        """(n, C, s, s) the mask features read at ``rois``, as ``_mask_forward`` reads them."""
-        head = self.roi_head
-        extractor = head.mask_roi_extractor
-        feats = extractor(fwd.levels[:extractor.num_inputs], rois)
-        return head.shared_head(feats) if head.with_shared_head else feats
-
     def mask_iou(self, fwd, preds, mask_feats: torch.Tensor | None = None) -> torch.Tensor:
         """(n,) the mask IoU head's prediction of each prediction's class, from its mask
         features (read at :meth:`detection_rois` when None) and its mask."""
         if mask_feats is None:
-            mask_feats = self.mask_feats(fwd, self.detection_rois(fwd, preds).detach())
+            mask_feats = self.detection_feats(fwd, self.detection_rois(fwd, preds).detach())
         head, n = self.roi_head, torch.arange(len(preds), device=preds.labels.device)
         mask_preds = head.mask_head(mask_feats)
         iou = head.mask_iou_head(mask_feats, mask_preds[n, preds.labels])
@@ -420,20 +432,11 @@ class MaskScoringRoIAdapter(StandardRoIAdapter):
                     det.scores = det.scores * self.mask_iou(fwd, det)
         return dets
 
-    def prediction_reads(self, fwd, preds, target):
-        if target != 'score':
-            return []
-        with torch.no_grad():
-            rois = self.detection_rois(fwd, preds)
-            feats = self.mask_feats(fwd, rois)
-        preds.mask_feats = feats.requires_grad_(True)
-        return [(preds.mask_feats, rois)]
-
     def attribute(self, target, fwd, preds):
         y = super().attribute(target, fwd, preds)
         if target != 'score':
             return y
-        return y * self.mask_iou(fwd, preds, preds.get('mask_feats', None))
+        return y * self.mask_iou(fwd, preds, preds.get('detection_feats', None))
 
 
 class GridRoIAdapter(StandardRoIAdapter):
@@ -446,6 +449,7 @@ class GridRoIAdapter(StandardRoIAdapter):
     refinement of what NMS keeps: refused; so is Odam-Train."""
     head_type = GridRoIHead
     features = ('auto', 'roi')
+    detection_branch = ('grid_roi_extractor', BOX_SIDES)
     reproduces = (_TWO_STAGE, _BOX_HEAD,
                   Same('head', (BaseRoIHead.predict, GridRoIHead.predict_bbox,
                                 StandardRoIHead._bbox_forward, StandardRoIHead.predict_mask)),
@@ -461,20 +465,13 @@ class GridRoIAdapter(StandardRoIAdapter):
     def train_support(self):
         return 'its boxes come from the grid head, whose targets Odam-Train does not know'
 
-    def grid_feats(self, fwd, rois: torch.Tensor) -> torch.Tensor:
-        """(n, C, s, s) the grid features read at ``rois``, as ``predict_bbox`` reads them."""
-        head = self.roi_head
-        extractor = head.grid_roi_extractor
-        feats = extractor(fwd.levels[:len(extractor.featmap_strides)], rois)
-        return head.shared_head(feats) if head.with_shared_head else feats
-
     def grid_boxes(self, fwd, preds, grid_feats: torch.Tensor | None = None) -> torch.Tensor:
         """(n, 4) x1y1x2y2 original pixels: mmdet's grid boxes of the predictions, from
         their grid features (read at :meth:`detection_rois` when None)."""
         grid_head = self.roi_head.grid_head
         rois = self.detection_rois(fwd, preds)
         if grid_feats is None:
-            grid_feats = self.grid_feats(fwd, rois.detach())
+            grid_feats = self.detection_feats(fwd, rois.detach())
         grid_head.test_mode = True  # (as mmdet's predict_bbox sets it)
         fused = grid_head(grid_feats)['fused']
         boxes = rois.new_zeros(len(preds), 4)
@@ -494,19 +491,10 @@ class GridRoIAdapter(StandardRoIAdapter):
                     det.bboxes = self.grid_boxes(fwd, det)
         return dets
 
-    def prediction_reads(self, fwd, preds, target):
-        if target not in BOX_SIDES:
-            return []
-        with torch.no_grad():
-            rois = self.detection_rois(fwd, preds)
-            feats = self.grid_feats(fwd, rois)
-        preds.grid_feats = feats.requires_grad_(True)
-        return [(preds.grid_feats, rois)]
-
     def attribute(self, target, fwd, preds):
         if target not in BOX_SIDES:
             return super().attribute(target, fwd, preds)
-        boxes = self.grid_boxes(fwd, preds, preds.get('grid_feats', None))
+        boxes = self.grid_boxes(fwd, preds, preds.get('detection_feats', None))
         return boxes[:, BOX_SIDES.index(target)]
 
 

@@ -183,9 +183,9 @@ def render_scene(rng: np.random.Generator, spec: SceneSpec = SceneSpec()):
     """Draw one scene.
 
     Returns:
-        img (np.ndarray): (H, W, 3) uint8, BGR.
-        gtboxes (list[dict]): CrowdHuman ``gtboxes`` entries (``tag``, ``fbox``, ``vbox``,
-            ``hbox`` as [x, y, w, h] pixels, ``extra``, ``head_attr``).
+        tuple: ``(img, gtboxes)``: img (H, W, 3) uint8 BGR; gtboxes the CrowdHuman
+        ``gtboxes`` entries (``tag``, ``fbox``, ``vbox``, ``hbox`` as [x, y, w, h] pixels,
+        ``extra``, ``head_attr``).
     """
     h = int(rng.integers(spec.height_range[0], spec.height_range[1] + 1))
     w = int(round(h * 4 / 3))

@@ -34,12 +34,14 @@ class ExplanationAuditHook(Hook):
     (one table per object set).
 
     Args:
-        after_train / after_test: when to run.
-        max_images: at most this many images in all (0: all).
-        methods, target, sets, iou_thr, score_thr, deletion_steps, evidence, extent, drise,
-            vps, seed: the :class:`~odamtrain.evaluation.explanation_audit.AuditSettings`,
-            checked when the hook is built (a misspelt key or method fails with the config,
-            before training).
+        after_train (bool): run after training.
+        after_test (bool): run after testing.
+        max_images (int): at most this many images in all (0: all).
+        **settings: the fields of
+            :class:`~odamtrain.evaluation.explanation_audit.AuditSettings` (``methods``,
+            ``target``, ``sets``, ``iou_thr``, ``score_thr``, ``deletion_steps``,
+            ``evidence``, ``extent``, ``drise``, ``vps``, ``seed``), checked when the hook is
+            built (a misspelt key or method fails with the config, before training).
     """
     priority = 'LOW'
 

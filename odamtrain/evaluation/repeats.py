@@ -3,7 +3,7 @@
 
 Shapes: ``runs`` maps a seed to rows ``{variant: {metric: value}}`` (e.g. one row per NMS
 of ``tools/compare_nms.py``, or per config). Spread: the sample standard deviation over the
-seeds (n - 1; NaN for one seed). A difference is *shown* when the |mean| of the paired
+seeds (n - 1; NaN for one seed). A difference is *shown* when the ``|mean|`` of the paired
 differences exceeds their standard deviation (and at least two seeds back it).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def summarize_over_seeds(runs: dict) -> dict:
 
 
 def paired_differences(runs: dict, variant: str, reference: str) -> dict:
-    """{metric: mean_std of (variant - reference) per seed, plus 'shown': |mean| > std and
+    """{metric: mean_std of (variant - reference) per seed, plus 'shown': ``|mean| > std`` and
     n >= 2} over the seeds that have both."""
     diffs = {}
     for rows in runs.values():

@@ -10,7 +10,7 @@ __all__ = ['batched_vjps']
 
 def batched_vjps(y: torch.Tensor, inputs: list, chunk: int, owner: str):
     """Yield (indices, grads): for chunks of ``chunk`` outputs of ``y`` (n,), their gradients
-    w.r.t. each of ``inputs``, a tuple of (c, *input.shape) tensors, by autograd with
+    w.r.t. each of ``inputs``, a tuple of ``(c, *input.shape)`` tensors, by autograd with
     ``is_grads_batched`` (one vectorised backward per chunk; the graph is kept). Works in
     any grad mode (the graph of ``y`` is recorded by the caller).
 

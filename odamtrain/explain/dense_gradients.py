@@ -333,7 +333,7 @@ def dense_heatmaps(adapter, fwd: DenseForward, dets: list, settings: Explanation
 
 def dense_train_maps(adapter, fwd: DenseForward, positives: InstanceData, grid_hw,
                      map_stride: int, second_order: bool) -> torch.Tensor:
-    """Odam-Train's maps (N, *grid_hw) of positives (``img``, ``level``, ``prior``,
+    """Odam-Train's maps ``(N, *grid_hw)`` of positives (``img``, ``level``, ``prior``,
     ``labels``, ``bboxes`` input pixels) on the stride-``map_stride`` grid: 'windows'
     gradients of the assigned class's logit on their FPN level (:data:`TRAIN_MAPS`), with
     the graph to the features (``second_order``: also to the head's weights)."""

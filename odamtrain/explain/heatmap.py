@@ -278,7 +278,7 @@ def resample_maps(maps: torch.Tensor, stride: float, out_stride: float,
     Args:
         maps: (N, h, w) on the stride-``stride`` grid.
     Returns:
-        (N, *out_hw).
+        ``(N, *out_hw)``.
     """
     out = maps.new_zeros(maps.shape[0], *out_hw)
     if maps.shape[0] == 0:

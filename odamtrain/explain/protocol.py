@@ -95,11 +95,12 @@ class DetectorAdapter(abc.ABC):
     """One family of mmdet detectors (module docstring).
 
     Class attributes:
-        head_type: the head class whose subclasses it covers (when they pass the gate).
-        box_head_type: for a RoI head, the box head class it is for (None: any; the gate
-            checks the box head's methods).
-        reproduces: the gate's :class:`Same` entries.
-        features: the choices of A it offers ('auto' first).
+
+    - ``head_type``: the head class whose subclasses it covers (when they pass the gate).
+    - ``box_head_type``: for a RoI head, the box head class it is for (None: any; the gate
+      checks the box head's methods).
+    - ``reproduces``: the gate's :class:`Same` entries.
+    - ``features``: the choices of A it offers ('auto' first).
     """
     head_type: type = object
     box_head_type: type | None = None
@@ -228,7 +229,7 @@ class DetectorAdapter(abc.ABC):
 
     def train_maps(self, step, positives: InstanceData, grid_hw, map_stride: int,
                    second_order: bool) -> torch.Tensor:
-        """ODAM maps (N, *grid_hw) of the positives on the stride-``map_stride`` grid, Y the
+        """ODAM maps ``(N, *grid_hw)`` of the positives on the stride-``map_stride`` grid, Y the
         assigned class's logit, with the graph Odam-Train's loss needs."""
         raise UnsupportedDetectorError(f'{self.name}: Odam-Train has no maps for it')
 

@@ -205,7 +205,7 @@ def fpn_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings) -> Non
 
 def roi_positive_maps(bbox_results: dict, positives: InstanceData, grid_hw, map_stride: int,
                       second_order: bool) -> torch.Tensor:
-    """ODAM maps (N, *grid_hw) of a stage's positive RoIs (``roi``, ``labels``, ``rois``
+    """ODAM maps ``(N, *grid_hw)`` of a stage's positive RoIs (``roi``, ``labels``, ``rois``
     x1y1x2y2 input pixels) on the stride-``map_stride`` grid:
     Y = the logit of each positive's assigned class, A = its RoI features
     (``bbox_results['bbox_feats']`` (R, C, s, s)), one backward for all (RoIs are

@@ -28,9 +28,9 @@ become the baseline, e.g. black). The search orders the regions:
   gone), so their remembered gains go stale upwards and a window on remembered gains alone
   never looks at them again. Same number of forwards.
 
-``max_steps`` bounds either. Attribution: the k-th region of the order gets the sum of the
-absolute marginal gains |F(S_j) - F(S_{j-1})| of steps j >= k (decreasing with rank, > 0
-while the search still changes F); regions never reached get 0.
+``max_steps`` bounds either. Attribution (:func:`rank_attribution`): the k-th region of the
+order gets the sum of the absolute marginal gains ``|F(S_j) - F(S_{j-1})|`` of the steps
+after it, j > k (decreasing with rank); regions never reached get 0.
 """
 from __future__ import annotations
 
@@ -181,8 +181,8 @@ def _window(rest, gain, seen, focus, size: int, slots: int) -> torch.Tensor:
 def rank_attribution(order: list[int], values: list[float], n: int,
                      start: float = 0.0) -> torch.Tensor:
     """(n,) attribution of the paper (and the authors' ``add_value``): region order[k] gets
-    the gains of the regions ranked after it, sum_{j > k} |F_j - F_{j-1}| (F_{-1} = ``start``,
-    the objective of the empty set), so that after min-max the first region is 1 and the
+    the gains of the regions ranked after it, ``sum_{j > k} |F_j - F_{j-1}|``
+    (``F_{-1} = start``, the objective of the empty set), so that after min-max the first region is 1 and the
     last 0. Regions not in ``order`` get 0.
 
     The authors leave one case undefined (their min-max divides 0 by 0): every gain after

@@ -6,12 +6,14 @@ Shapes: image (3, H, W) as the detector takes it; heatmap (H, W) on the same gri
 x1y1x2y2 in the pixels ``predict`` returns.
 
 Protocols:
+
 * ODAM (Zhao & Chan, TPAMI'24, Sec. 5.1): ``steps`` steps of area(target box) / steps pixels;
   deletion replaces pixels by the ``baseline`` (uniform noise in the paper), insertion starts
   from the ``baseline`` (zeros) and restores them; the evidence is
   ``max_d score(d) * [same class] * [IoU(d, target) > 0.5]`` (``evidence='odam'``).
 * VPS (Chen et al., CVPR'25): evidence ``max_d IoU(d, target) * score(d) * [same class]``
   (``'vps'``), or its class-only / IoU-only parts (``'class'``, ``'iou'``).
+
 AUC: trapezoid over the fraction of the steps done, in [0, 1]. The metrics of the curves
 declare their direction and paper (:func:`deletion_auc`, :func:`insertion_auc`,
 :func:`highest_score`, :func:`explanation_success`); NaN where undefined (a curve of fewer

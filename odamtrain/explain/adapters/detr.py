@@ -9,12 +9,14 @@ while the class and box outputs of the last decoder layer are captured with thei
 the selection is recomputed from those outputs and checked against mmdet's labels.
 
 What A is (``features``):
+
 * 'backbone' (DETR, Conditional DETR, DAB-DETR by default, the paper: "features from the last
   stage of ResNet50 are used to explain DETR because there is no detector neck"; mmdet's
   ChannelMapper is a 1x1 projection of that stage): the backbone outputs the neck reads;
 * 'neck' (Deformable DETR, DINO by default): each level of the multi-scale neck output the
   transformer reads; a detection's map is the sum of its levels' maps at image resolution;
 * 'memory': the encoder's output, split back into its levels.
+
 Queries interact through the decoder's self-attention, so every query's gradient takes the
 whole transformer into account: vectorised autograd over the predictions, chunked by memory.
 """

@@ -182,8 +182,8 @@ def rank_attribution(order: list[int], values: list[float], n: int,
                      start: float = 0.0) -> torch.Tensor:
     """(n,) attribution of the paper (and the authors' ``add_value``): region order[k] gets
     the gains of the regions ranked after it, ``sum_{j > k} |F_j - F_{j-1}|``
-    (``F_{-1} = start``, the objective of the empty set), so that after min-max the first region is 1 and the
-    last 0. Regions not in ``order`` get 0.
+    (``F_{-1} = start``, the objective of the empty set), so that after min-max the first
+    region is 1 and the last 0. Regions not in ``order`` get 0.
 
     The authors leave one case undefined (their min-max divides 0 by 0): every gain after
     the first is 0, the first region alone reached F(V). Then the first region gets its own

@@ -3,11 +3,11 @@
 # weight (0.5, <= 300 positives per image), switched on after a warm-up of the first third
 # of the schedule (epochs 1-4: FCOS's own losses only) and second order (the losses also
 # train the head's towers through dY/dA; the authors' code detaches it). On this
-# from-scratch tiny FCOS this pair of issue 17's suspects keeps plain NMS's JI at the plain
-# model's, gives the best JI with Odam-NMS and more discriminative maps (docs/results.md,
-# "the suspects"). The paper's setting (on from the first iteration, detached):
-# configs/fcos_odam-paper_tiny_fpn_synthetic.py; the warm-up alone, detached (the default
-# before): configs/fcos_odam-1st-order_tiny_fpn_synthetic.py.
+# from-scratch tiny FCOS this pair keeps plain NMS's JI at the plain model's, gives the
+# best JI with Odam-NMS and more discriminative maps (docs/results.md, "Odam-Train settings
+# on the tiny FCOS"). The paper's setting (on from the first iteration, detached):
+# configs/fcos_odam-paper_tiny_fpn_synthetic.py; the warm-up alone, detached:
+# configs/fcos_odam-1st-order_tiny_fpn_synthetic.py.
 _base_ = './fcos_tiny_fpn_synthetic.py'
 model = dict(
     train_cfg=dict(odam_loss=dict(loss_weight=0.5, second_order=True, max_positives=300,

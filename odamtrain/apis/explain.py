@@ -35,15 +35,14 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
                   settings: ExplanationSettings | dict | None = None,
                   targets: list | None = None, choose=None, verify: bool = False,
                   **overrides) -> list:
-    """Detections and heat maps for a preprocessed batch (``model.data_preprocessor``
-    output). Returns per image an InstanceData with ``bboxes`` (N, 4) x1y1x2y2 original
-    pixels, ``scores`` (N,), ``labels`` (N,) and ``heatmaps`` (N, H, W) float >= 0,
-    normalised as the settings say.
+    """Detections and heat maps for a preprocessed batch (``model.data_preprocessor`` output).
 
     Args:
+        model: an mmdet detector.
+        inputs: (B, 3, H_in, W_in) the data preprocessor's output.
+        data_samples: B ``DetDataSample`` with the image metainfo.
         settings: an :class:`~odamtrain.explain.ExplanationSettings` (or its fields as a
-            dict); ``overrides`` are its fields as keywords (``method='gradcam'``), checked
-            before any work.
+            dict).
         targets: None (explain mmdet's detections) or per image an InstanceData with
             ``bboxes`` (T, 4) x1y1x2y2 original pixels and ``labels`` (T,), e.g. GT objects
             the detector missed or misclassified. The gradient methods then explain, for
@@ -57,8 +56,18 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
             those K detections followed by the T targets' rows (explained as ``targets``
             are). The audit picks its objects this way.
         verify: (gradient methods) check first that the detections explained are the
-            model's own ``predict`` (:func:`odamtrain.apis.verify_detections`); a mismatch
-            raises, naming the detector.
+            model's own ``predict`` (:func:`odamtrain.apis.verify_detections`).
+        **overrides: fields of the settings as keywords (``method='gradcam'``), checked
+            before any work.
+
+    Returns:
+        list: per image an InstanceData with ``bboxes`` (N, 4) x1y1x2y2 original pixels,
+        ``scores`` (N,), ``labels`` (N,) and ``heatmaps`` (N, H, W) float >= 0, normalised
+        as the settings say.
+
+    Raises:
+        UnsupportedDetectorError: for a detector no adapter reproduces (gradient methods).
+        DetectionMismatchError: if ``verify`` finds other detections than mmdet's.
     """
     settings = ExplanationSettings.build(settings, **overrides)
     if targets is not None and len(targets) != len(data_samples):
@@ -120,14 +129,22 @@ def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = 
         model: an mmdet detector (e.g. from ``mmdet.apis.init_detector``) whose head has an
             adapter (:func:`odamtrain.explain.supported_heads`; D-RISE and VPS take any).
         imgs: image path(s) or BGR ``np.ndarray`` (s).
-        settings / overrides: :class:`~odamtrain.explain.ExplanationSettings` and its fields
-            as keywords, e.g. ``method='odam', target='score', mode='fast'``.
+        settings: an :class:`~odamtrain.explain.ExplanationSettings`, or its fields as a dict.
+        test_pipeline: the test pipeline (default: the model's config's).
         verify: check on the first image that the explained detections are the model's own
             (``explain_batch``'s ``verify``).
+        **overrides: fields of the settings as keywords, e.g. ``method='odam',
+            target='score', mode='fast'``, checked before any work.
+
     Returns:
         DetDataSample (or a list for a list of images) whose ``pred_instances`` hold mmdet's
-        ``bboxes``, ``scores``, ``labels`` and ``heatmaps`` (N, H, W) at the original image
-        size (or ``map_size``); (0, H, W) when nothing is detected.
+        ``bboxes`` (N, 4) x1y1x2y2 original pixels, ``scores``, ``labels`` and ``heatmaps``
+        (N, H, W) at the original image size (or ``map_size``); (0, H, W) when nothing is
+        detected.
+
+    Raises:
+        UnsupportedDetectorError: for a detector no adapter reproduces (gradient methods).
+        DetectionMismatchError: if ``verify`` finds other detections than mmdet's.
     """
     settings = ExplanationSettings.build(settings, **overrides)
     is_batch = isinstance(imgs, (list, tuple))

@@ -34,10 +34,20 @@ def detections(adapter, fwd) -> list:
 
 def verify_detections(model, inputs: torch.Tensor, data_samples: list, dets: list,
                       atol: float = 1e-3) -> None:
-    """Raise :class:`DetectionMismatchError` naming the detector unless ``dets`` (per image
-    ``bboxes`` original pixels, ``labels``, ``scores``) are what ``model.predict`` gives for
-    the same inputs: the same number, labels and order, boxes and scores to ``atol`` (relative
-    1e-4)."""
+    """Check that ``dets`` are what ``model.predict`` gives for the same inputs: the same
+    number, labels and order, boxes and scores to ``atol`` (relative 1e-4).
+
+    Args:
+        model: an mmdet detector.
+        inputs: (B, 3, H_in, W_in) the data preprocessor's output.
+        data_samples: B ``DetDataSample`` with the image metainfo.
+        dets: per image an InstanceData with ``bboxes`` (N, 4) x1y1x2y2 original pixels,
+            ``labels`` (N,) and ``scores`` (N,).
+        atol: absolute tolerance of boxes and scores.
+
+    Raises:
+        DetectionMismatchError: naming the detector and the first difference.
+    """
     with torch.no_grad():
         own = [s.pred_instances for s in model.predict(inputs, data_samples)]
     for i, (ours, ref) in enumerate(zip(dets, own)):
@@ -93,7 +103,9 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
     explained prediction in batch.
 
     Args:
-        inputs: (B, 3, H_in, W_in) the data preprocessor's output; data_samples: metainfo.
+        model: an mmdet detector.
+        inputs: (B, 3, H_in, W_in) the data preprocessor's output.
+        data_samples: B ``DetDataSample`` with the image metainfo.
         settings: a gradient method's :class:`ExplanationSettings`.
         targets: None or per image an InstanceData (``bboxes`` (T, 4) original pixels,
             ``labels`` (T,)): each is explained by the prediction, before score threshold
@@ -103,14 +115,16 @@ def explain_gradients(model, inputs: torch.Tensor, data_samples: list,
             and extra targets (e.g. the audit's matched detections and missed GT objects).
         verify: first check that the detections are ``model.predict``'s
             (:func:`verify_detections`).
+
     Returns:
-        Per image an InstanceData: ``bboxes`` (N, 4) x1y1x2y2 original pixels, ``scores``,
-        ``labels``, provenance fields and ``heatmaps`` (N, H, W) >= 0 at ``map_size``.
-        A model whose test-time NMS is ``odam_nms`` gives its Odam-NMS detections.
+        list: per image an InstanceData: ``bboxes`` (N, 4) x1y1x2y2 original pixels,
+        ``scores``, ``labels``, provenance fields and ``heatmaps`` (N, H, W) >= 0 at
+        ``map_size``. A model whose test-time NMS is ``odam_nms`` gives its Odam-NMS
+        detections.
 
     Raises:
-        UnsupportedDetectorError: before any work, for a detector no adapter reproduces;
-            :class:`DetectionMismatchError` if ``verify`` finds other detections.
+        UnsupportedDetectorError: before any work, for a detector no adapter reproduces.
+        DetectionMismatchError: if ``verify`` finds other detections.
     """
     if settings.method not in GRADIENT_METHODS:
         raise ValueError(f'explain_gradients: method must be one of {GRADIENT_METHODS}, got '

@@ -83,9 +83,18 @@ class StrictCrowdHumanDataset(CrowdHumanDataset):
       ``max_image_pixels`` are refused before they are decoded.
 
     Args:
+        data_root (str): the dataset folder (``Images/`` and the annotation files).
+        ann_file (str): the ``.odgt`` file, relative to ``data_root``.
+        extra_ann_file (str, optional): the image-size cache (default
+            ``id_hw_<ann file stem>.json`` in ``data_root``; written when missing).
         strict (bool): raise on a box that is degenerate or outside the image (default);
             ``False`` drops such boxes with a warning that names them.
         max_image_pixels (int): refuse images with more pixels (default PIL's limit).
+        **kwargs: mmdet's ``CrowdHumanDataset`` / ``BaseDetDataset`` arguments
+            (``pipeline``, ``filter_cfg``, ``test_mode``, ...).
+
+    Raises:
+        OdgtError: a bad line, box or image, naming the file, line, ID and field.
     """
 
     def __init__(self, data_root: str, ann_file: str, extra_ann_file: str | None = None,

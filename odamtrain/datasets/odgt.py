@@ -130,8 +130,14 @@ def check_box_in_image(box: dict, height: int, width: int, where: str) -> None:
 def read_odgt(path: str) -> list[dict]:
     """Read and validate an ``.odgt`` file. Blank lines are skipped.
 
+    Args:
+        path: the file.
+
     Returns:
         list[dict]: one record per image, with ``_lineno`` (1-based line in the file).
+
+    Raises:
+        OdgtError: naming the file, the line, the ID and the field of the first bad record.
     """
     if not osp.isfile(path):
         raise OdgtError(f'annotation file {path} not found; expected a CrowdHuman .odgt file '

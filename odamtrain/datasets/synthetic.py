@@ -37,18 +37,31 @@ __all__ = ['GENERATOR_VERSION', 'SceneSpec', 'DENSITIES', 'render_scene',
 
 @dataclass
 class SceneSpec:
-    """Knobs of the scene generator (defaults give the embedded demo data)."""
-    height_range: tuple = (224, 288)  # image height in pixels; width = 4/3 height
-    person_height_range: tuple = (0.30, 0.70)  # person height / image height
-    groups_range: tuple = (1, 3)  # overlapping groups per image
-    group_size_range: tuple = (2, 3)  # people per group
-    singles_range: tuple = (1, 3)  # isolated people per image
-    group_dx_range: tuple = (0.12, 0.40)  # neighbour offset / person width inside a group
-    clutter_range: tuple = (12, 30)  # background shapes
-    ignore_prob: float = 0.3  # probability of one ignore region (distant crowd)
+    """Knobs of the scene generator (defaults give the embedded demo data).
+
+    Attributes:
+        height_range: (min, max) image height in pixels; width = 4/3 height.
+        person_height_range: (min, max) person height / image height.
+        groups_range: (min, max) overlapping groups per image.
+        group_size_range: (min, max) people per group.
+        singles_range: (min, max) isolated people per image.
+        group_dx_range: (min, max) neighbour offset / person width inside a group.
+        clutter_range: (min, max) background shapes.
+        ignore_prob: probability of one ignore region (a distant crowd).
+        jpeg_quality: of the written images.
+        skin_tones: BGR colours the people's skin is drawn from.
+    """
+    height_range: tuple = (224, 288)
+    person_height_range: tuple = (0.30, 0.70)
+    groups_range: tuple = (1, 3)
+    group_size_range: tuple = (2, 3)
+    singles_range: tuple = (1, 3)
+    group_dx_range: tuple = (0.12, 0.40)
+    clutter_range: tuple = (12, 30)
+    ignore_prob: float = 0.3
     jpeg_quality: int = 92
     skin_tones: tuple = field(default=((87, 120, 172), (110, 150, 205), (60, 85, 125),
-                                       (140, 180, 225), (45, 65, 95)))  # BGR
+                                       (140, 180, 225), (45, 65, 95)))
 
 
 # Crowd densities for the val sets of the density study (training uses 'default'): from
@@ -182,6 +195,10 @@ def _xywh(box) -> list:
 def render_scene(rng: np.random.Generator, spec: SceneSpec = SceneSpec()):
     """Draw one scene.
 
+    Args:
+        rng: the random generator (the scene is a function of its state).
+        spec: the scene generator's knobs.
+
     Returns:
         tuple: ``(img, gtboxes)``: img (H, W, 3) uint8 BGR; gtboxes the CrowdHuman
         ``gtboxes`` entries (``tag``, ``fbox``, ``vbox``, ``hbox`` as [x, y, w, h] pixels,
@@ -256,9 +273,16 @@ def _iou_matrix(boxes: np.ndarray) -> np.ndarray:
 def crowd_statistics(records: list[dict]) -> dict:
     """Crowd statistics of CrowdHuman records (non-ignored ``person`` fboxes).
 
-    ``crowd_fraction``: boxes with IoU > 0.5 to another box of the image (paper A.4.2).
-    ``nms_oracle_recall``: recall of greedy NMS at IoU 0.5 run on the GT boxes themselves
-    (visible part as score), i.e. the best recall any detector with plain NMS can reach.
+    Args:
+        records: CrowdHuman records (``gtboxes`` with ``tag`` and ``fbox`` [x, y, w, h]).
+
+    Returns:
+        dict: ``images``, ``persons``, ``persons_per_image``, ``crowd_fraction`` (boxes
+        with IoU > 0.5 to another box of the image, paper A.4.2), ``pairs_iou_gt_0_3`` /
+        ``_0_5`` / ``_0_7`` (box pairs above each IoU), ``mean_vbox_fbox_area_ratio``,
+        ``ignore_regions`` and ``nms_oracle_recall`` (recall of greedy NMS at IoU 0.5 run on
+        the GT boxes themselves, visible part as score: the best recall any detector with
+        plain NMS can reach).
     """
     n_box = n_crowd = n_pairs = 0
     pair_hist = np.zeros(3, int)  # pairs with IoU > 0.3, > 0.5, > 0.7
@@ -302,9 +326,20 @@ def crowd_statistics(records: list[dict]) -> dict:
 
 def make_synthetic_crowdhuman(out_dir: str, num_train: int, num_val: int, seed: int = 0,
                               spec: SceneSpec = SceneSpec()) -> dict:
-    """Write ``Images/*.jpg``, ``annotation_{train,val}.odgt`` and the image-size caches
-    ``id_hw_{train,val}.json`` (the files mmdet's ``CrowdHumanDataset`` reads) under
-    ``out_dir``. Returns {split: crowd_statistics(...)}."""
+    """Write a synthetic CrowdHuman: ``Images/*.jpg``, ``annotation_{train,val}.odgt`` and the
+    image-size caches ``id_hw_{train,val}.json`` (the files mmdet's ``CrowdHumanDataset``
+    reads), atomically.
+
+    Args:
+        out_dir: the dataset folder (created).
+        num_train: train images.
+        num_val: val images.
+        seed: the scenes' random seed.
+        spec: the scene generator's knobs.
+
+    Returns:
+        dict: ``{split: crowd_statistics(records)}``.
+    """
     os.makedirs(osp.join(out_dir, 'Images'), exist_ok=True)
     stats = {}
     for split, num, split_id in (('train', num_train, 0), ('val', num_val, 1)):

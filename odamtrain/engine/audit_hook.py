@@ -37,11 +37,23 @@ class ExplanationAuditHook(Hook):
         after_train (bool): run after training.
         after_test (bool): run after testing.
         max_images (int): at most this many images in all (0: all).
-        **settings: the fields of
-            :class:`~odamtrain.evaluation.explanation_audit.AuditSettings` (``methods``,
-            ``target``, ``sets``, ``iou_thr``, ``score_thr``, ``deletion_steps``,
-            ``evidence``, ``extent``, ``drise``, ``vps``, ``seed``), checked when the hook is
-            built (a misspelt key or method fails with the config, before training).
+        methods: of :data:`odamtrain.explain.METHODS`; every method explains the same
+            objects.
+        target: the explained attribute of the gradient methods.
+        sets: of ``('detected', 'missed', 'misclassified')``.
+        iou_thr: detection-GT IoU above which an object is well detected.
+        score_thr: the score below which an object counts as missed, and the success
+            threshold of the insertion curve.
+        deletion_steps: > 0 adds deletion / insertion AUCs, highest score and success.
+        evidence: of :data:`odamtrain.structures.EVIDENCES`.
+        extent: 'box' (ODAM paper) or 'image' (VPS paper): the pixels changed in all.
+        drise: :class:`~odamtrain.explain.DriseSettings` fields.
+        vps: :class:`~odamtrain.explain.VpsSettings` fields.
+        seed: of the deletion noise and the D-RISE masks.
+
+    The settings are :class:`~odamtrain.evaluation.explanation_audit.AuditSettings`,
+    checked when the hook is built (a misspelt key or method fails with the config,
+    before training).
     """
     priority = 'LOW'
 

@@ -28,8 +28,11 @@ def resumable_checkpoint(work_dir: str) -> tuple[str | None, list[tuple[str, str
     ``work_dir/last_checkpoint`` names, then ``epoch_N.pth`` / ``iter_N.pth`` newest
     (largest N) first.
 
+    Args:
+        work_dir: the run's work directory.
+
     Returns:
-        (path or None, [(path, why it was skipped), ...]).
+        tuple: ``(path or None, [(path, why it was skipped), ...])``.
     """
     candidates, skipped = [], []
     pointer = osp.join(work_dir, 'last_checkpoint')

@@ -83,14 +83,20 @@ class AuditSettings:
         methods: of :data:`odamtrain.explain.METHODS`; every method explains the same
             objects.
         target: the explained attribute of the gradient methods (ExplanationSettings).
-        sets: of :data:`SETS`; ``iou_thr`` defines ``detected``, ``score_thr`` the failures
-            and the success.
+        sets: of :data:`SETS`.
+        iou_thr: detection-GT IoU above which an object is ``detected``.
+        score_thr: detections below it do not count (the failure sets), and the evidence
+            an insertion curve must reach for the explanation's success.
         deletion_steps: > 0 adds deletion / insertion AUCs, highest score and success
-            (``steps`` forwards per curve and object, batched) with ``evidence``; deleted
-            pixels become uniform noise (seeded by ``seed`` and the image, so a shard of the
-            images scores them as the whole), insertion starts from black; ``extent`` 'box'
-            changes area(GT box) pixels in all (ODAM paper), 'image' the whole image (VPS).
-        drise / vps: :class:`~odamtrain.explain.DriseSettings` / ``VpsSettings`` or dicts.
+            (``steps`` forwards per curve and object, batched); deleted pixels become
+            uniform noise, insertion starts from black.
+        evidence: of :data:`odamtrain.structures.EVIDENCES`, what the curves read.
+        extent: 'box' changes area(GT box) pixels in all (ODAM paper), 'image' the whole
+            image (VPS paper).
+        drise: :class:`~odamtrain.explain.DriseSettings` or its fields as a dict.
+        vps: :class:`~odamtrain.explain.VpsSettings` or its fields as a dict.
+        seed: of the deletion noise (with the image, so that a shard of the images scores
+            them as the whole) and the D-RISE masks.
         verify: check on the first image that the detections the gradient methods explain
             are the detector's own ``predict`` (a mismatch is an error naming it).
     """

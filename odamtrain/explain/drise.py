@@ -101,7 +101,8 @@ def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torc
             scores (D,)) in the pixels of ``target_boxes``.
         inputs: (1, 3, H, W); the masks cover the image in it (``image_hw`` from
             ``origin``, (top, left)), the rest (padding) is left as it is.
-        target_boxes: (T, 4) x1y1x2y2, target_labels: (T,).
+        target_boxes: (T, 4) x1y1x2y2.
+        target_labels: (T,).
         fill: (3, 1, 1) what a masked pixel becomes, in ``inputs``' units.
     Returns:
         :class:`DriseSums` of these masks.
@@ -159,7 +160,8 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
         predict: masked inputs (b, 3, H, W) -> b detections, each (boxes (D, 4), labels (D,),
             scores (D,)) in the pixels of ``target_boxes``.
         inputs: (1, 3, H, W) the image as the detector takes it.
-        target_boxes: (T, 4) x1y1x2y2, target_labels: (T,).
+        target_boxes: (T, 4) x1y1x2y2.
+        target_labels: (T,).
         settings: the masks (``num_masks``, ``grid``, ``keep_prob``, ``seed``: same seed,
             same masks), ``batch_size`` masked images per forward and the ``estimator``
             (module).
@@ -168,6 +170,7 @@ def drise_saliency(predict: Callable, inputs: torch.Tensor, target_boxes: torch.
         image_hw: the image's (h, w) inside ``inputs``, from ``origin`` (top, left) (the
             rest is padding, not masked); None: all of it.
         progress: called with the number of masks done after each batch.
+        origin: (top, left) of the image inside ``inputs``.
     Returns:
         (T, h, w) saliency.
     """
@@ -185,11 +188,24 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
                       labels: torch.Tensor, map_size='image',
                       settings: DriseSettings = DriseSettings(),
                       progress: Callable | None = None) -> torch.Tensor:
-    """D-RISE maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels
-    + labels: detections, or GT boxes to explain missed objects) of one preprocessed image
-    (1, 3, H, W) of an mmdet detector; masked pixels become black, the padding of the input
-    stays as it is. Cost: ``num_masks / batch_size`` batched forwards, shared by the
-    targets."""
+    """D-RISE maps of T targets (detections, or GT boxes to explain missed objects) of one
+    preprocessed image of an mmdet detector; masked pixels become black, the padding of the
+    input stays as it is. Cost: ``num_masks / batch_size`` batched forwards, shared by the
+    targets.
+
+    Args:
+        model: an mmdet detector.
+        inputs: (1, 3, H_in, W_in) the data preprocessor's output.
+        meta: the image's metainfo.
+        boxes: (T, 4) x1y1x2y2 in original pixels.
+        labels: (T,).
+        map_size: 'image' or the maps' short edge.
+        settings: the masks and the estimator.
+        progress: called with the number of masks done after each batch.
+
+    Returns:
+        Tensor: (T, H, W) at ``map_size``.
+    """
     fill = pixel_to_input(model, inputs.new_zeros(3))
     origin, hw = image_window(meta)
     with torch.no_grad():

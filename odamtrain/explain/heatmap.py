@@ -137,16 +137,32 @@ def odam_heatmap(grads: torch.Tensor, feats: torch.Tensor,
 
 def gradcam_weights(grads: torch.Tensor, area: int | None = None) -> torch.Tensor:
     """Instance Grad-CAM (Selvaraju et al.) channel weights: the gradient averaged over the
-    map. grads (N, C, h, w) -> (N, C); ``area`` is the map's size when ``grads`` is a window
-    of a larger map that is zero elsewhere (default h * w)."""
+    map.
+
+    Args:
+        grads: (N, C, h, w).
+        area: the map's size when ``grads`` is a window of a larger map that is zero
+            elsewhere (default h * w).
+
+    Returns:
+        Tensor: (N, C).
+    """
     return grads.sum((2, 3)) / (area or grads.shape[2] * grads.shape[3])
 
 
 def gradcam_pp_weights(grads: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """Instance Grad-CAM++ (Chattopadhay et al., Eq. 19 with the exponential-score
     approximation of the authors' code) channel weights: alpha = g^2 / (2 g^2 + sum_xy A g^3),
-    w_k = sum_xy alpha * ReLU(g). grads (N, C, h, w), feats (N|1, C, h, w) -> (N, C).
-    Positions where the gradient is zero contribute nothing, so a window suffices."""
+    w_k = sum_xy alpha * ReLU(g). Positions where the gradient is zero contribute nothing, so
+    a window suffices.
+
+    Args:
+        grads: (N, C, h, w).
+        feats: (N | 1, C, h, w) on the same window.
+
+    Returns:
+        Tensor: (N, C).
+    """
     g2, g3 = grads ** 2, grads ** 3
     denom = 2 * g2 + (feats * g3).sum((2, 3), keepdim=True)
     alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
@@ -154,8 +170,15 @@ def gradcam_pp_weights(grads: torch.Tensor, feats: torch.Tensor) -> torch.Tensor
 
 
 def channel_weighted_map(weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """CAM-style map ``ReLU(sum_k w_k A_k)``: weights (N, C), feats (N|1, C, h, w) ->
-    (N, h, w)."""
+    """CAM-style map ``ReLU(sum_k w_k A_k)``.
+
+    Args:
+        weights: (N, C).
+        feats: (N | 1, C, h, w).
+
+    Returns:
+        Tensor: (N, h, w).
+    """
     return F.relu((weights[:, :, None, None] * feats).sum(1))
 
 
@@ -166,12 +189,15 @@ def explanation_maps(method: str, grads: torch.Tensor, feats: torch.Tensor,
 
     Args:
         method: 'odam' (with Phi's ``sigma``), 'gradcam' or 'gradcampp'.
-        grads, feats: (N, C, h, w) gradient and features on the same window (or whole map).
+        grads: (N, C, h, w) the gradients on a window (or the whole map).
+        feats: (N, C, h, w) the features on the same window.
+        sigma: (N,) ODAM's Gaussian widths in cells (None: no smoothing).
         area: the whole map's h * w when ``grads`` is a window (Grad-CAM's average).
         full_feats: (N, C, H, W) the whole map for the CAM methods' weighted sum
             (default ``feats``).
+
     Returns:
-        (N, h, w) for 'odam', (N, H, W) for the CAM methods.
+        Tensor: (N, h, w) for 'odam', (N, H, W) for the CAM methods.
     """
     if method == 'odam':
         return odam_heatmap(grads, feats, sigma)
@@ -185,9 +211,17 @@ def explanation_maps(method: str, grads: torch.Tensor, feats: torch.Tensor,
 
 
 def normalize_maps(maps: torch.Tensor, mode: str | None, inplace: bool = False):
-    """Per-map normalisation of (N, H, W): ``'minmax'`` to [0, 1], ``'l2'`` to unit norm,
-    ``None``/``'none'`` unchanged. All-zero maps stay zero. ``inplace`` overwrites ``maps``
-    (contiguous) instead of returning a new tensor (maps at image size can be GBs)."""
+    """Per-map normalisation. All-zero maps stay zero.
+
+    Args:
+        maps: (N, H, W).
+        mode: 'minmax' (to [0, 1]), 'l2' (to unit norm) or None / 'none' (unchanged).
+        inplace: overwrite ``maps`` (contiguous) instead of returning a new tensor (maps at
+            image size can be GBs).
+
+    Returns:
+        Tensor: (N, H, W).
+    """
     if mode in (None, 'none'):
         return maps
     if mode not in ('minmax', 'l2'):
@@ -206,8 +240,15 @@ def normalize_maps(maps: torch.Tensor, mode: str | None, inplace: bool = False):
 
 
 def output_size(ori_hw, map_size) -> tuple[int, int]:
-    """(H, W) of output maps: the original image size (``map_size='image'``), or short edge
-    ``map_size``."""
+    """The size of output maps.
+
+    Args:
+        ori_hw: (H, W) of the original image.
+        map_size: 'image' (the original size) or an int, the short edge.
+
+    Returns:
+        tuple: (H, W).
+    """
     if map_size == 'image':
         return int(ori_hw[0]), int(ori_hw[1])
     s = map_size / min(ori_hw)
@@ -225,6 +266,7 @@ def resize_maps(maps: torch.Tensor, stride: float, input_hw: tuple[int, int],
 
     Args:
         maps: (N, h, w) on a feature map of the given stride (padded batch size allowed).
+        stride: the feature map's stride in input pixels.
         input_hw: (h_in, w_in) the image's size in the network input (unpadded).
         out_hw: (H, W) output size.
         origin: (top, left) of the image in the network input
@@ -277,6 +319,9 @@ def resample_maps(maps: torch.Tensor, stride: float, out_stride: float,
 
     Args:
         maps: (N, h, w) on the stride-``stride`` grid.
+        stride: the maps' stride in input pixels.
+        out_stride: the output grid's stride.
+        out_hw: (h', w') of the output grid.
     Returns:
         ``(N, *out_hw)``.
     """
@@ -297,7 +342,9 @@ def paste_roi_maps(maps: torch.Tensor, boxes: torch.Tensor, out_hw) -> torch.Ten
     outside the box.
 
     Args:
+        maps: (N, s, s) RoI maps.
         boxes: (N, 4) x1y1x2y2 in the output image's pixels.
+        out_hw: (H, W) of the output.
     Returns:
         (N, H, W).
     """

@@ -84,9 +84,13 @@ class Same:
 
 @dataclass
 class Forward:
-    """One forward of a detector, reused by every explanation of its predictions: ``feats``
-    the tensors A (leaves of the graph where Y is differentiated), ``metas`` the images'
-    metainfo. Each family's record adds what its post-processing needs."""
+    """One forward of a detector, reused by every explanation of its predictions. Each
+    family's record adds what its post-processing needs.
+
+    Attributes:
+        feats: the tensors A (leaves of the graph where Y is differentiated).
+        metas: the images' metainfo.
+    """
     feats: list
     metas: list
 
@@ -101,6 +105,10 @@ class DetectorAdapter(abc.ABC):
       checks the box head's methods).
     - ``reproduces``: the gate's :class:`Same` entries.
     - ``features``: the choices of A it offers ('auto' first).
+
+    Args:
+        head: the detector's head (dense head or RoI head) the family knows.
+        model: the detector (None: a bare head, as inside Odam-NMS and Odam-Train).
     """
     head_type: type = object
     box_head_type: type | None = None
@@ -112,7 +120,11 @@ class DetectorAdapter(abc.ABC):
 
     # ------------------------------------------------------------------ the gate
     def parts(self) -> dict:
-        """Part name -> the model's object(s) of that part the gate checks."""
+        """The parts of the model the gate checks.
+
+        Returns:
+            dict: part name -> the model's object(s) of that part.
+        """
         parts = {'head': [self.head]}
         if self.model is not None:
             parts['detector'] = [self.model]
@@ -129,7 +141,11 @@ class DetectorAdapter(abc.ABC):
             raise UnsupportedDetectorError('; '.join(problems))
 
     def other_problems(self) -> list[str]:
-        """What else the family needs of the model (beyond methods), in words."""
+        """What else the family needs of the model (beyond methods).
+
+        Returns:
+            list[str]: the problems, in words (empty: none).
+        """
         return []
 
     @property
@@ -138,8 +154,17 @@ class DetectorAdapter(abc.ABC):
         return type(self.model if self.model is not None else self.head).__name__
 
     def check_features(self, features: str) -> str:
-        """``features`` resolved ('auto' -> the family's default); ValueError if not one of
-        :attr:`features`."""
+        """Resolve a choice of A.
+
+        Args:
+            features: one of :attr:`features` ('auto': the family's default).
+
+        Returns:
+            str: the resolved choice.
+
+        Raises:
+            ValueError: not one of :attr:`features`.
+        """
         if features not in self.features:
             raise ValueError(f'{self.name}: features must be one of {self.features}, got '
                              f'{features!r}')
@@ -147,30 +172,59 @@ class DetectorAdapter(abc.ABC):
 
     def mode_fallback(self) -> str | None:
         """Why the 'fast' / 'windows' gradient modes do not apply to this detector (exact
-        gradients are used), or None."""
+        gradients are used then).
+
+        Returns:
+            str or None: the reason, or None.
+        """
         return None
 
     def target_support(self, target: str) -> str | None:
-        """None if the attribute ``target`` is reproduced for this detector, else why not
-        (checked before any work)."""
+        """Whether an attribute is reproduced for this detector (checked before any work).
+
+        Args:
+            target: of :data:`~odamtrain.explain.TARGETS`.
+
+        Returns:
+            str or None: None, or why not.
+        """
         return None
 
     def check_target(self, target: str) -> None:
-        """Raise :class:`UnsupportedDetectorError` if :meth:`target_support` says why not."""
+        """Refuse an attribute this detector does not reproduce.
+
+        Args:
+            target: of :data:`~odamtrain.explain.TARGETS`.
+
+        Raises:
+            UnsupportedDetectorError: with :meth:`target_support`'s reason.
+        """
         reason = self.target_support(target)
         if reason is not None:
             raise UnsupportedDetectorError(f'{self.name}: target {target!r}: {reason}')
 
     def train_support(self) -> str | None:
-        """None if Odam-Train knows this head's positives and maps, else why not."""
+        """Whether Odam-Train knows this head's positives and maps.
+
+        Returns:
+            str or None: None, or why not.
+        """
         return None
 
     def nms_support(self) -> str | None:
-        """None if Odam-NMS can take the place of the detector's NMS, else why not."""
+        """Whether Odam-NMS can take the place of the detector's NMS.
+
+        Returns:
+            str or None: None, or why not.
+        """
         return None
 
     def explain_mode(self, mode: str) -> None:
-        """One log line when ``mode`` does not apply (:meth:`mode_fallback`)."""
+        """One log line when ``mode`` does not apply (:meth:`mode_fallback`).
+
+        Args:
+            mode: of :data:`~odamtrain.explain.MODES`.
+        """
         reason = self.mode_fallback()
         if mode != 'exact' and reason is not None:
             print_log(f'ODAM: {mode} mode does not apply ({reason}); using exact mode',
@@ -186,51 +240,122 @@ class DetectorAdapter(abc.ABC):
     @abc.abstractmethod
     def forward(self, inputs: torch.Tensor, data_samples: list,
                 features: str = 'auto') -> Forward:
-        """The detector from its preprocessed ``inputs`` (B, 3, H, W) up to the head's
-        outputs, A (``features``) as leaves; no graph outside what Y needs."""
+        """The detector from its preprocessed inputs up to the head's outputs, A as leaves; no
+        graph outside what Y needs.
+
+        Args:
+            inputs: (B, 3, H_in, W_in) the data preprocessor's output.
+            data_samples: B ``DetDataSample`` with the images' metainfo.
+            features: the choice of A (:meth:`check_features`).
+
+        Returns:
+            Forward: the family's record of the forward.
+        """
 
     @abc.abstractmethod
     def predictions(self, fwd: Forward, cfg=None) -> list:
-        """Per image mmdet's detections of the forward (``bboxes``, ``scores``, ``labels``)
-        with their provenance and ``img``; ``cfg`` replaces :attr:`test_cfg`."""
+        """mmdet's detections of the forward.
+
+        Args:
+            fwd: the adapter's forward of the batch (:meth:`forward`).
+            cfg: replaces :attr:`test_cfg` (e.g. another NMS).
+
+        Returns:
+            list: per image an InstanceData: ``bboxes`` (N, 4) x1y1x2y2 original pixels,
+            ``scores``, ``labels``, ``img`` and the family's provenance.
+        """
 
     @abc.abstractmethod
     def candidates(self, fwd: Forward) -> list:
-        """Per image the predictions that reach NMS (what Odam-NMS compares), with
-        provenance."""
+        """The predictions that reach NMS (what Odam-NMS compares).
+
+        Args:
+            fwd: the adapter's forward of the batch (:meth:`forward`).
+
+        Returns:
+            list: per image an InstanceData as :meth:`predictions`'.
+        """
 
     @abc.abstractmethod
     def every_prediction(self, fwd: Forward) -> list:
-        """Per image every prediction before score threshold and NMS, with provenance (to
-        find the prediction that explains a target best)."""
+        """Every prediction before score threshold and NMS (to find the prediction that explains a
+        target best).
+
+        Args:
+            fwd: the adapter's forward of the batch (:meth:`forward`).
+
+        Returns:
+            list: per image an InstanceData as :meth:`predictions`'.
+        """
 
     @abc.abstractmethod
     def attribute(self, target: str, fwd: Forward, preds: InstanceData) -> torch.Tensor:
-        """Y (n,) of ``preds`` with the graph to A: 'score' (mmdet's score of that family),
-        'logit' (the class logit) or a box side 'x1' | 'y1' | 'x2' | 'y2' (original pixels,
-        not clipped)."""
+        """The explained attribute Y of predictions, with the graph to A.
+
+        Args:
+            target: 'score' (mmdet's score of that family), 'logit' (the class logit) or a box
+                side 'x1' | 'y1' | 'x2' | 'y2' (original pixels, not clipped).
+            fwd: the adapter's forward of the batch (:meth:`forward`).
+            preds: n predictions of the forward (with their provenance).
+
+        Returns:
+            Tensor: (n,).
+        """
 
     @abc.abstractmethod
     def leaf_attribute(self, target: str, fwd: Forward, preds: InstanceData) -> tuple:
-        """(Y (n,), leaves, rows): Y with the graph to A as leaf tensors (made with grad
-        enabled), and the row of the leaves' first dimension each prediction reads (its
-        image, or its RoI): (n,), or one (n,) per leaf where they differ (MS R-CNN's
-        per-prediction mask reads); what one backward per prediction differentiates."""
+        """Y with the graph to A as leaf tensors (made with grad enabled): what one backward per
+        prediction differentiates (the oracle of the batched maps).
+
+        Args:
+            target: as :meth:`attribute`'s.
+            fwd: the adapter's forward of the batch (:meth:`forward`).
+            preds: n predictions of the forward.
+
+        Returns:
+            tuple: ``(Y, leaves, rows)``: Y (n,); the leaves; the row of the leaves' first
+            dimension each prediction reads (its image, or its RoI): (n,), or one (n,) per leaf
+            where they differ (MS R-CNN's per-prediction mask reads).
+        """
 
     @abc.abstractmethod
     def heatmaps(self, fwd: Forward, dets: list, settings) -> None:
-        """Set ``heatmaps`` (N, H, W) >= 0 at ``settings.map_size`` on each image's
-        predictions, by ``settings.method`` / ``target`` / ``smooth``, in batch."""
+        """Set ``heatmaps`` (N, H, W) >= 0 at ``settings.map_size`` on each image's predictions,
+        by ``settings.method`` / ``target`` / ``smooth``, in batch.
+
+        Args:
+            fwd: the adapter's forward of the batch (:meth:`forward`).
+            dets: per image the predictions to explain (changed in place).
+            settings: an :class:`~odamtrain.explain.ExplanationSettings`.
+        """
 
     def train_positives(self, step) -> InstanceData:
-        """The positives of a training step as the head's own assignment made them:
-        ``img``, ``labels``, ``gt_index``, ``ious`` and the family's provenance."""
+        """The positives of a training step as the head's own assignment made them.
+
+        Args:
+            step: the adapter's record of the training step.
+
+        Returns:
+            InstanceData: ``img``, ``labels``, ``gt_index``, ``ious`` and the family's
+            provenance.
+        """
         raise UnsupportedDetectorError(f'{self.name}: Odam-Train does not know its positives')
 
     def train_maps(self, step, positives: InstanceData, grid_hw, map_stride: int,
                    second_order: bool) -> torch.Tensor:
-        """ODAM maps ``(N, *grid_hw)`` of the positives on the stride-``map_stride`` grid, Y the
-        assigned class's logit, with the graph Odam-Train's loss needs."""
+        """ODAM maps of the positives on a common grid, Y the assigned class's logit, with the
+        graph Odam-Train's loss needs.
+
+        Args:
+            step: the adapter's record of the training step.
+            positives: N of :meth:`train_positives`' rows.
+            grid_hw: (h, w) of the grid.
+            map_stride: its stride in input pixels.
+            second_order: keep the graph of dY/dA too (the loss then trains the head).
+
+        Returns:
+            Tensor: ``(N, *grid_hw)``.
+        """
         raise UnsupportedDetectorError(f'{self.name}: Odam-Train has no maps for it')
 
 

@@ -30,14 +30,24 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 
 @dataclass(frozen=True)
 class DriseSettings:
-    """D-RISE (Petsiuk et al., CVPR'21): ``num_masks`` random ``grid`` x ``grid`` masks,
-    cells kept with ``keep_prob``, ``batch_size`` masked images per forward, ``seed``;
-    ``estimator`` 'contrast' (mean weight of the masks that keep a pixel minus that of the
-    masks that remove it: the most stable at few masks), 'coverage' (the masks that keep
-    it, as xaitk-saliency) or 'mean' (the paper's sum / N); see ``drise.py``. ``evidence``:
-    what a masked image's weight is read from: 'detections' (mmdet's final detections) or
-    'candidates' (every prediction before score threshold and NMS, with mmdet's score of
-    that head; through the detector's adapter)."""
+    """D-RISE (Petsiuk et al., CVPR'21), see :mod:`odamtrain.explain.drise`.
+
+    Args:
+        num_masks: random masks per image.
+        grid: masks are ``grid`` x ``grid`` cells, upsampled with a random shift.
+        keep_prob: probability that a cell is kept.
+        batch_size: masked images per forward.
+        seed: of the masks (same seed, same masks).
+        estimator: 'contrast' (mean weight of the masks that keep a pixel minus that of the
+            masks that remove it: the most stable at few masks), 'coverage' (the masks that
+            keep it, as xaitk-saliency) or 'mean' (the paper's sum / N).
+        evidence: what a masked image's weight is read from: 'detections' (mmdet's final
+            detections) or 'candidates' (every prediction before score threshold and NMS,
+            with mmdet's score of that head; through the detector's adapter).
+
+    Raises:
+        ValueError: a field out of its range or choices.
+    """
     num_masks: int = 5000
     grid: int = 16
     keep_prob: float = 0.5
@@ -60,15 +70,25 @@ class DriseSettings:
 
 @dataclass(frozen=True)
 class VpsSettings:
-    """VPS (Chen et al., CVPR'25): about ``regions`` sub-regions made by ``segmentation``
-    ('slico': the authors' SLICO superpixels (scikit-image), 'grid': a grid of cells), a
-    ``search`` 'greedy' (the paper: every remaining region at every step) or 'windowed'
-    (``head`` greedy steps, then the ``window`` most promising regions re-evaluated per
-    step, 0: the rest ordered by their last gains; ``box_slots`` of the window's places,
-    at most all of them, given round-robin to the regions overlapping the target box; see
-    ``vps.py`` and docs/benchmarks.md for the default 3), at most ``max_steps``
-    steps (None: all), ``batch_size`` images per forward; ``evidence`` as D-RISE's (the
-    authors' mmdet wrappers score every prior: 'candidates')."""
+    """VPS (Chen et al., CVPR'25), see :mod:`odamtrain.explain.vps`.
+
+    Args:
+        regions: about this many sub-regions per image.
+        segmentation: 'slico' (the authors' SLICO superpixels, scikit-image) or 'grid'.
+        search: 'greedy' (the paper: every remaining region at every step) or 'windowed'.
+        head: windowed: greedy steps first.
+        window: windowed: the most promising regions re-evaluated per step (0: the rest
+            ordered by their last gains).
+        box_slots: windowed: places of the window given round-robin to the regions
+            overlapping the target box (docs/benchmarks.md: 3).
+        max_steps: at most this many steps (None: all).
+        batch_size: images per forward.
+        evidence: as :class:`DriseSettings`' (the authors' mmdet wrappers score every
+            prior: 'candidates').
+
+    Raises:
+        ValueError: a field out of its range or choices.
+    """
     regions: int = 64
     segmentation: str = 'slico'
     search: str = 'windowed'
@@ -114,6 +134,11 @@ class ExplanationSettings:
             the RoI's FPN level), 'backbone', 'neck' or 'memory' (DETR-like: the encoder's
             output), 'towers' (dense heads with conv towers: the towers' outputs, which
             the head's final layers read; exact and cheap, no backward through the towers).
+        drise: :class:`DriseSettings` (or its fields as a dict) of ``method='drise'``.
+        vps: :class:`VpsSettings` (or its fields as a dict) of ``method='vps'``.
+
+    Raises:
+        ValueError: a field that is not one of its choices, naming it and the choices.
     """
     method: str = 'odam'
     target: str = 'score'

@@ -200,10 +200,17 @@ def rank_attribution(order: list[int], values: list[float], n: int,
 
 
 def vps_forward_count(settings: VpsSettings = VpsSettings(), regions: int | None = None) -> int:
-    """Images one VPS search runs through the detector on ``regions`` sub-regions (default
-    ``settings.regions``): 2 for the empty set, then 2 per evaluated region at each step
-    (greedy: every remaining one, regions (regions + 1) for the full order; windowed:
-    :func:`search_windows`)."""
+    """Images one VPS search runs through the detector: 2 for the empty set, then 2 per
+    evaluated region at each step (greedy: every remaining one, regions (regions + 1) for the
+    full order; windowed: :func:`search_windows`).
+
+    Args:
+        settings: the search.
+        regions: sub-regions (default ``settings.regions``).
+
+    Returns:
+        int
+    """
     s = settings
     n = s.regions if regions is None else regions
     if s.search == 'windowed':
@@ -222,13 +229,17 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
     Args:
         predict: images (b, 3, H, W) -> b detections (boxes, labels, scores) in the pixels of
             ``target_box``.
-        inputs: (1, 3, H, W); regions: (n, H, W) bool; baseline: (3, H, W) removed pixels.
+        inputs: (1, 3, H, W).
+        target_box: (4,) x1y1x2y2 of the explained object.
+        target_label: its class.
+        regions: (n, H, W) bool sub-regions.
+        baseline: (3, H, W) what removed pixels become.
         settings: the search (``search``, ``window``, ``head``, ``box_slots``,
             ``max_steps``: module) and ``batch_size`` images per forward (its ``regions``
             and ``segmentation`` are the caller's, who made ``regions``).
-        input_scale, input_origin: (w, h) factors and (x, y) offset from the pixels of
-            ``target_box`` to the input's (mmdet's ``scale_factor``; the image's left and top
-            in the input), to find the regions of the box.
+        input_scale: (w, h) factors from the pixels of ``target_box`` to the input's
+            (mmdet's ``scale_factor``), to find the regions of the box.
+        input_origin: (x, y) of the image's left and top in the input.
     Returns:
         (saliency (H, W) >= 0, order, values, forwards): the map (attribution of each region
         spread over its pixels), the search order, F after each step and the number of
@@ -271,12 +282,24 @@ def vps_saliency(predict: Callable, inputs: torch.Tensor, target_box: torch.Tens
 def vps_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tensor,
                     labels: torch.Tensor, map_size='image',
                     settings: VpsSettings = VpsSettings()) -> torch.Tensor:
-    """VPS maps (T, H, W) at ``map_size`` of T targets (boxes x1y1x2y2 in original pixels +
-    labels: detections, or GT boxes to explain missed objects) of one preprocessed image
-    (1, 3, H, W) of an mmdet detector. Sub-regions: about ``settings.regions`` SLICO
+    """VPS maps of T targets (detections, or GT boxes to explain missed objects) of one
+    preprocessed image of an mmdet detector. Sub-regions: about ``settings.regions`` SLICO
     superpixels or grid cells (``segmentation``) over the unpadded input, shared by the
     targets; removed pixels black, the padding left as it is. Cost per target:
-    :func:`vps_forward_count` images in batches of ``batch_size``."""
+    :func:`vps_forward_count` images in batches of ``batch_size``.
+
+    Args:
+        model: an mmdet detector.
+        inputs: (1, 3, H_in, W_in) the data preprocessor's output.
+        meta: the image's metainfo.
+        boxes: (T, 4) x1y1x2y2 in original pixels.
+        labels: (T,).
+        map_size: 'image' or the maps' short edge.
+        settings: the regions and the search.
+
+    Returns:
+        Tensor: (T, H, W) at ``map_size``.
+    """
     regions, segmentation = settings.regions, settings.segmentation
     (top, left), (h, w) = image_window(meta)
     window = (slice(None), slice(top, top + h), slice(left, left + w))

@@ -29,8 +29,18 @@ def _source(img, img_id: int) -> dict:
 
 
 def prepare_batch(model, img, test_pipeline=None):
-    """One image (path or BGR array) through the model's test pipeline (without
-    annotation loading) and data preprocessor -> (inputs (1, 3, H, W), [DetDataSample])."""
+    """One image through the model's test pipeline (without annotation loading) and data
+    preprocessor.
+
+    Args:
+        model: an mmdet detector.
+        img: an image path or a BGR ``np.ndarray`` (H, W, 3).
+        test_pipeline: the pipeline config (default: the model's config's test pipeline).
+
+    Returns:
+        tuple: ``(inputs, data_samples)``: inputs (1, 3, H_in, W_in), a list of one
+        ``DetDataSample``.
+    """
     pipeline = test_pipeline or _test_pipeline(model, img, with_annotations=False)
     data = pipeline(_source(img, 0))
     batch = model.data_preprocessor(dict(inputs=[data['inputs']],
@@ -40,13 +50,17 @@ def prepare_batch(model, img, test_pipeline=None):
 
 def prepare_train_batch(model, imgs: list, gt_bboxes: list, gt_labels: list | None = None):
     """Images with their GT through the model's test pipeline (resize, no augmentation) and
-    its data preprocessor in training mode -> (inputs (B, 3, H, W), data samples with
-    ``gt_instances``), what ``model.loss`` takes.
+    its data preprocessor in training mode: what ``model.loss`` takes.
 
     Args:
+        model: an mmdet detector.
         imgs: B image paths or BGR arrays (one size transform: the test pipeline's).
         gt_bboxes: B arrays (n_i, 4) x1y1x2y2 in original pixels.
         gt_labels: B arrays (n_i,) class indices (default all 0).
+
+    Returns:
+        tuple: ``(inputs, data_samples)``: inputs (B, 3, H_in, W_in), B ``DetDataSample``
+        with ``gt_instances``.
     """
     pipeline = _test_pipeline(model, imgs[0], with_annotations=True)
     datas = []
@@ -63,14 +77,22 @@ def prepare_train_batch(model, imgs: list, gt_bboxes: list, gt_labels: list | No
 
 
 def predict_fn(model, metainfo: dict):
-    """A callable: images (b, 3, H, W) preprocessed like the image of ``metainfo`` -> b
-    detections (boxes (D, 4) x1y1x2y2 original pixels, labels (D,), scores (D,)) by
-    ``model.predict`` in one batch (black-box explainers and the deletion metrics).
+    """A black-box predictor for images preprocessed like the image of ``metainfo`` (the
+    black-box explainers and the deletion metrics).
 
     A model whose test-time NMS is Odam-NMS runs these forwards with plain NMS at the same
     IoU threshold: the callers take the best match of a target over all detections, which
     barely depends on the duplicates NMS removes, and Odam-NMS would explain every candidate
-    of every perturbed image (hundreds of times the cost)."""
+    of every perturbed image (hundreds of times the cost).
+
+    Args:
+        model: an mmdet detector.
+        metainfo: the ``DetDataSample`` metainfo of the image (sizes, scale factor).
+
+    Returns:
+        callable: images (b, 3, H_in, W_in) -> b tuples (boxes (D, 4) x1y1x2y2 original
+        pixels, labels (D,), scores (D,)), by ``model.predict`` in one batch.
+    """
     def predict(images):
         with torch.no_grad(), plain_nms(model):
             out = model.predict(images, [DetDataSample(metainfo=metainfo) for _ in images])
@@ -81,7 +103,15 @@ def predict_fn(model, metainfo: dict):
 
 @contextlib.contextmanager
 def plain_nms(model):
-    """Inside, a test-time ``odam_nms`` of the model is mmdet's ``nms`` (same IoU)."""
+    """Context manager: inside, a test-time ``odam_nms`` of the model is mmdet's ``nms`` (same
+    IoU).
+
+    Args:
+        model: an mmdet detector.
+
+    Yields:
+        None.
+    """
     head = model.roi_head if hasattr(model, 'roi_head') else getattr(model, 'bbox_head', None)
     cfg = getattr(head, 'test_cfg', None)
     nms = cfg.get('nms') if cfg else None
@@ -96,8 +126,16 @@ def plain_nms(model):
 
 
 def input_to_rgb(model, inputs: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) network input -> (H, W, 3) uint8 RGB pixels (the inverse of the data
-    preprocessor's normalisation and channel order), e.g. for superpixels."""
+    """Network input -> RGB pixels (the inverse of the data preprocessor's normalisation and
+    channel order), e.g. for superpixels.
+
+    Args:
+        model: an mmdet detector.
+        inputs: (3, H, W) network input.
+
+    Returns:
+        Tensor: (H, W, 3) uint8 RGB.
+    """
     prep = model.data_preprocessor
     pixels = inputs
     if getattr(prep, '_enable_normalize', False):
@@ -108,11 +146,17 @@ def input_to_rgb(model, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def image_window(meta: dict) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Where the image lies in the network input: ``((top, left), (h, w))`` in input pixels.
-    mmdet's pipelines put the (resized) image at the top-left, ``img_shape`` big, padding
-    right and below; CenterNet's test-time ``RandomCenterCropPad`` pastes it into a larger
-    canvas (then ``img_shape``) at an offset it records as ``border`` (top, bottom, left,
-    right)."""
+    """Where the image lies in the network input. mmdet's pipelines put the (resized) image at
+    the top-left, ``img_shape`` big, padding right and below; CenterNet's test-time
+    ``RandomCenterCropPad`` pastes it into a larger canvas (then ``img_shape``) at an offset
+    it records as ``border`` (top, bottom, left, right).
+
+    Args:
+        meta: a ``DetDataSample``'s metainfo.
+
+    Returns:
+        tuple: ``((top, left), (h, w))`` in input pixels.
+    """
     if meta.get('border') is not None:
         top, bottom, left, right = (int(round(float(v))) for v in meta['border'][:4])
         return (top, left), (bottom - top, right - left)
@@ -121,8 +165,16 @@ def image_window(meta: dict) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def pixel_to_input(model, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixel values (0..255, (3, ...) in the model's channel order) -> what the model takes
-    after its data preprocessor's normalisation (e.g. black = -mean / std)."""
+    """Pixel values -> what the model takes after its data preprocessor's normalisation (e.g.
+    black = -mean / std).
+
+    Args:
+        model: an mmdet detector.
+        pixels: (3, ...) values in 0..255 in the model's channel order.
+
+    Returns:
+        Tensor: the same shape, normalised.
+    """
     prep = model.data_preprocessor
     if not getattr(prep, '_enable_normalize', False):
         return pixels

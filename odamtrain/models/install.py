@@ -58,8 +58,15 @@ def _head(model):
 
 
 def asks_for_odam(model) -> list[str]:
-    """What of Odam a detector's config asks for: 'odam_loss' (``train_cfg.odam_loss``),
-    'odam_nms' (its head's test-time NMS)."""
+    """What of Odam a detector's config asks for.
+
+    Args:
+        model: an mmdet detector.
+
+    Returns:
+        list[str]: of 'odam_loss' (``train_cfg.odam_loss``) and 'odam_nms' (its head's
+        test-time NMS).
+    """
     head = _head(model)
     train_cfg = getattr(model, 'train_cfg', None) or {}
     return ([k for k in ('odam_loss',) if train_cfg.get(k) is not None]
@@ -71,11 +78,16 @@ def install_odam(model):
     docstring), after checking that its head is covered (an adapter reproduces it; for
     Odam-Train, one that knows its positives and, for dense heads, its conv towers).
 
-    Returns the model (changed in place).
+    Args:
+        model: an mmdet detector, as its registry builds it.
+
+    Returns:
+        The model (changed in place).
 
     Raises:
-        UnsupportedDetectorError / ValueError: a detector that asks for what it cannot get,
-            naming the detector, its head and why.
+        UnsupportedDetectorError: a detector that asks for what no adapter gives it, naming
+            the detector, its head and why.
+        ValueError: a setting of ``odam_loss`` or of the Odam-NMS config that is invalid.
     """
     asked = asks_for_odam(model)
     head = _head(model)

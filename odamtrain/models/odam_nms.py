@@ -48,8 +48,15 @@ BLOCK = 128
 
 
 def box_iou(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """IoU of (N, 4) x1y1x2y2 boxes with (M, 4) others -> (N, M), computed like mmcv's CPU
-    nms (offset 0, ``inter / (area_i + area_j - inter)``)."""
+    """IoU computed like mmcv's CPU nms (offset 0, ``inter / (area_i + area_j - inter)``).
+
+    Args:
+        boxes: (N, 4) x1y1x2y2.
+        others: (M, 4) x1y1x2y2.
+
+    Returns:
+        Tensor: (N, M).
+    """
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
     area_o = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])  # [M]
     lt = torch.maximum(boxes[:, None, :2], others[None, :, :2])  # [N, M, 2]
@@ -60,9 +67,15 @@ def box_iou(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
 
 
 def map_vectors(heatmaps: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) heat maps -> (N, D) unit vectors whose dot products are the maps'
-    normalised correlation: each map resized bilinearly to short edge 50, flattened and
-    L2-normalised (an all-zero map stays zero)."""
+    """Unit vectors whose dot products are the maps' normalised correlation: each map resized
+    bilinearly to short edge 50, flattened and L2-normalised (an all-zero map stays zero).
+
+    Args:
+        heatmaps: (N, h, w) >= 0.
+
+    Returns:
+        Tensor: (N, D).
+    """
     n, h, w = heatmaps.shape
     s = MAP_SHORT_EDGE / min(h, w)
     size = (max(1, round(h * s)), max(1, round(w * s)))
@@ -118,19 +131,26 @@ def odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.Tensor,
              iou_threshold: float = 0.5, corr_low: float = 0.2, corr_high: float = 0.8,
              labels: torch.Tensor | None = None,
              map_score_thr: float | None = None) -> torch.Tensor:
-    """Odam-NMS.
+    """Odam-NMS (Zhao & Chan, ICLR'23, Algorithm 1).
 
     Args:
-        boxes: (N, 4) x1y1x2y2; scores: (N,); heatmaps: (N, h, w) >= 0 at any resolution.
-        iou_threshold: T_iou; corr_low: T_l (0.2); corr_high: T_h (0.8).
+        boxes: (N, 4) x1y1x2y2.
+        scores: (N,).
+        heatmaps: (N, h, w) >= 0 at any resolution.
+        iou_threshold: T_iou.
+        corr_low: T_l (0.2): above T_iou a box is a duplicate only if its map's correlation
+            with the kept box's exceeds T_l.
+        corr_high: T_h (0.8): at or below T_iou a box is still a duplicate if the
+            correlation exceeds T_h.
         labels: (N,) optional classes; boxes of different classes never suppress each other.
         map_score_thr: if set, only boxes scoring >= it are compared by their maps; a box
             scoring below it is a duplicate by the IoU test alone (its map is not read).
             The walk goes by decreasing score, so what is kept among the boxes scoring >=
             it is exactly Odam-NMS's.
+
     Returns:
-        int64 indices of the kept boxes, sorted by decreasing score (ties in the order of
-        ``scores.sort(descending=True)``, like mmcv's ``nms``).
+        Tensor: int64 indices of the kept boxes, sorted by decreasing score (ties in the
+        order of ``scores.sort(descending=True)``, like mmcv's ``nms``).
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
@@ -147,10 +167,16 @@ def batched_odam_nms(boxes: torch.Tensor, scores: torch.Tensor, heatmaps: torch.
     """Per-class Odam-NMS shaped like mmcv's ``batched_nms``.
 
     Args:
-        idxs: (N,) class of each box; nms_cfg: ``iou_threshold``, ``corr_low``,
-            ``corr_high`` and optionally ``max_num`` (keep at most that many).
+        boxes: (N, 4) x1y1x2y2.
+        scores: (N,).
+        heatmaps: (N, h, w) >= 0.
+        idxs: (N,) class of each box.
+        nms_cfg: ``iou_threshold``, ``corr_low``, ``corr_high`` and optionally ``max_num``
+            (keep at most that many) and ``map_score_thr``.
+
     Returns:
-        dets (K, 5) kept boxes with their scores, keep (K,) int64 indices by decreasing score.
+        tuple: ``(dets, keep)``: dets (K, 5) kept boxes with their scores, keep (K,) int64
+        indices by decreasing score.
     """
     cfg = dict(nms_cfg)
     cfg.pop('type', None)
@@ -168,20 +194,41 @@ ODAM_KEYS = ('corr_low', 'corr_high', 'map_score_thr') + MAP_KEYS
 
 
 def without_odam_keys(nms_cfg: dict) -> dict:
-    """A copy of an NMS config without Odam-NMS's own keys (thresholds and map settings),
-    so that switching ``type`` to 'nms' / 'soft_nms' from the command line just works."""
+    """A copy of an NMS config without Odam-NMS's own keys (thresholds and map settings), so
+    that switching ``type`` to 'nms' / 'soft_nms' from the command line just works.
+
+    Args:
+        nms_cfg: an NMS config.
+
+    Returns:
+        dict: the copy.
+    """
     return {k: v for k, v in nms_cfg.items()
             if k not in ODAM_KEYS}
 
 
 def is_odam_nms(test_cfg) -> bool:
-    """Whether a head's test config asks for Odam-NMS."""
+    """Whether a head's test config asks for Odam-NMS.
+
+    Args:
+        test_cfg: a head's test config (or None).
+
+    Returns:
+        bool
+    """
     return bool(test_cfg) and (test_cfg.get('nms') or {}).get('type') == 'odam_nms'
 
 
 def plain_nms_config(test_cfg):
-    """A head's test config with its NMS config stripped of Odam-NMS's keys (for mmdet's
-    own NMS types, e.g. after ``--cfg-options model.test_cfg.nms.type=nms``)."""
+    """A head's test config with its NMS config stripped of Odam-NMS's keys (for mmdet's own
+    NMS types, e.g. after ``--cfg-options model.test_cfg.nms.type=nms``).
+
+    Args:
+        test_cfg: a head's test config.
+
+    Returns:
+        ConfigDict: the copy.
+    """
     if not test_cfg or not test_cfg.get('nms'):
         return test_cfg
     cfg = ConfigDict(test_cfg.copy())
@@ -190,8 +237,17 @@ def plain_nms_config(test_cfg):
 
 
 def odam_nms_keep(cand, nms_cfg: dict, max_per_img: int = -1):
-    """Indices of the candidates (``bboxes``, ``scores``, ``labels``, ``heatmaps``) that
-    Odam-NMS keeps (per class, by decreasing score), at most ``max_per_img``."""
+    """The candidates that Odam-NMS keeps (per class, by decreasing score).
+
+    Args:
+        cand: an InstanceData with ``bboxes`` (N, 4), ``scores``, ``labels`` and
+            ``heatmaps`` (N, h, w).
+        nms_cfg: the ``odam_nms`` config (:func:`batched_odam_nms`).
+        max_per_img: keep at most this many (<= 0: all).
+
+    Returns:
+        Tensor: (K,) int64 indices into ``cand``.
+    """
     op_cfg = {k: v for k, v in nms_cfg.items() if k not in MAP_KEYS}
     _, keep = batched_odam_nms(cand.bboxes, cand.scores, cand.heatmaps, cand.labels, op_cfg)
     return keep[:max_per_img] if max_per_img > 0 else keep
@@ -225,10 +281,19 @@ def check_odam_nms_config(nms_cfg: dict, adapter) -> None:
 
 
 def odam_nms_candidates(adapter, fwd, nms_cfg: dict | None = None) -> list:
-    """Per image the candidates that reach NMS (boxes in original pixels) with the ODAM
-    ``heatmaps`` an ``odam_nms`` config asks for (default: the adapter's test config's),
-    from the forward ``fwd``; with ``map_score_thr`` only the candidates scoring >= it get
-    a map (the others' rows are zero: Odam-NMS does not read them)."""
+    """Per image the candidates that reach NMS with the ODAM ``heatmaps`` an ``odam_nms``
+    config asks for; with ``map_score_thr`` only the candidates scoring >= it get a map (the
+    others' rows are zero: Odam-NMS does not read them).
+
+    Args:
+        adapter: the detector's :class:`~odamtrain.explain.DetectorAdapter`.
+        fwd: its forward of the batch (:meth:`DetectorAdapter.forward`).
+        nms_cfg: the ``odam_nms`` config (default: the adapter's test config's).
+
+    Returns:
+        list: per image an InstanceData: ``bboxes`` (N, 4) x1y1x2y2 original pixels,
+        ``scores``, ``labels``, provenance and ``heatmaps`` (N, h, w).
+    """
     nms_cfg = nms_cfg or adapter.test_cfg.nms
     cands = adapter.candidates(fwd)
     thr = nms_cfg.get('map_score_thr')
@@ -254,15 +319,32 @@ def add_heatmaps(adapter, fwd, dets: list, settings: ExplanationSettings,
 
 
 def odam_nms_select(cands: list, nms_cfg: dict, max_per_img: int = -1) -> list:
-    """Odam-NMS of each image's candidates (at most ``max_per_img`` kept); the kept
-    predictions keep their fields, ``heatmaps`` included."""
+    """Odam-NMS of each image's candidates; the kept predictions keep their fields,
+    ``heatmaps`` included.
+
+    Args:
+        cands: per image the candidates (:func:`odam_nms_candidates`).
+        nms_cfg: the ``odam_nms`` config.
+        max_per_img: keep at most this many per image (<= 0: all).
+
+    Returns:
+        list: per image an InstanceData of the kept candidates.
+    """
     return [cand[odam_nms_keep(cand, nms_cfg, max_per_img)] for cand in cands]
 
 
 def odam_nms_detections(adapter, fwd) -> list:
     """Odam-NMS's detections of each image, as the adapter's test config asks (at most its
     ``max_per_img``); with ``keep_heatmaps`` and ``map_score_thr`` the kept detections
-    scoring below it get their maps too."""
+    scoring below it get their maps too.
+
+    Args:
+        adapter: the detector's :class:`~odamtrain.explain.DetectorAdapter`.
+        fwd: its forward of the batch.
+
+    Returns:
+        list: per image the kept candidates (:func:`odam_nms_candidates`' fields).
+    """
     cfg = adapter.test_cfg
     kept = odam_nms_select(odam_nms_candidates(adapter, fwd), cfg.nms,
                            cfg.get('max_per_img', -1))
@@ -275,9 +357,18 @@ def odam_nms_detections(adapter, fwd) -> list:
 
 def odam_nms_results(kept: list, batch_img_metas: list, nms_cfg: dict,
                      rescale: bool = True) -> list:
-    """Odam-NMS's kept predictions in mmdet's result format (``bboxes``, ``scores``,
-    ``labels``; ``heatmaps`` too with ``nms_cfg['keep_heatmaps']``); boxes back to the
-    network input's scale when ``rescale`` is False."""
+    """Odam-NMS's kept predictions in mmdet's result format.
+
+    Args:
+        kept: per image the kept candidates (:func:`odam_nms_select`).
+        batch_img_metas: per image its metainfo.
+        nms_cfg: the ``odam_nms`` config (``keep_heatmaps`` keeps the maps).
+        rescale: boxes in original pixels (True) or at the network input's scale.
+
+    Returns:
+        list: per image an InstanceData with ``bboxes`` (K, 4) x1y1x2y2, ``scores``,
+        ``labels`` (and ``heatmaps``).
+    """
     results = []
     keys = ('bboxes', 'scores', 'labels') + (
         ('heatmaps',) if nms_cfg.get('keep_heatmaps', False) else ())

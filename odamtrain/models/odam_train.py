@@ -60,8 +60,15 @@ def _object_ids(gt_index: torch.Tensor, img_index: torch.Tensor | None) -> torch
 
 
 def best_per_object(object_id: torch.Tensor, ious: torch.Tensor) -> torch.Tensor:
-    """(G,) for each object 0..G-1 the index of its positive with the highest IoU (ties: the
-    lowest index). object_id (N,) in 0..G-1, every id present; ious (N,)."""
+    """For each object its positive with the highest IoU (ties: the lowest index).
+
+    Args:
+        object_id: (N,) in 0..G-1, every id present.
+        ious: (N,).
+
+    Returns:
+        Tensor: (G,) int64 indices into the positives.
+    """
     g = int(object_id.max()) + 1
     top = ious.new_full((g,), -float('inf')).scatter_reduce(0, object_id, ious, 'amax')
     cand = torch.where(ious == top[object_id], torch.arange(len(ious), device=ious.device),
@@ -80,6 +87,11 @@ def odam_pair_losses(maps: torch.Tensor, gt_index: torch.Tensor, ious: torch.Ten
         ious: (N,) IoU of each prediction's box with its GT box (picks the best).
         img_index: (N,) int image of each prediction; None = all from one image.
         eps: cos is clamped into [eps, 1 - eps].
+
+    Returns:
+        OdamPairLosses: ``consistency`` (L_con summed over the pairs of each object's best
+        prediction with its others), ``separation`` (L_sep summed over the pairs of each
+        best with the other objects' predictions of the image), and the pair counts.
     """
     zero = maps.sum() * 0
     none = torch.zeros((), dtype=torch.long, device=maps.device)
@@ -101,8 +113,20 @@ def odam_pair_losses(maps: torch.Tensor, gt_index: torch.Tensor, ious: torch.Ten
 def odam_loss_dict(maps: torch.Tensor, gt_index: torch.Tensor, ious: torch.Tensor,
                    img_index: torch.Tensor | None, loss_weight: float,
                    eps: float = 1e-4) -> dict:
-    """``loss_odam_con`` and ``loss_odam_sep``: ``loss_weight * L / N_pairs`` (they add up to
-    the paper's ``loss_weight * (L_con + L_sep) / N``); 0 when there is no pair."""
+    """The losses as mmdet logs and sums them: ``loss_weight * L / N_pairs`` each (they add up
+    to the paper's ``loss_weight * (L_con + L_sep) / N``); 0 when there is no pair.
+
+    Args:
+        maps: (N, ...) the positives' heat maps.
+        gt_index: (N,) GT object (within its image) of each.
+        ious: (N,) IoU of each box with its GT box.
+        img_index: (N,) image of each (None: one image).
+        loss_weight: the weight.
+        eps: cos is clamped into [eps, 1 - eps].
+
+    Returns:
+        dict: ``loss_odam_con`` and ``loss_odam_sep``, scalar tensors.
+    """
     pair = odam_pair_losses(maps, gt_index, ious, img_index, eps)
     n = (pair.num_consistency + pair.num_separation).clamp(min=1).to(maps.dtype)
     return dict(loss_odam_con=loss_weight * pair.consistency / n,
@@ -110,8 +134,17 @@ def odam_loss_dict(maps: torch.Tensor, gt_index: torch.Tensor, ious: torch.Tenso
 
 
 def top_per_object(object_id: torch.Tensor, ious: torch.Tensor, k: int) -> torch.Tensor:
-    """(N,) bool: each object's ``k`` positives of highest IoU (ties: the lower index, so
-    :func:`best_per_object`'s pick is always among them). object_id (N,) in 0..G-1."""
+    """Each object's ``k`` positives of highest IoU (ties: the lower index, so
+    :func:`best_per_object`'s pick is always among them).
+
+    Args:
+        object_id: (N,) in 0..G-1.
+        ious: (N,).
+        k: positives per object.
+
+    Returns:
+        Tensor: (N,) bool.
+    """
     by_iou = torch.argsort(ious, descending=True, stable=True)
     grouped = by_iou[torch.argsort(object_id[by_iou], stable=True)]  # by object, then IoU
     counts = torch.bincount(object_id[grouped])
@@ -124,10 +157,20 @@ def top_per_object(object_id: torch.Tensor, ious: torch.Tensor, k: int) -> torch
 
 def cap_positives(img_index: torch.Tensor, gt_index: torch.Tensor, ious: torch.Tensor,
                   max_per_img: int, max_per_object: int | None = None) -> torch.Tensor:
-    """Sorted indices of the positives kept: with ``max_per_object`` only each object's
-    ``max_per_object`` of highest IoU; then at most ``max_per_img`` per image, every
-    object's best first (so each object keeps its reference), the rest drawn at random
-    (torch's RNG)."""
+    """The positives Odam-Train keeps: with ``max_per_object`` only each object's
+    ``max_per_object`` of highest IoU; then at most ``max_per_img`` per image, every object's
+    best first (so each object keeps its reference), the rest drawn at random (torch's RNG).
+
+    Args:
+        img_index: (N,) image of each positive.
+        gt_index: (N,) its GT object within the image.
+        ious: (N,) IoU of its box with its GT box.
+        max_per_img: at most this many per image.
+        max_per_object: at most this many per object (None: all).
+
+    Returns:
+        Tensor: sorted int64 indices of the kept positives.
+    """
     if len(ious) == 0:
         return torch.zeros(0, dtype=torch.long, device=ious.device)
     obj = _object_ids(gt_index, img_index)
@@ -199,9 +242,19 @@ class OdamLossSettings:
 
 # ------------------------------------------------------------------ in a detector
 def odam_train_losses(adapter, step, settings: OdamLossSettings, grid_hw) -> dict:
-    """``loss_odam_con`` / ``loss_odam_sep`` of a training step: the head's positives
-    (capped by :func:`cap_positives`) and their maps on the ``grid_hw`` grid of stride
-    ``settings.map_stride``, from the adapter."""
+    """The Odam-Train losses of a training step: the head's positives (capped by
+    :func:`cap_positives`) and their maps on the ``grid_hw`` grid of stride
+    ``settings.map_stride``, from the adapter.
+
+    Args:
+        adapter: the detector's :class:`~odamtrain.explain.DetectorAdapter`.
+        step: the adapter's record of the training step (its train step type).
+        settings: the validated ``odam_loss`` settings.
+        grid_hw: (h, w) of the grid the maps are compared on.
+
+    Returns:
+        dict: ``loss_odam_con`` and ``loss_odam_sep`` (:func:`odam_loss_dict`).
+    """
     pos = adapter.train_positives(step)
     pos = pos[cap_positives(pos.img, pos.gt_index, pos.ious, settings.max_positives,
                             settings.max_positives_per_object)]

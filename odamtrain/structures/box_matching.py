@@ -17,10 +17,14 @@ def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor,
     detected" objects).
 
     Args:
-        det_boxes: (N, 4), gt_boxes: (M, 4) x1y1x2y2 in the same pixels; det_scores: (N,).
+        det_boxes: (N, 4) x1y1x2y2.
+        det_scores: (N,).
+        gt_boxes: (M, 4) x1y1x2y2 in the same pixels.
+        iou_thr: the IoU a match must exceed.
+
     Returns:
-        (det_index, gt_index), each (K,) int64 on the detections' device, in decreasing
-        score order.
+        tuple: ``(det_index, gt_index)``, each (K,) int64 on the detections' device, in
+        decreasing score order.
     """
     dets, gts = [], []
     if len(det_boxes) and len(gt_boxes):
@@ -44,11 +48,15 @@ def best_candidates(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Ten
     D-RISE's similarity with one-hot class vectors, Petsiuk et al. CVPR'21).
 
     Args:
-        boxes: (D, 4), labels: (D,), scores: (D,) the predictions; target_boxes: (T, 4),
-            target_labels: (T,); x1y1x2y2 in the same pixels.
+        boxes: (D, 4) x1y1x2y2 the predictions' boxes.
+        labels: (D,) their classes.
+        scores: (D,) their scores.
+        target_boxes: (T, 4) x1y1x2y2 in the same pixels.
+        target_labels: (T,).
+
     Returns:
-        (index (T,) int64, value (T,)) on the predictions' device; index 0 and value 0 where
-        no prediction of the target's class overlaps it (or D = 0).
+        tuple: ``(index, value)``, (T,) int64 and (T,) on the predictions' device; index 0
+        and value 0 where no prediction of the target's class overlaps it (or D = 0).
     """
     t = len(target_boxes)
     if len(boxes) == 0 or t == 0:
@@ -62,9 +70,16 @@ def best_candidates(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Ten
 
 
 def target_predictions(candidates, targets):
-    """The candidate predictions (an InstanceData with ``bboxes``, ``labels``, ``scores`` and
-    any other fields) that best find each target (``bboxes`` (T, 4), ``labels`` (T,)), by
-    :func:`best_candidates`: T rows of ``candidates``, ``labels`` set to the targets'."""
+    """The candidate predictions that best find each target, by :func:`best_candidates`.
+
+    Args:
+        candidates: an InstanceData with ``bboxes`` (D, 4), ``labels``, ``scores`` and any
+            other fields.
+        targets: an InstanceData with ``bboxes`` (T, 4) and ``labels`` (T,), the same pixels.
+
+    Returns:
+        InstanceData: T rows of ``candidates``, ``labels`` set to the targets'.
+    """
     labels = targets.labels.to(candidates.labels)
     index, _ = best_candidates(candidates.bboxes, candidates.labels, candidates.scores,
                                targets.bboxes.to(candidates.bboxes), labels)
@@ -81,9 +96,16 @@ def failure_sets(det_boxes: torch.Tensor, det_labels: torch.Tensor, det_scores: 
     misclassified (some do, none of its class).
 
     Args:
-        det_*: (N, 4) x1y1x2y2 / (N,) / (N,); gt_boxes: (M, 4) same pixels, gt_labels: (M,).
+        det_boxes: (N, 4) x1y1x2y2.
+        det_labels: (N,).
+        det_scores: (N,).
+        gt_boxes: (M, 4) x1y1x2y2 in the same pixels.
+        gt_labels: (M,).
+        score_thr: detections below it do not count.
+        iou_thr: the overlap that counts as finding the object.
+
     Returns:
-        (missed, misclassified): int64 GT indices, ascending.
+        tuple: ``(missed, misclassified)``, int64 GT indices, ascending.
     """
     found = torch.zeros(len(gt_boxes), dtype=torch.bool)
     right = torch.zeros(len(gt_boxes), dtype=torch.bool)
@@ -102,7 +124,19 @@ EVIDENCES = ('odam', 'vps', 'class', 'iou')
 def detection_evidence(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
                        target_box: torch.Tensor, target_label: int,
                        evidence: str = 'odam') -> float:
-    """How much the detections (D, 4) / (D,) / (D,) still find the target (see module)."""
+    """How much the detections still find the target (module: the evidences).
+
+    Args:
+        boxes: (D, 4) x1y1x2y2 detections.
+        labels: (D,).
+        scores: (D,).
+        target_box: (4,) x1y1x2y2 in the same pixels.
+        target_label: the target's class.
+        evidence: of :data:`EVIDENCES`.
+
+    Returns:
+        float: the evidence (0 without a detection).
+    """
     if evidence not in EVIDENCES:
         raise ValueError(f'evidence must be one of {EVIDENCES}, got {evidence!r}')
     if len(boxes) == 0:

@@ -25,7 +25,13 @@ _TEMP_NAME = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp')
 
 
 def atomic_write_bytes(data: bytes, path: str) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: a reader (or a
+    kill) sees the old file or the new one, never a part.
+
+    Args:
+        data: the content.
+        path: the file (its folder is created).
+    """
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -50,12 +56,24 @@ def _umask() -> int:
 
 
 def atomic_write_text(text: str, path: str, encoding: str = 'utf-8') -> None:
-    """Text version of :func:`atomic_write_bytes`."""
+    """Text version of :func:`atomic_write_bytes`.
+
+    Args:
+        text: the content.
+        path: the file.
+        encoding: of the text.
+    """
     atomic_write_bytes(text.encode(encoding), path)
 
 
 def atomic_write_figure(fig, path: str, dpi: int = 100) -> None:
-    """A matplotlib figure as a PNG at ``path``, written atomically."""
+    """A matplotlib figure as a PNG, written atomically.
+
+    Args:
+        fig: a matplotlib figure.
+        path: the PNG file.
+        dpi: its resolution.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=dpi)
     atomic_write_bytes(buf.getvalue(), path)
@@ -63,7 +81,12 @@ def atomic_write_figure(fig, path: str, dpi: int = 100) -> None:
 
 class AtomicTextFile(io.StringIO):
     """A text file opened for writing whose content replaces ``path`` atomically when it is
-    closed without an error (``with AtomicTextFile(path) as f: f.write(...)``)."""
+    closed without an error (``with AtomicTextFile(path) as f: f.write(...)``).
+
+    Args:
+        path: the file to replace.
+        encoding: of the text.
+    """
 
     def __init__(self, path: str, encoding: str = 'utf-8'):
         super().__init__()
@@ -77,7 +100,14 @@ class AtomicTextFile(io.StringIO):
 
 def remove_stale_temp_files(folder: str) -> list[str]:
     """Delete the temporary files that killed atomic writes left under ``folder``
-    (recursively); returns their paths. Call it only where no write is in progress."""
+    (recursively). Call it only where no write is in progress.
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        list[str]: the deleted paths.
+    """
     removed = []
     for root, _, files in os.walk(folder):
         for name in files:

@@ -24,7 +24,14 @@ SHORT = dict(pointing_game='PG', energy_pointing_game='energyPG', compactness='c
 
 
 def format_audit_table(table: dict) -> str:
-    """One method x metric text table per object set; (+) higher is better, (-) lower."""
+    """One method x metric text table per object set; (+) higher is better, (-) lower.
+
+    Args:
+        table: the audit's summary (``summarize_scores``).
+
+    Returns:
+        str
+    """
     blocks = []
     for name, rows in table.items():
         if not rows:
@@ -107,7 +114,16 @@ def render_method_comparison(raw: dict, max_objects: int = 4,
 
 def write_audit_report(raw: dict, out_dir: str, meta: dict | None = None) -> dict:
     """Write ``audit.json`` (table + settings in ``meta``), ``audit_curves.png`` and
-    ``audit_methods.png`` under ``out_dir``; returns the table."""
+    ``audit_methods.png`` under ``out_dir``, atomically.
+
+    Args:
+        raw: the raw scores (``collect_explanation_scores``, merged over ranks).
+        out_dir: the folder.
+        meta: what else goes into ``audit.json`` (settings, checkpoint, ...).
+
+    Returns:
+        dict: the table (``summarize_scores``).
+    """
     table = summarize_scores(raw)
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(json.dumps(dict(meta or {}, results=table), indent=1),

@@ -13,7 +13,14 @@ _COLOURS = [(48, 48, 255), (255, 160, 0), (0, 200, 0), (255, 0, 200), (0, 220, 2
 
 
 def box_colour(i: int) -> tuple:
-    """The BGR colour of explained box i in every picture."""
+    """The colour of explained box i in every picture.
+
+    Args:
+        i: the box's index.
+
+    Returns:
+        tuple: (B, G, R).
+    """
     return _COLOURS[i % len(_COLOURS)]
 
 
@@ -23,9 +30,12 @@ def combine_heatmaps(img: np.ndarray, heatmaps: np.ndarray, alpha: float = 0.75)
     ``img * (1 - alpha * m_i) + colour_i * alpha * m_i`` (:func:`box_colour`).
 
     Args:
-        img: (H, W, 3) BGR uint8; heatmaps: (N, H, W) any range.
+        img: (H, W, 3) BGR uint8.
+        heatmaps: (N, H, W) any range.
+        alpha: the maps' weight.
+
     Returns:
-        (H, W, 3) BGR uint8 (the image itself when N = 0).
+        np.ndarray: (H, W, 3) BGR uint8 (the image itself when N = 0).
     """
     if len(heatmaps) == 0:
         return img.copy()
@@ -39,7 +49,16 @@ def combine_heatmaps(img: np.ndarray, heatmaps: np.ndarray, alpha: float = 0.75)
 
 
 def render_combined(img: np.ndarray, bboxes: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
-    """:func:`combine_heatmaps` with each box drawn (and numbered) in its map's colour."""
+    """:func:`combine_heatmaps` with each box drawn (and numbered) in its map's colour.
+
+    Args:
+        img: (H, W, 3) BGR uint8.
+        bboxes: (N, 4) x1y1x2y2 pixels.
+        heatmaps: (N, H, W).
+
+    Returns:
+        np.ndarray: (H, W, 3) BGR uint8.
+    """
     out = combine_heatmaps(img, heatmaps)
     for i, box in enumerate(bboxes):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
@@ -50,8 +69,16 @@ def render_combined(img: np.ndarray, bboxes: np.ndarray, heatmaps: np.ndarray) -
 
 
 def overlay_heatmap(img: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend a (H, W) map (any range; min-max scaled here) as a JET colour map over a BGR
-    (H, W, 3) uint8 image. Returns BGR uint8."""
+    """Blend a map as a JET colour map over an image.
+
+    Args:
+        img: (H, W, 3) BGR uint8.
+        heatmap: (H, W) any range (min-max scaled here).
+        alpha: the map's weight.
+
+    Returns:
+        np.ndarray: (H, W, 3) BGR uint8.
+    """
     h = heatmap.astype(np.float32)
     span = h.max() - h.min()
     h = (h - h.min()) / span if span > 0 else np.zeros_like(h)
@@ -72,10 +99,16 @@ def render_explanations(img: np.ndarray, bboxes: np.ndarray, scores: np.ndarray,
     heat map of box i over the image, with that box drawn.
 
     Args:
-        img: (H, W, 3) BGR uint8; bboxes: (N, 4) x1y1x2y2 pixels; scores: (N,);
-        heatmaps: (N, H, W); titles: per-box captions (default '#i score').
+        img: (H, W, 3) BGR uint8.
+        bboxes: (N, 4) x1y1x2y2 pixels.
+        scores: (N,).
+        heatmaps: (N, H, W).
+        titles: per-box captions (default '#i score').
+        cols: panels per row.
+        panel_width: pixels per panel.
+
     Returns:
-        (rows * h, cols * panel_width, 3) BGR uint8.
+        np.ndarray: (rows * h, cols * panel_width, 3) BGR uint8.
     """
     n = len(bboxes)
     s = panel_width / img.shape[1]

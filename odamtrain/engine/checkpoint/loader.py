@@ -71,6 +71,10 @@ def allowed_globals() -> frozenset[str]:
 def safe_load_checkpoint(filename: str, map_location=None):
     """Load a checkpoint weights-only, bounded and checked (module docstring).
 
+    Args:
+        filename: a local file.
+        map_location: as ``torch.load``'s.
+
     Returns:
         The checkpoint with plain tensors, numeric numpy objects and ``HistoryBuffer`` s, and
         without config text.
@@ -123,10 +127,17 @@ def drop_config_text(checkpoint) -> None:
 
 
 def check_resumable(checkpoint, filename: str) -> None:
-    """Raise :class:`CheckpointError` naming ``filename`` unless ``checkpoint`` holds what
-    mmengine's ``Runner.resume`` reads, with the types it needs: ``meta`` (``epoch``,
-    ``iter``, ``seed``), ``state_dict``, ``message_hub``, and ``optimizer`` /
-    ``param_schedulers`` where present."""
+    """Check that ``checkpoint`` holds what mmengine's ``Runner.resume`` reads, with the types
+    it needs: ``meta`` (``epoch``, ``iter``, ``seed``), ``state_dict``, ``message_hub``, and
+    ``optimizer`` / ``param_schedulers`` where present.
+
+    Args:
+        checkpoint: a loaded checkpoint (:func:`safe_load_checkpoint`).
+        filename: its file, for the message.
+
+    Raises:
+        CheckpointError: naming ``filename`` and what is missing or of the wrong type.
+    """
     def expect(ok: bool, what: str) -> None:
         if not ok:
             raise CheckpointError(f'cannot resume from checkpoint {filename}: {what}')
@@ -175,8 +186,16 @@ def check_resumable(checkpoint, filename: str) -> None:
 # ----------------------------------------------------------------- plain checkpoints
 def to_plain(obj, memo: dict | None = None):
     """Recursively replace numpy arrays by tensors, numpy scalars by Python numbers and
-    ``HistoryBuffer`` by a tagged dict of tensors (``weights_only``-loadable); shared
-    objects stay shared."""
+    ``HistoryBuffer`` by a tagged dict of tensors (``weights_only``-loadable); shared objects
+    stay shared.
+
+    Args:
+        obj: what a checkpoint holds (dicts, lists, tuples, tensors, numpy objects, ...).
+        memo: id -> converted object, so that shared objects stay shared (internal).
+
+    Returns:
+        The converted object.
+    """
     memo = {} if memo is None else memo
     if id(obj) in memo:
         return memo[id(obj)]
@@ -200,9 +219,18 @@ def to_plain(obj, memo: dict | None = None):
 
 
 def from_plain(obj):
-    """Inverse of :func:`to_plain` for ``HistoryBuffer`` (arrays stay tensors), with the
-    checks of :class:`.rebuild.Rebuilder`; raises :class:`CheckpointError` naming what is
-    wrong."""
+    """Inverse of :func:`to_plain` for ``HistoryBuffer`` (arrays stay tensors), with the checks
+    of :class:`.rebuild.Rebuilder`.
+
+    Args:
+        obj: a loaded checkpoint's content.
+
+    Returns:
+        The object with its ``HistoryBuffer`` s rebuilt.
+
+    Raises:
+        CheckpointError: naming what is wrong.
+    """
     try:
         return Rebuilder().rebuild(obj)
     except Refused as e:

@@ -14,8 +14,16 @@ __all__ = ['crowd_mask', 'set_recalls']
 
 
 def crowd_mask(gt_boxes: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
-    """(M,) bool: box i overlaps another box with IoU > iou_threshold. gt_boxes: (M, 4)
-    x1y1x2y2."""
+    """Which GT boxes are in the crowd set (ODAM paper A.4.2).
+
+    Args:
+        gt_boxes: (M, 4) x1y1x2y2.
+        iou_threshold: a box is in the crowd set if it overlaps another box with a larger
+            IoU.
+
+    Returns:
+        np.ndarray: (M,) bool.
+    """
     if len(gt_boxes) < 2:
         return np.zeros(len(gt_boxes), bool)
     iou = bbox_overlaps(gt_boxes, gt_boxes, mode='iou')
@@ -27,10 +35,11 @@ def set_recalls(matched: list, crowd: list) -> dict:
     """Recall of all, crowd and sparse GT boxes.
 
     Args:
-        matched, crowd: per image (M_i,) bool arrays: GT box matched by a detection / in the
-            crowd set.
+        matched: per image an (M_i,) bool array: GT box matched by a detection.
+        crowd: per image an (M_i,) bool array: GT box in the crowd set (:func:`crowd_mask`).
+
     Returns:
-        dict(recall, crowd_recall, sparse_recall), floats (NaN for an empty set).
+        dict: ``recall``, ``crowd_recall``, ``sparse_recall``, floats (NaN for an empty set).
     """
     m = np.concatenate(matched) if matched else np.zeros(0, bool)
     c = np.concatenate(crowd) if crowd else np.zeros(0, bool)

@@ -7,8 +7,16 @@ DIRECTIONS = ('higher', 'lower')
 
 
 def metric(direction: str, paper: str):
-    """Declare a metric function's better ``direction`` ('higher' | 'lower') and the
-    ``paper`` that defines it (set as the function's attributes of those names)."""
+    """Declare a metric function's better direction and the paper that defines it (set as the
+    function's attributes ``direction`` and ``paper``).
+
+    Args:
+        direction: 'higher' or 'lower'.
+        paper: the citation.
+
+    Returns:
+        callable: the decorator.
+    """
     if direction not in DIRECTIONS:
         raise ValueError(f'direction must be one of {DIRECTIONS}, got {direction!r}')
 

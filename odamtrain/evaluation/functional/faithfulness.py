@@ -35,9 +35,19 @@ __all__ = ['perturbed_images', 'curve_auc', 'deletion_insertion', 'deletion_auc'
 
 def perturbed_images(image: torch.Tensor, order: torch.Tensor, counts: list[int],
                      baseline: torch.Tensor, mode: str) -> torch.Tensor:
-    """(S, 3, H, W): for each count c, the image with its first c pixels of ``order``
-    (flat indices) replaced by ``baseline`` (deletion), or the baseline with those pixels
-    restored from the image (insertion)."""
+    """The images along a deletion or insertion curve.
+
+    Args:
+        image: (3, H, W) as the detector takes it.
+        order: (H * W,) flat pixel indices, most important first.
+        counts: S pixel counts.
+        baseline: (3, H, W) what deleted pixels become / what insertion starts from.
+        mode: 'deletion' (the first c pixels of ``order`` replaced by the baseline) or
+            'insertion' (the baseline with those pixels restored from the image).
+
+    Returns:
+        Tensor: (S, 3, H, W).
+    """
     if mode not in ('deletion', 'insertion'):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     c, h, w = image.shape
@@ -50,7 +60,14 @@ def perturbed_images(image: torch.Tensor, order: torch.Tensor, counts: list[int]
 
 
 def curve_auc(values: list[float]) -> float:
-    """Trapezoid area under values at evenly spaced x in [0, 1]."""
+    """Trapezoid area under values at evenly spaced x in [0, 1].
+
+    Args:
+        values: the curve.
+
+    Returns:
+        float: the area (NaN for fewer than two values).
+    """
     if len(values) < 2:
         return math.nan
     v = torch.tensor(values, dtype=torch.float64)
@@ -60,27 +77,56 @@ def curve_auc(values: list[float]) -> float:
 @metric('lower', 'Petsiuk et al., RISE, BMVC 2018 (deletion); protocol of Zhao & Chan, '
                  'ODAM, TPAMI 2024, Sec. 5.1')
 def deletion_auc(deletion_curve: list[float]) -> float:
-    """Area under the deletion curve (evidence as the top pixels are removed)."""
+    """Area under the deletion curve (evidence as the top pixels are removed).
+
+    Args:
+        deletion_curve: the evidence after each deletion step (``steps + 1`` values).
+
+    Returns:
+        float: in [0, 1], lower is more faithful; NaN for fewer than two values.
+    """
     return curve_auc(deletion_curve)
 
 
 @metric('higher', 'Petsiuk et al., RISE, BMVC 2018 (insertion); protocol of Zhao & Chan, '
                   'ODAM, TPAMI 2024, Sec. 5.1')
 def insertion_auc(insertion_curve: list[float]) -> float:
-    """Area under the insertion curve (evidence as the top pixels are restored)."""
+    """Area under the insertion curve (evidence as the top pixels are restored).
+
+    Args:
+        insertion_curve: the evidence after each insertion step (``steps + 1`` values).
+
+    Returns:
+        float: in [0, 1], higher is more faithful; NaN for fewer than two values.
+    """
     return curve_auc(insertion_curve)
 
 
 @metric('higher', "Chen et al., VPS, CVPR 2025 (average highest confidence)")
 def highest_score(insertion_curve: list[float]) -> float:
-    """The highest evidence along insertion (NaN for an empty curve)."""
+    """The highest evidence along insertion.
+
+    Args:
+        insertion_curve: the evidence after each insertion step (``steps + 1`` values).
+
+    Returns:
+        float: NaN for an empty curve.
+    """
     return max(insertion_curve) if insertion_curve else math.nan
 
 
 @metric('higher', "Chen et al., VPS, CVPR 2025 (explanation success rate)")
 def explanation_success(insertion_curve: list[float], score_thr: float) -> float:
-    """1.0 if the highest evidence along insertion reaches ``score_thr`` (the top pixels
-    alone make the detector find the object), else 0.0; NaN for an empty curve."""
+    """Whether the highest evidence along insertion reaches ``score_thr`` (the top pixels alone
+    make the detector find the object).
+
+    Args:
+        insertion_curve: the evidence after each insertion step (``steps + 1`` values).
+        score_thr: the evidence to reach.
+
+    Returns:
+        float: 1.0 or 0.0; NaN for an empty curve.
+    """
     return float(max(insertion_curve) >= score_thr) if insertion_curve else math.nan
 
 
@@ -93,13 +139,21 @@ def deletion_insertion(predict: Callable, image: torch.Tensor, heatmap: torch.Te
 
     Args:
         predict: images (b, 3, H, W) -> b detections, each (boxes, labels, scores).
+        image: (3, H, W) as the detector takes it.
         heatmap: (H, W) on the image's grid; ties keep row-major order.
-        box_area: area of the target box in the image's pixels (the pixels changed in
-            all: ``steps`` steps of ceil(box_area / steps)).
-        deletion_baseline / insertion_baseline: (3, H, W) what deleted pixels become / what
-            insertion starts from.
+        target_box: (4,) x1y1x2y2 in the pixels ``predict`` returns.
+        target_label: the object's class.
+        box_area: area of the target box in the image's pixels (the pixels changed in all:
+            ``steps`` steps of ceil(box_area / steps)).
+        deletion_baseline: (3, H, W) what deleted pixels become.
+        insertion_baseline: (3, H, W) what insertion starts from.
+        steps: steps per curve.
+        evidence: of :data:`odamtrain.structures.EVIDENCES`.
+        batch_size: images per ``predict`` call.
+
     Returns:
-        {'deletion': [steps + 1 floats], 'insertion': [...], 'deletion_auc', 'insertion_auc'}
+        dict: ``deletion`` and ``insertion`` (``steps + 1`` floats each), ``deletion_auc``,
+        ``insertion_auc``.
     """
     order = torch.argsort(heatmap.flatten(), descending=True, stable=True)
     per_step = max(1, math.ceil(box_area / steps))

@@ -23,7 +23,16 @@ __all__ = ['box_mask', 'pointing_game', 'energy_pointing_game', 'compactness',
 
 
 def box_mask(box, hw: tuple[int, int], device=None) -> torch.Tensor:
-    """(H, W) bool: the pixels whose centres lie in ``box`` (x1, y1, x2, y2)."""
+    """The pixels whose centres lie in a box.
+
+    Args:
+        box: (4,) x1y1x2y2 in pixels.
+        hw: (H, W) of the grid.
+        device: of the mask.
+
+    Returns:
+        Tensor: (H, W) bool.
+    """
     x1, y1, x2, y2 = (float(v) for v in box)
     ys = torch.arange(hw[0], device=device, dtype=torch.float64) + 0.5
     xs = torch.arange(hw[1], device=device, dtype=torch.float64) + 0.5
@@ -42,9 +51,16 @@ def _argmax_yx(heatmap: torch.Tensor) -> tuple[int, int]:
 
 @metric('higher', 'Zhang et al., Top-down neural attention by excitation backprop, ECCV 2016')
 def pointing_game(heatmap: torch.Tensor, box) -> float:
-    """1.0 if the map's maximum (the first in row-major order) lies inside the box (no
-    tolerance), else 0.0; NaN where undefined (module). A float so that means and NaN
-    work."""
+    """Whether the map's maximum (the first in row-major order) lies inside the box (no
+    tolerance).
+
+    Args:
+        heatmap: (H, W) >= 0 on the image's grid.
+        box: (4,) x1y1x2y2 of the explained object in the same pixels.
+
+    Returns:
+        float: 1.0 or 0.0 (a float, so that means and NaN work); NaN where undefined (module).
+    """
     own = box_mask(box, heatmap.shape, heatmap.device)
     if not _defined(heatmap, own):
         return math.nan
@@ -54,7 +70,15 @@ def pointing_game(heatmap: torch.Tensor, box) -> float:
 
 @metric('higher', 'Wang et al., Score-CAM, CVPR Workshops 2020')
 def energy_pointing_game(heatmap: torch.Tensor, box) -> float:
-    """Share of the map's energy inside the box: sum_box H / sum H; NaN where undefined."""
+    """Share of the map's energy inside the box: sum_box H / sum H.
+
+    Args:
+        heatmap: (H, W) >= 0 on the image's grid.
+        box: (4,) x1y1x2y2 of the explained object in the same pixels.
+
+    Returns:
+        float: in [0, 1]; NaN where undefined (module).
+    """
     own = box_mask(box, heatmap.shape, heatmap.device)
     if not _defined(heatmap, own):
         return math.nan
@@ -64,8 +88,16 @@ def energy_pointing_game(heatmap: torch.Tensor, box) -> float:
 @metric('lower', 'Zhao & Chan, ODAM, ICLR 2023 / TPAMI 2024, Sec. 5.1')
 def compactness(heatmap: torch.Tensor, box) -> float:
     """Spread of the energy around the map's maximum relative to the box:
-    sqrt(sum H d^2 / (sum H * (w^2 + h^2) / 4)), d = pixel distance to the argmax, (w, h)
-    the box size; ~1 = as spread as the box; NaN where undefined."""
+    sqrt(sum H d^2 / (sum H * (w^2 + h^2) / 4)), d = pixel distance to the argmax, (w, h) the
+    box size.
+
+    Args:
+        heatmap: (H, W) >= 0 on the image's grid.
+        box: (4,) x1y1x2y2 of the explained object in the same pixels.
+
+    Returns:
+        float: ~1 = as spread as the box; NaN where undefined (module).
+    """
     if not _defined(heatmap, box_mask(box, heatmap.shape, heatmap.device)):
         return math.nan
     total = float(heatmap.sum())
@@ -79,13 +111,18 @@ def compactness(heatmap: torch.Tensor, box) -> float:
 
 @metric('lower', 'Zhao & Chan, ODAM, ICLR 2023 / TPAMI 2024, Sec. 5.1')
 def object_discrimination_index(heatmap: torch.Tensor, box, other_boxes) -> float:
-    """ODI: the energy on OTHER objects / the energy on all objects; pixels of the target
-    box count as the target's even where other boxes overlap it. 0 = the map stays on its
-    object. NaN where undefined (module) and when no energy falls on any object box.
+    """ODI: the energy on OTHER objects / the energy on all objects; pixels of the target box
+    count as the target's even where other boxes overlap it.
 
     Args:
+        heatmap: (H, W) >= 0 on the image's grid.
+        box: (4,) x1y1x2y2 of the explained object in the same pixels.
         other_boxes: (M, 4) the image's other GT boxes (M may be 0: ODI 0 when the map has
             energy on its box).
+
+    Returns:
+        float: 0 = the map stays on its object; NaN where undefined (module) and when no
+        energy falls on any object box.
     """
     own = box_mask(box, heatmap.shape, heatmap.device)
     if not _defined(heatmap, own):

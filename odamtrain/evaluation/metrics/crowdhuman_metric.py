@@ -49,6 +49,15 @@ class CrowdHumanDetMetric(CrowdHumanMetric):
     Reported keys (under the ``crowd_human`` prefix): ``AP50``, ``MR-2``, ``JI`` and, with JI,
     ``recall``, ``crowd_recall``, ``sparse_recall`` at the score threshold of the best JI (the
     ODAM paper's crowd / sparse sets, :mod:`odamtrain.evaluation.functional.crowd_recall`).
+
+    Args:
+        ann_file (str): the ``.odgt`` annotation file.
+        num_ji_process (int): accepted for config compatibility (JI runs in this process).
+        **kwargs: mmdet's ``CrowdHumanMetric`` arguments (``metric``, ``format_only``,
+            ``outfile_prefix``, ...).
+
+    Raises:
+        ValueError: ``compare_matching_method='VOC'`` or ``eval_mode`` 1 / 2.
     """
 
     def __init__(self, ann_file: str, num_ji_process: int = 1, **kwargs):
@@ -97,8 +106,16 @@ class CrowdHumanDetMetric(CrowdHumanMetric):
         return max(ratios)
 
     def set_recalls(self, samples: dict, score_thr: float) -> dict:
-        """Recall of all / crowd / sparse GT persons (paper A.4.2) with the JI matching of
-        detections scoring above ``score_thr``."""
+        """Recall of all / crowd / sparse GT persons (paper A.4.2) with the JI matching of the
+        detections scoring above ``score_thr``.
+
+        Args:
+            samples: image ID -> the evaluation toolkit's image record (GT and detections).
+            score_thr: the detections' score threshold.
+
+        Returns:
+            dict: ``recall``, ``crowd_recall``, ``sparse_recall`` (NaN for an empty set).
+        """
         matched, crowd = [], []
         for record in samples.values():
             gt = record.gt_boxes[record.gt_boxes[:, -1] != -1, :4]

@@ -67,7 +67,11 @@ ADAPTERS = DENSE_ADAPTERS + TWO_STAGE_ADAPTERS + (DETRAdapter,)
 
 def supported_heads() -> list[str]:
     """The mmdet head classes (and their subclasses that keep what the adapter reproduces)
-    that have an adapter."""
+    that have an adapter.
+
+    Returns:
+        list[str]: class names.
+    """
     return [a.head_type.__name__ + (f' with {a.box_head_type.__name__}' if a.box_head_type
                                     else '') for a in ADAPTERS]
 
@@ -109,8 +113,14 @@ def _heads(model) -> str:
 
 def build_adapter(model) -> DetectorAdapter:
     """The adapter of an mmdet detector, chosen by its RoI head (two-stage) or its box head
-    (one-stage, DETR-like), most specific class first, and checked against the model's
-    own code (:meth:`~odamtrain.explain.protocol.DetectorAdapter.check`).
+    (one-stage, DETR-like), most specific class first, and checked against the model's own
+    code (:meth:`~odamtrain.explain.protocol.DetectorAdapter.check`).
+
+    Args:
+        model: an mmdet detector.
+
+    Returns:
+        DetectorAdapter: the family's adapter of ``model``.
 
     Raises:
         UnsupportedDetectorError: before any work, naming the detector, the part and the
@@ -141,7 +151,17 @@ def build_adapter(model) -> DetectorAdapter:
 
 def head_adapter(head) -> DetectorAdapter:
     """The adapter of a head alone (Odam-NMS and Odam-Train inside the head), checked on the
-    head's parts."""
+    head's parts.
+
+    Args:
+        head: an mmdet dense head or RoI head.
+
+    Returns:
+        DetectorAdapter
+
+    Raises:
+        UnsupportedDetectorError: naming the head and what differs.
+    """
     cls = _family(head, TWO_STAGE_ADAPTERS if isinstance(head, BaseRoIHead) else DENSE_ADAPTERS)
     if cls is None:
         raise _refusal(type(head).__name__, 'no adapter covers this head')

@@ -41,11 +41,17 @@ __all__ = ['DETRForward', 'DETRAdapter']
 
 @dataclass
 class DETRForward(Forward):
-    """One forward of a DETR-like detector from A: ``feats`` L x (B, C, h, w) A as maps
-    (views of the ``leaves``, the tensors requiring grad that A is made of), ``metas``,
-    ``strides`` per level, ``cls`` (B, Q, K) and ``boxes`` (B, Q, 4) (normalised cx, cy,
-    w, h) of the last decoder layer with the graph to the leaves, and ``dets``, mmdet's
-    detections of that forward."""
+    """One forward of a DETR-like detector from A.
+
+    Attributes:
+        feats: L x (B, C, h, w) A as maps (views of the ``leaves``).
+        metas: the images' metainfo.
+        leaves: the tensors requiring grad that A is made of.
+        strides: per level, in input pixels.
+        cls: (B, Q, K) class logits of the last decoder layer, with the graph to the leaves.
+        boxes: (B, Q, 4) normalised (cx, cy, w, h) of the last decoder layer, likewise.
+        dets: mmdet's detections of that forward.
+    """
     leaves: list = None
     strides: list = None
     cls: torch.Tensor = None

@@ -87,13 +87,22 @@ def box_head_reads(bbox_head: torch.nn.Module, leaf: bool):
 
 @dataclass
 class RoIForward(Forward):
-    """One forward of the RoI head: ``feats`` A (the ``roi_feats`` or the ``levels``, as
-    ``features`` says), ``metas``; per RoI read (a cascade's stages, Double-Head's class and
-    box reads) ``rois`` (R, 5) (batch index, x1y1x2y2 input pixels) and ``roi_feats`` (R, C,
-    s, s) read there (leaves with 'roi'); ``cls_score`` (R, K + 1) logits as mmdet scores
-    them (Cascade: the stages' mean) and ``bbox_pred`` (R, 4 K | 4) decoded from
-    ``box_rois`` (R, 5), with the graph to A; ``counts`` RoIs per image; ``levels`` the FPN
-    levels (leaves with 'fpn')."""
+    """One forward of the RoI head. Per RoI read (a cascade's stages, Double-Head's class and
+    box reads) one entry of ``rois`` and ``roi_feats``.
+
+    Attributes:
+        feats: A: the ``roi_feats`` or the ``levels``, as ``features`` says.
+        metas: the images' metainfo.
+        rois: per read (R, 5) (batch index, x1y1x2y2 input pixels).
+        roi_feats: per read (R, C, s, s) read there (leaves with 'roi').
+        cls_score: (R, K + 1) logits as mmdet scores them (Cascade: the stages' mean), with
+            the graph to A.
+        bbox_pred: (R, 4 K | 4) decoded from ``box_rois``, with the graph to A.
+        counts: RoIs per image.
+        levels: the FPN levels (leaves with 'fpn').
+        features: 'roi' or 'fpn'.
+        box_rois: (R, 5) the RoIs the boxes are decoded from.
+    """
     rois: list = None
     roi_feats: list = None
     cls_score: torch.Tensor = None

@@ -30,10 +30,16 @@ __all__ = ['SparseForward', 'SparseRoIAdapter']
 
 @dataclass
 class SparseForward(Forward):
-    """One forward of a query-based RoI head from A: ``feats`` the L levels its extractors
-    read (leaves), ``leaves`` the same tensors, ``strides`` per level, ``cls`` (B, P, K)
-    logits and ``boxes`` (B, P, 4) x1y1x2y2 input pixels of the last stage with the graph
-    to A."""
+    """One forward of a query-based RoI head from A.
+
+    Attributes:
+        feats: the L levels its extractors read (leaves).
+        metas: the images' metainfo.
+        leaves: the same tensors.
+        strides: per level, in input pixels.
+        cls: (B, P, K) logits of the last stage, with the graph to A.
+        boxes: (B, P, 4) x1y1x2y2 input pixels of the last stage, likewise.
+    """
     leaves: list = None
     strides: list = None
     cls: torch.Tensor = None

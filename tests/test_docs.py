@@ -7,7 +7,7 @@ import sys
 
 from .conftest import REPO
 
-DOCS = ['README.md'] + sorted(f'docs/{f}' for f in os.listdir(os.path.join(REPO, 'docs'))
+DOCS = ['README.md', 'CHANGELOG.md'] + sorted(f'docs/{f}' for f in os.listdir(os.path.join(REPO, 'docs'))
                               if f.endswith('.md'))
 
 

@@ -7,8 +7,8 @@ import sys
 
 from .conftest import REPO
 
-DOCS = ['README.md', 'CHANGELOG.md'] + sorted(f'docs/{f}' for f in os.listdir(os.path.join(REPO, 'docs'))
-                              if f.endswith('.md'))
+DOCS = ['README.md', 'CHANGELOG.md'] + sorted(
+    f'docs/{f}' for f in os.listdir(os.path.join(REPO, 'docs')) if f.endswith('.md'))
 
 
 def _anchor(heading: str) -> str:

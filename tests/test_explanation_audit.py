@@ -160,14 +160,38 @@ def test_one_forward_per_image_and_method_and_detected_maps_are_the_detections_m
     assert len(calls) == 2 * 2  # images x methods
 
 
-def check_detected_maps(fcos, data, settings, raw):
+def test_black_box_methods_score_explain_batchs_maps(fcos):
+    """D-RISE and D-HSIC in the audit: the detected objects' scores are those of
+    explain_batch's maps of the matched detections, with the audit's budgets."""
+    data = loader(fcos, [0, 1])
+    budgets = dict(drise=dict(num_masks=8, grid=4), dhsic=dict(num_designs=8, grid=4))
+    settings = dict(methods=('drise', 'dhsic'), sets=('detected', 'missed'),
+                    score_thr=0.0065, iou_thr=0.5, **budgets)
+    cfg = fcos.bbox_head.test_cfg
+    cfg.score_thr, was = 0.0, cfg.score_thr
+    try:
+        for batch in data:  # GT: three of the detections and the scene's people
+            b = fcos.data_preprocessor(batch, False)
+            det = fcos.predict(b['inputs'], [x.clone() for x in b['data_samples']])[0]
+            det = det.pred_instances
+            gt = batch['data_samples'][0].gt_instances
+            batch['data_samples'][0].gt_instances = InstanceData(
+                bboxes=HorizontalBoxes(torch.cat([det.bboxes[[0, 3, 6]].cpu(), gt.bboxes.tensor])),
+                labels=torch.cat([det.labels[[0, 3, 6]].cpu(), gt.labels]))
+        raw = collect_explanation_scores(fcos, data, **settings)
+        check_detected_maps(fcos, data, settings, raw, **budgets)
+    finally:
+        cfg.score_thr = was
+
+
+def check_detected_maps(fcos, data, settings, raw, **explain_kw):
     detected = 0
     for image, batch in zip([0, 1], data):  # img_id = the scene's seed
         b = fcos.data_preprocessor(batch, False)
         gt = b['data_samples'][0].gt_instances
         for method in settings['methods']:
             det = explain_batch(fcos, b['inputs'], b['data_samples'], method=method,
-                                normalize=None)[0]
+                                normalize=None, **explain_kw)[0]
             di, gi = match_detections(det.bboxes, det.scores, gt.bboxes, 0.5)
             got = raw['sets']['detected'][method]
             mine = [k for k, (i, _) in enumerate(got['gt_index']) if i == image]

@@ -75,14 +75,16 @@ def test_audit_hook_settings_with_overrides(monkeypatch):
     base, max_images = audit.config_hook_settings(cfg, 'fcos_odam')
     assert max_images == 4
     args = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--hook-settings',
-                             '--drise-masks', '50', '--seed', '3', '--vps-window', '2'])
+                             '--drise-masks', '50', '--seed', '3', '--vps-window', '2',
+                             '--dhsic-designs', '64'])
     assert args.given == {'config', 'checkpoint', 'out_dir', 'hook_settings', 'drise_masks',
-                          'seed', 'vps_window'}
+                          'seed', 'vps_window', 'dhsic_designs'}
     s = audit.audit_settings(args, args.given, base)
     assert s.methods == ('odam', 'gradcam', 'drise', 'vps')
     assert s.sets == ('detected', 'missed')
     assert (s.iou_thr, s.score_thr, s.deletion_steps, s.seed) == (0.5, 0.3, 10, 3)
     assert (s.drise.num_masks, s.drise.seed) == (50, 3)
+    assert (s.dhsic.num_designs, s.dhsic.grid, s.dhsic.seed) == (64, 8, 3)
     assert (s.vps.regions, s.vps.max_steps, s.vps.window) == (16, 3, 2)
 
     plain = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--vps-window', '2'])

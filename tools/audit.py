@@ -6,10 +6,11 @@ curves (audit_curves.png) and the methods' maps of the same objects (audit_metho
 prints one table per object set.
 
     python tools/audit.py CONFIG CHECKPOINT --out-dir DIR
-        [--methods odam gradcam gradcampp drise vps] [--target score] [--iou-thr 0.9]
+        [--methods odam gradcam gradcampp drise dhsic vps] [--target score] [--iou-thr 0.9]
         [--sets detected missed misclassified] [--score-thr 0.3] [--max-images 0]
         [--deletion-steps 0] [--evidence odam|vps|class|iou] [--extent box|image]
-        [--drise-masks 1000] [--drise-estimator contrast|coverage|mean] [--vps-regions 64]
+        [--drise-masks 1000] [--drise-estimator contrast|coverage|mean]
+        [--dhsic-designs 500] [--dhsic-grid 8] [--vps-regions 64]
         [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-head 1]
         [--vps-window 6] [--vps-box-slots 3]
         [--vps-steps N] [--hook-settings] [--cfg-options ...]
@@ -18,7 +19,8 @@ prints one table per object set.
 tools/test.py would audit: its methods, sets, budgets and max_images); the flags given
 override them.
 
-Budgets: D-RISE runs --drise-masks masked images per image; VPS per object
+Budgets: D-RISE runs --drise-masks masked images per image, D-HSIC --dhsic-designs; VPS per
+object
 odamtrain.explain.vps_forward_count images: 2 x regions + 2 x window x (regions - 1)
 windowed (head 1), regions x (regions + 1) + 2 greedy.
 """
@@ -45,17 +47,20 @@ from odamtrain.explain import (  # noqa: E402
     TARGETS,
     VPS_SEARCHES,
     VPS_SEGMENTATIONS,
+    DhsicSettings,
     DriseSettings,
     VpsSettings,
 )
 from odamtrain.visualization import format_audit_table, write_audit_report  # noqa: E402
 
-# flag -> where it goes in AuditSettings: (field,) or (field, key of the drise / vps dict)
+# flag -> where it goes in AuditSettings: (field,) or (field, key of the drise / dhsic / vps
+# dict)
 SETTING_OF_FLAG = {
     'methods': ('methods',), 'target': ('target',), 'iou_thr': ('iou_thr',),
     'sets': ('sets',), 'score_thr': ('score_thr',), 'deletion_steps': ('deletion_steps',),
     'evidence': ('evidence',), 'extent': ('extent',), 'seed': ('seed',),
     'drise_masks': ('drise', 'num_masks'), 'drise_estimator': ('drise', 'estimator'),
+    'dhsic_designs': ('dhsic', 'num_designs'), 'dhsic_grid': ('dhsic', 'grid'),
     'vps_regions': ('vps', 'regions'), 'vps_segmentation': ('vps', 'segmentation'),
     'vps_search': ('vps', 'search'), 'vps_head': ('vps', 'head'),
     'vps_window': ('vps', 'window'), 'vps_box_slots': ('vps', 'box_slots'),
@@ -91,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="D-RISE: mean weight of the masks that keep a pixel minus that of "
                    "those that remove it ('contrast'), of those that keep it ('coverage', "
                    "xaitk) or the paper's sum / N ('mean')")
+    p.add_argument('--dhsic-designs', type=int_at_least(2), default=DhsicSettings.num_designs,
+                   help='D-HSIC masked images per image')
+    p.add_argument('--dhsic-grid', type=int_at_least(1), default=DhsicSettings.grid,
+                   help='D-HSIC cells per side')
     p.add_argument('--vps-regions', type=int_at_least(2), default=VpsSettings.regions,
                    help='VPS sub-regions, about')
     p.add_argument('--vps-segmentation', default=VpsSettings.segmentation,
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "to the regions of the target's box")
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,
                    help='VPS search steps (default: all regions)')
-    p.add_argument('--seed', type=int, default=0, help='noise, D-RISE masks')
+    p.add_argument('--seed', type=int, default=0, help='noise, D-RISE masks, D-HSIC designs')
     p.add_argument('--hook-settings', action='store_true',
                    help="start from the config's ExplanationAuditHook settings")
     p.add_argument('--device', default='cpu')
@@ -142,7 +151,7 @@ def config_hook_settings(cfg, config: str) -> tuple[dict, int]:
 
 def audit_settings(args, given: set, base: dict) -> AuditSettings:
     """``base`` (settings as a dict) with the values of the options in ``given``; --seed
-    also seeds D-RISE's masks."""
+    also seeds D-RISE's masks and D-HSIC's designs."""
     settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for flag in given & set(SETTING_OF_FLAG):
         field, *key = SETTING_OF_FLAG[flag]
@@ -152,7 +161,8 @@ def audit_settings(args, given: set, base: dict) -> AuditSettings:
         else:
             settings[field] = value
     if 'seed' in given:
-        settings['drise'] = {**(settings.get('drise') or {}), 'seed': args.seed}
+        for method in ('drise', 'dhsic'):
+            settings[method] = {**(settings.get(method) or {}), 'seed': args.seed}
     return AuditSettings.build(settings)
 
 

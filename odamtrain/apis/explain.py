@@ -8,6 +8,7 @@ from mmengine.structures import InstanceData
 
 from odamtrain.explain import (
     ExplanationSettings,
+    dhsic_target_maps,
     drise_target_maps,
     normalize_maps,
     vps_target_maps,
@@ -18,7 +19,7 @@ from .gradients import explain_gradients
 
 __all__ = ['explain_detector', 'explain_batch']
 
-BLACK_BOX = {'drise': drise_target_maps, 'vps': vps_target_maps}
+BLACK_BOX = {'drise': drise_target_maps, 'dhsic': dhsic_target_maps, 'vps': vps_target_maps}
 
 
 @contextlib.contextmanager
@@ -48,7 +49,7 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
             the detector missed or misclassified. The gradient methods then explain, for
             each target, the prediction before score threshold and NMS that finds it best
             (:func:`odamtrain.structures.best_candidates`: its box and its score for the
-            target's class are returned); D-RISE and VPS explain the targets themselves
+            target's class are returned); D-RISE, D-HSIC and VPS explain the targets themselves
             (``scores`` are then 0).
         choose: instead of ``targets``, what to explain picked from each image's
             detections of the same forward: ``choose(image_index, detections)`` returns
@@ -89,7 +90,7 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
 
 def _explain_black_box(model, inputs, data_samples, settings, targets, choose):
     """mmdet's detections (or the ``targets``, or what ``choose`` picks) of each image with
-    their D-RISE / VPS maps (any mmdet detector: only ``model.predict`` is used)."""
+    their D-RISE / D-HSIC / VPS maps (any mmdet detector: only ``model.predict`` is used)."""
     if targets is None:
         with torch.no_grad():
             targets = [r.pred_instances for r in model.predict(inputs, data_samples)]
@@ -127,7 +128,8 @@ def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = 
 
     Args:
         model: an mmdet detector (e.g. from ``mmdet.apis.init_detector``) whose head has an
-            adapter (:func:`odamtrain.explain.supported_heads`; D-RISE and VPS take any).
+            adapter (:func:`odamtrain.explain.supported_heads`; D-RISE, D-HSIC and VPS take
+            any).
         imgs: image path(s) or BGR ``np.ndarray`` (s).
         settings: an :class:`~odamtrain.explain.ExplanationSettings`, or its fields as a dict.
         test_pipeline: the test pipeline (default: the model's config's).

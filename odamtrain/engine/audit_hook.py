@@ -48,8 +48,9 @@ class ExplanationAuditHook(Hook):
         evidence: of :data:`odamtrain.structures.EVIDENCES`.
         extent: 'box' (ODAM paper) or 'image' (VPS paper): the pixels changed in all.
         drise: :class:`~odamtrain.explain.DriseSettings` fields.
+        dhsic: :class:`~odamtrain.explain.DhsicSettings` fields.
         vps: :class:`~odamtrain.explain.VpsSettings` fields.
-        seed: of the deletion noise and the D-RISE masks.
+        seed: of the deletion noise, the D-RISE masks and the D-HSIC designs.
 
     The settings are :class:`~odamtrain.evaluation.explanation_audit.AuditSettings`,
     checked when the hook is built (a misspelt key or method fails with the config,
@@ -64,15 +65,15 @@ class ExplanationAuditHook(Hook):
                  score_thr: float = AuditSettings.score_thr,
                  deletion_steps: int = AuditSettings.deletion_steps,
                  evidence: str = AuditSettings.evidence, extent: str = AuditSettings.extent,
-                 drise: dict | None = None, vps: dict | None = None,
-                 seed: int = AuditSettings.seed):
+                 drise: dict | None = None, dhsic: dict | None = None,
+                 vps: dict | None = None, seed: int = AuditSettings.seed):
         if type(max_images) is not int or max_images < 0:
             raise ValueError(f'ExplanationAuditHook: max_images must be an integer >= 0, '
                              f'got {max_images!r}')
         self.settings = AuditSettings(
             methods=methods, target=target, sets=sets, iou_thr=iou_thr, score_thr=score_thr,
             deletion_steps=deletion_steps, evidence=evidence, extent=extent, drise=drise,
-            vps=vps, seed=seed)
+            dhsic=dhsic, vps=vps, seed=seed)
         self.run_after_train = after_train
         self.run_after_test = after_test
         self.max_images = max_images

@@ -16,8 +16,8 @@ detections, which are mmdet's detections):
 
    the failure sets are explained as targets (GT box + class; ``explain_batch``'s
    ``targets``);
-2. explain them (the same call: the gradient methods with one batched backward, D-RISE with
-   one set of masks for all of them, VPS one search each);
+2. explain them (the same call: the gradient methods with one batched backward, D-RISE and
+   D-HSIC with one set of masks for all of them, VPS one search each);
 3. score them (:func:`score_objects`): each map against its GT box and the image's other GT
    boxes (:mod:`odamtrain.evaluation.functional.localisation`) and, optionally, by deleting /
    inserting its pixels in heat order (:mod:`~odamtrain.evaluation.functional.faithfulness`):
@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from mmengine.structures import InstanceData
 
 from odamtrain.apis import explain_batch, pixel_to_input, predict_fn
-from odamtrain.explain import METHODS, DriseSettings, ExplanationSettings, VpsSettings
+from odamtrain.explain import (
+    METHODS,
+    DhsicSettings,
+    DriseSettings,
+    ExplanationSettings,
+    VpsSettings,
+)
 from odamtrain.inference import image_window
 
 from .functional import (
@@ -94,6 +100,7 @@ class AuditSettings:
         extent: 'box' changes area(GT box) pixels in all (ODAM paper), 'image' the whole
             image (VPS paper).
         drise: :class:`~odamtrain.explain.DriseSettings` or its fields as a dict.
+        dhsic: :class:`~odamtrain.explain.DhsicSettings` or its fields as a dict.
         vps: :class:`~odamtrain.explain.VpsSettings` or its fields as a dict.
         seed: of the deletion noise (with the image, so that a shard of the images scores
             them as the whole) and the D-RISE masks.
@@ -109,6 +116,7 @@ class AuditSettings:
     evidence: str = 'odam'
     extent: str = 'box'
     drise: DriseSettings | dict | None = None
+    dhsic: DhsicSettings | dict | None = None
     vps: VpsSettings | dict | None = None
     seed: int = 0
     verify: bool = True
@@ -139,9 +147,11 @@ class AuditSettings:
                 raise ValueError(f'audit {name} must be an integer >= 0, got {value!r}')
         if type(self.verify) is not bool:
             raise ValueError(f'audit verify must be True or False, got {self.verify!r}')
-        # the explainers' own checks (target, drise, vps) run here, before any work
-        checked = ExplanationSettings(target=self.target, drise=self.drise, vps=self.vps)
+        # the explainers' own checks (target, drise, dhsic, vps) run here, before any work
+        checked = ExplanationSettings(target=self.target, drise=self.drise, dhsic=self.dhsic,
+                                      vps=self.vps)
         object.__setattr__(self, 'drise', checked.drise)
+        object.__setattr__(self, 'dhsic', checked.dhsic)
         object.__setattr__(self, 'vps', checked.vps)
 
     @classmethod
@@ -159,7 +169,7 @@ class AuditSettings:
     def explanation(self, method: str) -> ExplanationSettings:
         """The ExplanationSettings of one method (unnormalised maps at image size)."""
         return ExplanationSettings(method=method, target=self.target, normalize=None,
-                                   drise=self.drise, vps=self.vps)
+                                   drise=self.drise, dhsic=self.dhsic, vps=self.vps)
 
     def to_dict(self) -> dict:
         """Plain values (for the report)."""

@@ -1,5 +1,6 @@
 """Explanations of detections: ODAM and instance Grad-CAM / Grad-CAM++ (gradients, through
-the detector adapters: :mod:`.protocol`, :mod:`.adapters`), D-RISE and VPS (black box)."""
+the detector adapters: :mod:`.protocol`, :mod:`.adapters`), D-RISE, D-HSIC and VPS (black
+box)."""
 from .adapters import (
     DenseTrainStep,
     RoITrainStep,
@@ -7,6 +8,7 @@ from .adapters import (
     head_adapter,
     supported_heads,
 )
+from .dhsic import dhsic_saliency, dhsic_target_maps
 from .drise import drise_saliency, drise_target_maps
 from .heatmap import (
     box_sigma,
@@ -32,13 +34,14 @@ from .settings import (
     TARGETS,
     VPS_SEARCHES,
     VPS_SEGMENTATIONS,
+    DhsicSettings,
     DriseSettings,
     ExplanationSettings,
     VpsSettings,
 )
 from .vps import vps_forward_count, vps_saliency, vps_target_maps
 
-__all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
+__all__ = ['ExplanationSettings', 'DriseSettings', 'DhsicSettings', 'VpsSettings', 'METHODS',
            'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
            'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'build_adapter', 'head_adapter', 'supported_heads',
            'UnsupportedDetectorError', 'DetectorAdapter', 'Forward', 'DenseTrainStep',
@@ -46,4 +49,5 @@ __all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',
            'explanation_maps', 'normalize_maps', 'resize_maps', 'output_size',
            'paste_roi_maps', 'resample_maps', 'drise_saliency', 'drise_target_maps',
+           'dhsic_saliency', 'dhsic_target_maps',
            'vps_forward_count', 'vps_saliency', 'vps_target_maps']

@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from odamtrain.inference import image_window, pixel_to_input
-from odamtrain.structures import best_candidates
 
 from .evidence import evidence_fn
 from .heatmap import output_size, resize_maps
+from .masking import masked_evidence
 from .settings import DRISE_ESTIMATORS, DriseSettings
 
 __all__ = ['ESTIMATORS', 'DriseSums', 'drise_grids', 'drise_masks', 'drise_accumulate',
@@ -107,10 +107,7 @@ def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torc
     Returns:
         :class:`DriseSums` of these masks.
     """
-    (top, left), (h, w) = origin, image_hw
-    window = (slice(None), slice(None), slice(top, top + h), slice(left, left + w))
-    image = inputs[window]
-    diff = image - fill  # masked = fill + (image - fill) * mask: one fused op per batch
+    h, w = image_hw
     sums = dict(dtype=torch.float64, device=inputs.device)  # contrast subtracts large sums
     weighted = torch.zeros(len(target_boxes), h, w, **sums)
     coverage, squares = torch.zeros(h, w, **sums), torch.zeros(h, w, **sums)
@@ -118,11 +115,9 @@ def drise_accumulate(predict: Callable, inputs: torch.Tensor, target_boxes: torc
     for start in range(0, len(cells), batch_size):
         sl = slice(start, start + batch_size)
         masks = drise_masks(cells[sl].to(inputs), shifts[sl], (h, w))
-        masked = inputs.repeat(len(masks), 1, 1, 1)
-        masked[window] = torch.addcmul(fill, diff, masks[:, None])
-        weights = torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
-                               for det in predict(masked)])  # [b, T]
-        weights, masks = weights.double(), masks.double()
+        weights = masked_evidence(predict, inputs, masks, target_boxes, target_labels, fill,
+                                  origin).double()  # [b, T]
+        masks = masks.double()
         weighted += torch.einsum('bt,bhw->thw', weights, masks)
         coverage += masks.sum(0)
         squares += (masks * masks).sum(0)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-__all__ = ['ExplanationSettings', 'DriseSettings', 'VpsSettings', 'METHODS',
+__all__ = ['ExplanationSettings', 'DriseSettings', 'DhsicSettings', 'VpsSettings', 'METHODS',
            'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
            'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'EVIDENCE_SOURCES']
 
-METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'vps')
+METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'dhsic', 'vps')
 GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp')
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
 MODES = ('fast', 'windows', 'exact')
@@ -69,6 +69,37 @@ class DriseSettings:
 
 
 @dataclass(frozen=True)
+class DhsicSettings:
+    """D-HSIC, the HSIC attribution method (Novello et al., NeurIPS'22) for detections, see
+    :mod:`odamtrain.explain.dhsic`.
+
+    Args:
+        num_designs: masked images per image (binary Sobol designs).
+        grid: designs are ``grid`` x ``grid`` cells (<= 100).
+        batch_size: masked images per forward.
+        seed: of the designs' scrambling (same seed, same designs).
+        evidence: as :class:`DriseSettings`'.
+
+    Raises:
+        ValueError: a field out of its range or choices.
+    """
+    num_designs: int = 500
+    grid: int = 8
+    batch_size: int = 32
+    seed: int = 0
+    evidence: str = 'detections'
+
+    def __post_init__(self):
+        _positive_int('dhsic.num_designs', self.num_designs, minimum=2)
+        _positive_int('dhsic.grid', self.grid)
+        if self.grid > 100:
+            raise ValueError(f'dhsic.grid must be <= 100, got {self.grid!r}')
+        _positive_int('dhsic.batch_size', self.batch_size)
+        _positive_int('dhsic.seed', self.seed, minimum=0)
+        _check('dhsic.evidence', self.evidence, EVIDENCE_SOURCES)
+
+
+@dataclass(frozen=True)
 class VpsSettings:
     """VPS (Chen et al., CVPR'25), see :mod:`odamtrain.explain.vps`.
 
@@ -118,8 +149,8 @@ class ExplanationSettings:
 
     Args:
         method: 'odam' (default), 'gradcam' / 'gradcampp' (instance Grad-CAM baselines from
-            the same gradients), 'drise' / 'vps' (black box; settings in ``drise`` /
-            ``vps``).
+            the same gradients), 'drise' / 'dhsic' / 'vps' (black box; settings in
+            ``drise`` / ``dhsic`` / ``vps``).
         target: the explained attribute Y: 'score' (mmdet's score for that head), 'logit'
             (the class logit), or a box side 'x1' | 'y1' | 'x2' | 'y2' (original pixels).
         smooth: ODAM's Phi: 'gaussian' (paper; width follows the box) or None (the authors'
@@ -135,6 +166,7 @@ class ExplanationSettings:
             output), 'towers' (dense heads with conv towers: the towers' outputs, which
             the head's final layers read; exact and cheap, no backward through the towers).
         drise: :class:`DriseSettings` (or its fields as a dict) of ``method='drise'``.
+        dhsic: :class:`DhsicSettings` (or its fields as a dict) of ``method='dhsic'``.
         vps: :class:`VpsSettings` (or its fields as a dict) of ``method='vps'``.
 
     Raises:
@@ -148,6 +180,7 @@ class ExplanationSettings:
     map_size: str | int = 'image'
     features: str = 'auto'
     drise: DriseSettings = field(default_factory=DriseSettings)
+    dhsic: DhsicSettings = field(default_factory=DhsicSettings)
     vps: VpsSettings = field(default_factory=VpsSettings)
 
     def __post_init__(self):
@@ -163,7 +196,8 @@ class ExplanationSettings:
         if self.map_size != 'image':
             _positive_int('map_size', self.map_size)
         _check('features', self.features, FEATURES)
-        for name, cls in (('drise', DriseSettings), ('vps', VpsSettings)):
+        for name, cls in (('drise', DriseSettings), ('dhsic', DhsicSettings),
+                          ('vps', VpsSettings)):
             value = getattr(self, name)
             if value is None:
                 object.__setattr__(self, name, cls())

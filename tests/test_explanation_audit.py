@@ -110,6 +110,37 @@ def test_bad_settings_are_refused(fcos):
         AuditSettings(vps=dict(box_slots=-1))
     with pytest.raises(ValueError, match='audit score_thr must be a number in'):
         AuditSettings(score_thr=3)
+    with pytest.raises(ValueError, match='audit extra_evidences must be distinct'):
+        AuditSettings(extra_evidences=('class', 'class'))
+    with pytest.raises(ValueError, match='audit extra_evidences must be distinct'):
+        AuditSettings(extra_evidences=('score',))
+    with pytest.raises(ValueError, match='audit deletion_baseline must be one of'):
+        AuditSettings(deletion_baseline='grey')
+    assert AuditSettings(extra_evidences='iou').extra_evidences == ('iou',)
+
+
+def test_the_vps_papers_table_1_columns(fcos):
+    """evidence='vps' with extra_evidences ('class', 'iou'): the extra AUCs are those of an
+    audit with that evidence (the same maps, noise and objects), and the table names them;
+    with deletion_baseline='black' deletion ends on the black image, as insertion starts."""
+    data = loader(fcos, [0])
+    base = dict(SETTINGS, score_thr=0.0101, methods=('odam',), extent='image')
+    table1 = collect_explanation_scores(fcos, data, evidence='vps',
+                                        extra_evidences=('class', 'iou'), **base)
+    for e in ('class', 'iou'):
+        alone = collect_explanation_scores(fcos, data, evidence=e, **base)
+        for name, per_method in alone['sets'].items():
+            got, want = table1['sets'][name]['odam'], per_method['odam']
+            for auc in ('deletion_auc', 'insertion_auc'):
+                np.testing.assert_allclose(got[f'{auc}_{e}'], want[auc])
+    text = format_audit_table(summarize_scores(table1))
+    assert 'deletion[class](-)' in text and 'insertion[iou](+)' in text
+    black = collect_explanation_scores(fcos, data, evidence='vps', deletion_baseline='black',
+                                       **base)
+    for per_method in black['sets'].values():
+        curves = per_method['odam']['curves']
+        for deletion, insertion in zip(curves['deletion'], curves['insertion']):
+            assert deletion[-1] == insertion[0]  # the whole image deleted = the black image
 
 
 def test_the_hook_checks_its_settings_when_the_config_is_built():
@@ -220,12 +251,12 @@ def test_summary_skips_and_counts_undefined_values():
      (slice(5, 155), slice(1, 191)))])
 def test_deletion_maps_lie_where_the_pipeline_put_the_image(meta, window):
     """The audit's maps on the network input (what deletion / insertion remove pixels by):
-    resized into the image's window (top-left, or CenterNet's pasted canvas), zero in the
-    padding."""
+    resized into the image's window (top-left, or CenterNet's pasted canvas), below every
+    map value in the padding."""
     (top, left), (h, w) = image_window(meta)
     assert (slice(top, top + h), slice(left, left + w)) == window
     on_input = _maps_on_input(torch.ones(2, *meta['ori_shape']), meta, (176, 200))
     inside = torch.zeros(176, 200, dtype=torch.bool)
     inside[window] = True
     assert torch.equal(on_input[:, inside], torch.ones(2, int(inside.sum())))
-    assert not on_input[:, ~inside].any()
+    assert (on_input[:, ~inside] == -1).all()

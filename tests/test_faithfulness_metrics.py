@@ -72,3 +72,27 @@ def test_evidence_variants_hand_computed():
     assert detection_evidence(boxes, labels, scores, BOX, 0, 'iou') == pytest.approx(1.0)
     assert detection_evidence(boxes, labels, scores, BOX, 1, 'odam') == pytest.approx(0.9)
     assert detection_evidence(boxes[:0], labels[:0], scores[:0], BOX, 0) == 0.0
+
+
+def test_extra_evidences_are_read_from_the_same_predictions():
+    """Each extra evidence's curves equal a separate run with it as the evidence, from one
+    set of forwards."""
+    heat = torch.rand(HW, generator=torch.Generator().manual_seed(2))
+    image, zeros = torch.ones(3, *HW), torch.zeros(3, *HW)
+    calls = []
+
+    def shifted_detector(images):  # a box off the target: IoU 60/100, so the evidences differ
+        calls.append(len(images))
+        return [(torch.tensor([[5., 4., 15., 10.]]), torch.tensor([0]),
+                 img[0][INSIDE].mean().reshape(1)) for img in images]
+
+    args = (shifted_detector, image, heat, BOX, 0, 80., zeros, zeros, 6)
+    both = deletion_insertion(*args, evidence='vps', extra_evidences=('class', 'iou'))
+    forwards = sum(calls)
+    for e in ('vps', 'class', 'iou'):
+        alone = deletion_insertion(*args, evidence=e)
+        suffix = '' if e == 'vps' else f'_{e}'
+        for key in ('deletion', 'insertion', 'deletion_auc', 'insertion_auc'):
+            assert both[key + suffix] == alone[key]
+    assert forwards == 2 * 7  # deletion and insertion, steps + 1 images each
+    assert both['insertion_auc_iou'] != both['insertion_auc_class']

@@ -81,6 +81,13 @@ def test_audit_hook_settings_with_overrides(monkeypatch):
                           'seed', 'vps_window', 'dhsic_designs'}
     s = audit.audit_settings(args, args.given, base)
     assert s.methods == ('odam', 'gradcam', 'drise', 'vps')
+    assert (s.deletion_baseline, s.extra_evidences) == ('noise', ())
+    table1 = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--evidence', 'vps',
+                               '--extra-evidences', 'class', 'iou', '--deletion-baseline',
+                               'black'])
+    t = audit.audit_settings(table1, table1.given, {})
+    assert (t.evidence, t.extra_evidences, t.deletion_baseline) == ('vps', ('class', 'iou'),
+                                                                    'black')
     assert s.sets == ('detected', 'missed')
     assert (s.iou_thr, s.score_thr, s.deletion_steps, s.seed) == (0.5, 0.3, 10, 3)
     assert (s.drise.num_masks, s.drise.seed) == (50, 3)

@@ -8,7 +8,8 @@ prints one table per object set.
     python tools/audit.py CONFIG CHECKPOINT --out-dir DIR
         [--methods odam gradcam gradcampp drise dhsic vps] [--target score] [--iou-thr 0.9]
         [--sets detected missed misclassified] [--score-thr 0.3] [--max-images 0]
-        [--deletion-steps 0] [--evidence odam|vps|class|iou] [--extent box|image]
+        [--deletion-steps 0] [--deletion-baseline noise|black]
+        [--evidence odam|vps|class|iou] [--extra-evidences class iou] [--extent box|image]
         [--drise-masks 1000] [--drise-estimator contrast|coverage|mean]
         [--dhsic-designs 500] [--dhsic-grid 8] [--vps-regions 64]
         [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-head 1]
@@ -36,6 +37,7 @@ from _common import exit_on_data_error, float_between, int_at_least, test_loader
 from odamtrain.apis import METHODS, init_detector  # noqa: E402
 from odamtrain.engine import ExplanationAuditHook  # noqa: E402
 from odamtrain.evaluation.explanation_audit import (  # noqa: E402
+    DELETION_BASELINES,
     EXTENTS,
     SETS,
     AuditSettings,
@@ -59,6 +61,7 @@ SETTING_OF_FLAG = {
     'methods': ('methods',), 'target': ('target',), 'iou_thr': ('iou_thr',),
     'sets': ('sets',), 'score_thr': ('score_thr',), 'deletion_steps': ('deletion_steps',),
     'evidence': ('evidence',), 'extent': ('extent',), 'seed': ('seed',),
+    'deletion_baseline': ('deletion_baseline',), 'extra_evidences': ('extra_evidences',),
     'drise_masks': ('drise', 'num_masks'), 'drise_estimator': ('drise', 'estimator'),
     'dhsic_designs': ('dhsic', 'num_designs'), 'dhsic_grid': ('dhsic', 'grid'),
     'vps_regions': ('vps', 'regions'), 'vps_segmentation': ('vps', 'segmentation'),
@@ -85,8 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help='only the first N images (0: all)')
     p.add_argument('--deletion-steps', type=int_at_least(0), default=0,
                    help='> 0: deletion / insertion AUCs with this many steps (paper: 100)')
+    p.add_argument('--deletion-baseline', default='noise', choices=DELETION_BASELINES,
+                   help='what deleted pixels become: uniform noise (ODAM) or black (VPS)')
     p.add_argument('--evidence', default='odam', choices=EVIDENCES,
                    help='what deletion / insertion measure (see faithfulness.py)')
+    p.add_argument('--extra-evidences', nargs='*', default=[], choices=EVIDENCES,
+                   help="more evidences whose AUCs are read from the same predictions (VPS "
+                   "Table 1: --evidence vps --extra-evidences class iou)")
     p.add_argument('--extent', default='box', choices=EXTENTS,
                    help='pixels changed in all: the GT box area (ODAM) or the image (VPS)')
     p.add_argument('--drise-masks', type=int_at_least(1), default=1000,

@@ -45,7 +45,10 @@ class ExplanationAuditHook(Hook):
         score_thr: the score below which an object counts as missed, and the success
             threshold of the insertion curve.
         deletion_steps: > 0 adds deletion / insertion AUCs, highest score and success.
+        deletion_baseline: 'noise' (ODAM paper) or 'black' (VPS paper).
         evidence: of :data:`odamtrain.structures.EVIDENCES`.
+        extra_evidences: more evidences whose AUCs are read from the same predictions (VPS
+            Table 1: ``evidence='vps', extra_evidences=('class', 'iou')``).
         extent: 'box' (ODAM paper) or 'image' (VPS paper): the pixels changed in all.
         drise: :class:`~odamtrain.explain.DriseSettings` fields.
         dhsic: :class:`~odamtrain.explain.DhsicSettings` fields.
@@ -64,7 +67,10 @@ class ExplanationAuditHook(Hook):
                  iou_thr: float = AuditSettings.iou_thr,
                  score_thr: float = AuditSettings.score_thr,
                  deletion_steps: int = AuditSettings.deletion_steps,
-                 evidence: str = AuditSettings.evidence, extent: str = AuditSettings.extent,
+                 deletion_baseline: str = AuditSettings.deletion_baseline,
+                 evidence: str = AuditSettings.evidence,
+                 extra_evidences=AuditSettings.extra_evidences,
+                 extent: str = AuditSettings.extent,
                  drise: dict | None = None, dhsic: dict | None = None,
                  vps: dict | None = None, seed: int = AuditSettings.seed):
         if type(max_images) is not int or max_images < 0:
@@ -72,7 +78,8 @@ class ExplanationAuditHook(Hook):
                              f'got {max_images!r}')
         self.settings = AuditSettings(
             methods=methods, target=target, sets=sets, iou_thr=iou_thr, score_thr=score_thr,
-            deletion_steps=deletion_steps, evidence=evidence, extent=extent, drise=drise,
+            deletion_steps=deletion_steps, deletion_baseline=deletion_baseline,
+            evidence=evidence, extra_evidences=extra_evidences, extent=extent, drise=drise,
             dhsic=dhsic, vps=vps, seed=seed)
         self.run_after_train = after_train
         self.run_after_test = after_test

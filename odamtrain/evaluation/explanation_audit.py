@@ -63,7 +63,8 @@ from .functional import (
     pointing_game,
 )
 
-__all__ = ['SETS', 'EXTENTS', 'LOCALISATION_METRICS', 'FAITHFULNESS_METRICS',
+__all__ = ['SETS', 'EXTENTS', 'DELETION_BASELINES', 'LOCALISATION_METRICS',
+           'FAITHFULNESS_METRICS',
            'METRIC_DIRECTIONS', 'AuditSettings', 'choose_objects', 'localisation_scores',
            'score_objects', 'collect_explanation_scores', 'merge_scores', 'summarize_scores']
 
@@ -76,9 +77,13 @@ LOCALISATION_METRICS = {'pointing_game': pointing_game,
                         'compactness': compactness, 'odi': object_discrimination_index}
 FAITHFULNESS_METRICS = {'deletion_auc': deletion_auc, 'insertion_auc': insertion_auc,
                         'highest_score': highest_score, 'success': explanation_success}
-# every metric of the audit -> which way is better
+# every metric of the audit -> which way is better; the AUCs under an extra evidence E are
+# 'deletion_auc_E' / 'insertion_auc_E'
 METRIC_DIRECTIONS = {name: fn.direction for name, fn in
                      {**LOCALISATION_METRICS, **FAITHFULNESS_METRICS}.items()}
+METRIC_DIRECTIONS.update({f'{auc}_{e}': METRIC_DIRECTIONS[auc] for e in EVIDENCES
+                          for auc in ('deletion_auc', 'insertion_auc')})
+DELETION_BASELINES = ('noise', 'black')
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,13 @@ class AuditSettings:
         score_thr: detections below it do not count (the failure sets), and the evidence
             an insertion curve must reach for the explanation's success.
         deletion_steps: > 0 adds deletion / insertion AUCs, highest score and success
-            (``steps`` forwards per curve and object, batched); deleted pixels become
-            uniform noise, insertion starts from black.
+            (``steps`` forwards per curve and object, batched); insertion starts from black.
+        deletion_baseline: what deleted pixels become: 'noise' (uniform, the ODAM paper)
+            or 'black' (the VPS paper).
         evidence: of :data:`odamtrain.structures.EVIDENCES`, what the curves read.
+        extra_evidences: more evidences whose deletion / insertion AUCs are read from the
+            same predictions (``deletion_auc_E``, ``insertion_auc_E``); the VPS paper's
+            Table 1: ``evidence='vps', extra_evidences=('class', 'iou')``.
         extent: 'box' changes area(GT box) pixels in all (ODAM paper), 'image' the whole
             image (VPS paper).
         drise: :class:`~odamtrain.explain.DriseSettings` or its fields as a dict.
@@ -113,7 +122,9 @@ class AuditSettings:
     iou_thr: float = 0.9
     score_thr: float = 0.3
     deletion_steps: int = 0
+    deletion_baseline: str = 'noise'
     evidence: str = 'odam'
+    extra_evidences: tuple = ()
     extent: str = 'box'
     drise: DriseSettings | dict | None = None
     dhsic: DhsicSettings | dict | None = None
@@ -132,7 +143,14 @@ class AuditSettings:
                 raise ValueError(f'audit {name} must be a non-empty list of {allowed}, got '
                                  f'{list(value)!r}')
             object.__setattr__(self, name, value)
-        for name, allowed in (('evidence', EVIDENCES), ('extent', EXTENTS)):
+        extra = self.extra_evidences
+        extra = (extra,) if isinstance(extra, str) else tuple(extra)
+        if any(e not in EVIDENCES for e in extra) or len(set(extra)) < len(extra):
+            raise ValueError(f'audit extra_evidences must be distinct of {EVIDENCES}, got '
+                             f'{list(extra)!r}')
+        object.__setattr__(self, 'extra_evidences', extra)
+        for name, allowed in (('evidence', EVIDENCES), ('extent', EXTENTS),
+                              ('deletion_baseline', DELETION_BASELINES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'audit {name} must be one of {allowed}, got '
                                  f'{getattr(self, name)!r}')
@@ -229,28 +247,41 @@ def score_objects(model, inputs: torch.Tensor, meta: dict, maps: torch.Tensor,
     out['curves'] = {'deletion': [], 'insertion': []}
     if not settings.deletion_steps:
         return out
-    out.update({name: [] for name in FAITHFULNESS_METRICS})
-    noise = pixel_to_input(model, torch.rand(  # drawn on the CPU: the same on any device
-        3, *inputs.shape[-2:], generator=_image_generator(settings.seed, meta)).to(inputs) * 255)
-    black = pixel_to_input(model, inputs.new_zeros(3, *inputs.shape[-2:]))
+    out.update({name: [] for name in [*FAITHFULNESS_METRICS, *_extra_aucs(settings)]})
+    (top, left), (h, w) = image_window(meta)
+    window = (slice(None), slice(top, top + h), slice(left, left + w))
+    black, deleted = inputs[0].clone(), inputs[0].clone()  # the padding stays as it is
+    black[window] = pixel_to_input(model, inputs.new_zeros(3, h, w))
+    deleted[window] = black[window] if settings.deletion_baseline == 'black' else \
+        pixel_to_input(model, torch.rand(  # drawn on the CPU: the same on any device
+            3, *inputs.shape[-2:], generator=_image_generator(settings.seed, meta)
+        ).to(inputs)[window] * 255)
     on_input = _maps_on_input(maps, meta, inputs.shape[-2:])
     scale = inputs.new_tensor(meta.get('scale_factor', (1.0, 1.0))[:2])
-    _, (h, w) = image_window(meta)
     predict = predict_fn(model, meta)
     for k, (g, label) in enumerate(zip(gt_index.tolist(), labels.tolist())):
         box = gt_boxes[g]
         area = float(((box[2:] - box[:2]) * scale).prod()) if settings.extent == 'box' \
             else h * w
-        curves = deletion_insertion(predict, inputs[0], on_input[k], box,
-                                    label, area, noise, black, settings.deletion_steps,
-                                    settings.evidence)
+        curves = deletion_insertion(predict, inputs[0], on_input[k], box, label, area,
+                                    deleted, black, settings.deletion_steps,
+                                    settings.evidence,
+                                    extra_evidences=settings.extra_evidences)
         for mode in ('deletion', 'insertion'):
             out['curves'][mode].append(curves[mode])
         out['deletion_auc'].append(deletion_auc(curves['deletion']))
         out['insertion_auc'].append(insertion_auc(curves['insertion']))
         out['highest_score'].append(highest_score(curves['insertion']))
         out['success'].append(explanation_success(curves['insertion'], settings.score_thr))
+        for key in _extra_aucs(settings):
+            out[key].append(curves[key])
     return out
+
+
+def _extra_aucs(settings: AuditSettings) -> list:
+    """The metric names of the AUCs under the extra evidences."""
+    return [f'{auc}_{e}' for e in settings.extra_evidences
+            for auc in ('deletion_auc', 'insertion_auc')]
 
 
 def collect_explanation_scores(model, dataloader, settings: AuditSettings | dict | None = None,
@@ -271,8 +302,8 @@ def collect_explanation_scores(model, dataloader, settings: AuditSettings | dict
         several ranks merge with :func:`merge_scores`.
     """
     s = AuditSettings.build(settings, **overrides)
-    metrics = list(LOCALISATION_METRICS) + (list(FAITHFULNESS_METRICS) if s.deletion_steps
-                                            else [])
+    metrics = list(LOCALISATION_METRICS) + ([*FAITHFULNESS_METRICS, *_extra_aucs(s)]
+                                            if s.deletion_steps else [])
     scores = {name: {m: dict({k: [] for k in metrics}, gt_index=[],
                              curves={'deletion': [], 'insertion': []}) for m in s.methods}
               for name in s.sets}
@@ -386,10 +417,11 @@ def summarize_scores(raw: dict) -> dict:
 
 
 def _maps_on_input(maps: torch.Tensor, meta: dict, pad_hw) -> torch.Tensor:
-    """(K, H_ori, W_ori) maps -> (K, H_pad, W_pad) on the network input (resized to the
-    image in it, zero in the padding)."""
+    """(K, H_ori, W_ori) maps >= 0 -> (K, H_pad, W_pad) on the network input: resized to the
+    image in it, -1 in the padding (last in the heat order: the image's pixels are deleted
+    or inserted first)."""
     (top, left), (h, w) = image_window(meta)
-    out = maps.new_zeros(len(maps), *pad_hw)
+    out = maps.new_full((len(maps), *pad_hw), -1.0)
     if len(maps):
         out[:, top:top + h, left:left + w] = F.interpolate(
             maps[:, None], size=(h, w), mode='bilinear', align_corners=False)[:, 0]

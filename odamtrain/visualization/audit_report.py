@@ -21,6 +21,8 @@ __all__ = ['format_audit_table', 'plot_deletion_insertion', 'render_method_compa
 SHORT = dict(pointing_game='PG', energy_pointing_game='energyPG', compactness='compact',
              odi='ODI', deletion_auc='deletion', insertion_auc='insertion',
              highest_score='highest', success='success')
+SHORT.update({k: '{}[{}]'.format(SHORT[k.rsplit('_', 1)[0]], k.rsplit('_', 1)[1])
+              for k in METRIC_DIRECTIONS if k.startswith(('deletion_auc_', 'insertion_auc_'))})
 
 
 def format_audit_table(table: dict) -> str:
@@ -40,10 +42,12 @@ def format_audit_table(table: dict) -> str:
         names = [k for k in next(iter(rows.values())) if k in METRIC_DIRECTIONS]
         heads = [SHORT[k] + ('(-)' if METRIC_DIRECTIONS[k] == 'lower' else '(+)')
                  for k in names]
-        lines = [f'{name + ":":14s}' + ''.join(f'{h:>12s}' for h in heads)
+        widths = [max(12, len(h) + 2) for h in heads]
+        lines = [f'{name + ":":14s}' + ''.join(f'{h:>{n}s}' for h, n in zip(heads, widths))
                  + f'{"objects":>9s}']
         for method, row in rows.items():
-            lines.append(f'{method:14s}' + ''.join(f'{row[k]:12.4f}' for k in names)
+            lines.append(f'{method:14s}' + ''.join(f'{row[k]:{n}.4f}'
+                                                   for k, n in zip(names, widths))
                          + f'{row["objects"]:9d}')
         for method, row in rows.items():  # the NaN policy: say what a mean skipped
             if row.get('undefined'):

@@ -134,7 +134,7 @@ def deletion_insertion(predict: Callable, image: torch.Tensor, heatmap: torch.Te
                        target_box: torch.Tensor, target_label: int, box_area: float,
                        deletion_baseline: torch.Tensor, insertion_baseline: torch.Tensor,
                        steps: int = 100, evidence: str = 'odam',
-                       batch_size: int = 16) -> dict:
+                       batch_size: int = 16, extra_evidences: tuple = ()) -> dict:
     """Deletion and insertion curves of one explained object.
 
     Args:
@@ -150,22 +150,27 @@ def deletion_insertion(predict: Callable, image: torch.Tensor, heatmap: torch.Te
         steps: steps per curve.
         evidence: of :data:`odamtrain.structures.EVIDENCES`.
         batch_size: images per ``predict`` call.
+        extra_evidences: more of :data:`~odamtrain.structures.EVIDENCES`, read from the
+            same predictions (the VPS paper's Table 1 reports three).
 
     Returns:
         dict: ``deletion`` and ``insertion`` (``steps + 1`` floats each), ``deletion_auc``,
-        ``insertion_auc``.
+        ``insertion_auc``; per extra evidence E the same keys suffixed ``_E``.
     """
     order = torch.argsort(heatmap.flatten(), descending=True, stable=True)
     per_step = max(1, math.ceil(box_area / steps))
     counts = [min(k * per_step, order.numel()) for k in range(steps + 1)]
+    evidences = {'': evidence, **{f'_{e}': e for e in extra_evidences}}  # key suffix -> E
     out = {}
     for mode, baseline in (('deletion', deletion_baseline), ('insertion', insertion_baseline)):
-        curve = []
+        curves = {suffix: [] for suffix in evidences}
         for start in range(0, len(counts), batch_size):
             imgs = perturbed_images(image, order, counts[start:start + batch_size], baseline,
                                     mode)
-            curve += [detection_evidence(*det, target_box, target_label, evidence)
-                      for det in predict(imgs)]
-        out[mode] = curve
-        out[f'{mode}_auc'] = curve_auc(curve)
+            for det in predict(imgs):
+                for suffix, e in evidences.items():
+                    curves[suffix].append(detection_evidence(*det, target_box, target_label, e))
+        for suffix, curve in curves.items():
+            out[f'{mode}{suffix}'] = curve
+            out[f'{mode}_auc{suffix}'] = curve_auc(curve)
     return out

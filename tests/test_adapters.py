@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from mmdet.models.dense_heads import (
     CenterNetHead,
     CondInstBboxHead,
@@ -601,13 +602,15 @@ def test_image_window_is_where_centernets_pipeline_put_the_image():
 
 # ------------------------------------------------------------------- black box
 @pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO))
-def test_drise_and_vps_take_every_family_as_a_black_box(name):
+def test_drise_dhsic_and_vps_take_every_family_as_a_black_box(name):
     """D-RISE's map of a detection == its definition computed here from mmdet's own
     predictions of the masked images (sum_i w_i M_i / sum_i M_i, w_i = max IoU x score of
-    the detection's class; masks over the image, the input's padding left alone); VPS runs
-    its forward budget. No adapter is involved."""
+    the detection's class; masks over the image, the input's padding left alone); D-HSIC's
+    == the cells' HSIC of the same evidence on its designs' masked images; VPS runs its
+    forward budget. No adapter is involved."""
     from mmdet.structures.bbox import bbox_overlaps
 
+    from odamtrain.explain.dhsic import hsic_designs, hsic_scores
     from odamtrain.explain.drise import drise_grids, drise_masks
     from odamtrain.inference import pixel_to_input
     model = build_zoo_detector(name)
@@ -638,6 +641,26 @@ def test_drise_and_vps_take_every_family_as_a_black_box(name):
     want = torch.where(coverage > 0, weighted / coverage.clamp(min=1e-12), 0.)
     want = resize_maps(want[None], 1, (h, w), meta['ori_shape'][:2])[0]
     torch.testing.assert_close(det.heatmaps[0], want, rtol=1e-4, atol=1e-6)
+    # D-HSIC: the cells' HSIC of mmdet's own evidence on the masked images
+    hsic, = explain_batch(model, inputs, samples, method='dhsic', normalize=None,
+                          targets=[target], dhsic=dict(num_designs=6, grid=2, batch_size=
+                                                       1 if name == 'yolov3' else 3))
+    designs = hsic_designs(6, 2, 0).to(inputs)
+    evidence = []
+    for d in designs:
+        m = F.interpolate(d[None, None], size=(h, w), mode='nearest')[0, 0]
+        masked = inputs.clone()
+        masked[window] = inputs[window] * m + black * (1 - m)
+        with torch.no_grad():
+            out = model.predict(masked, samples)[0].pred_instances
+        sim = bbox_overlaps(target.bboxes, out.bboxes)[0] * out.scores * (
+            out.labels == target.labels[0])
+        evidence.append(float(sim.max()) if len(sim) else 0.0)
+    cells = hsic_scores(designs.flatten(1).cpu(), torch.tensor(evidence)[:, None])
+    want = F.interpolate(cells.reshape(1, 1, 2, 2).to(inputs), size=(h, w), mode='bicubic',
+                         align_corners=False)[0].clamp(min=0)
+    want = resize_maps(want, 1, (h, w), meta['ori_shape'][:2])[0]
+    torch.testing.assert_close(hsic.heatmaps[0], want, rtol=1e-4, atol=1e-6)
     vps, = explain_batch(model, inputs, samples, method='vps', normalize=None,
                          targets=[target], vps=dict(regions=4, max_steps=1))
     assert vps.heatmaps.shape == (1, *meta['ori_shape'][:2]) and vps.heatmaps.min() >= 0

@@ -101,6 +101,8 @@ def test_every_audit_metric_declares_its_direction_and_paper():
     want = dict(pointing_game='higher', energy_pointing_game='higher', compactness='lower',
                 odi='lower', deletion_auc='lower', insertion_auc='higher',
                 highest_score='higher', success='higher')
+    for evidence in ('odam', 'vps', 'class', 'iou'):  # the AUCs under extra evidences
+        want.update({f'deletion_auc_{evidence}': 'lower', f'insertion_auc_{evidence}': 'higher'})
     assert METRIC_DIRECTIONS == want
     for fn in {**LOCALISATION_METRICS, **FAITHFULNESS_METRICS}.values():
         assert fn.paper and any(str(y) in fn.paper for y in range(2012, 2027)), fn.__name__

@@ -1,6 +1,7 @@
 """The tools' command lines: numeric arguments checked at parse time, outputs never
 overwritten by another input of the same run."""
 import importlib.util
+import json
 import os.path as osp
 import sys
 
@@ -84,8 +85,9 @@ def test_audit_hook_settings_with_overrides(monkeypatch):
     assert (s.deletion_baseline, s.extra_evidences) == ('noise', ())
     table1 = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--evidence', 'vps',
                                '--extra-evidences', 'class', 'iou', '--deletion-baseline',
-                               'black'])
+                               'black', '--evidence-source', 'candidates'])
     t = audit.audit_settings(table1, table1.given, {})
+    assert t.drise.evidence == t.dhsic.evidence == t.vps.evidence == 'candidates'
     assert (t.evidence, t.extra_evidences, t.deletion_baseline) == ('vps', ('class', 'iou'),
                                                                     'black')
     assert s.sets == ('detected', 'missed')
@@ -125,3 +127,28 @@ def test_compare_nms_keeps_the_configs_own_odam_nms_settings(monkeypatch, rcnn):
         assert name == 'Odam-NMS (0.2, 0.8)'
         assert odam == dict(type='odam_nms', iou_threshold=0.5, mode=mode, map_score_thr=0.1,
                             corr_low=0.2, corr_high=0.8)
+
+
+def test_audit_seeds_table_is_mean_and_std_over_the_runs(tmp_path):
+    """Two runs' audit.json (written by hand): mean and sample std per method x metric,
+    the paired difference to a reference method, and runs with other settings refused."""
+    tool = _tool('audit_seeds')
+    settings = dict(methods=['odam', 'drise'], sets=['detected'], evidence='vps')
+    values = {'a': dict(odam=0.5, drise=0.2), 'b': dict(odam=0.7, drise=0.6)}
+    paths = []
+    for run, v in values.items():
+        path = tmp_path / f'{run}.json'
+        results = {'detected': {m: dict(insertion_auc=x, pointing_game=1.0, objects=3,
+                                        images=2) for m, x in v.items()}}
+        path.write_text(json.dumps(dict(settings, checkpoint=f'{run}.pth', results=results)))
+        paths.append(str(path))
+    sets, _ = tool.read_runs(paths)
+    text = tool.seed_tables(sets, ['insertion_auc'], reference='drise')
+    assert '| odam | 0.600 +- 0.141 | 3.000 +- 0.000 | 2 |' in text  # sqrt(0.02)
+    assert '| drise | 0.400 +- 0.283 |' in text
+    assert '| odam - drise | 0.200 +- 0.141 * | 2 |' in text
+    other = tmp_path / 'c.json'
+    other.write_text(json.dumps(dict(settings, evidence='odam', checkpoint='c.pth',
+                                     results={})))
+    with pytest.raises(SystemExit, match=r"c.json: audit settings \['evidence'\] differ"):
+        tool.read_runs(paths + [str(other)])

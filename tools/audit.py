@@ -14,7 +14,8 @@ prints one table per object set.
         [--dhsic-designs 500] [--dhsic-grid 8] [--vps-regions 64]
         [--vps-segmentation slico|grid] [--vps-search windowed|greedy] [--vps-head 1]
         [--vps-window 6] [--vps-box-slots 3]
-        [--vps-steps N] [--hook-settings] [--cfg-options ...]
+        [--vps-steps N] [--evidence-source detections|candidates] [--hook-settings]
+        [--cfg-options ...]
 
 --hook-settings starts from the settings of the config's ExplanationAuditHook (what
 tools/test.py would audit: its methods, sets, budgets and max_images); the flags given
@@ -46,6 +47,7 @@ from odamtrain.evaluation.explanation_audit import (  # noqa: E402
 from odamtrain.evaluation.functional import EVIDENCES  # noqa: E402
 from odamtrain.explain import (  # noqa: E402
     DRISE_ESTIMATORS,
+    EVIDENCE_SOURCES,
     TARGETS,
     VPS_SEARCHES,
     VPS_SEGMENTATIONS,
@@ -125,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "to the regions of the target's box")
     p.add_argument('--vps-steps', type=int_at_least(1), default=None,
                    help='VPS search steps (default: all regions)')
+    p.add_argument('--evidence-source', default='detections', choices=EVIDENCE_SOURCES,
+                   help="what D-RISE, D-HSIC and VPS read from a perturbed image: mmdet's "
+                   "detections, or every prediction before score threshold and NMS")
     p.add_argument('--seed', type=int, default=0, help='noise, D-RISE masks, D-HSIC designs')
     p.add_argument('--hook-settings', action='store_true',
                    help="start from the config's ExplanationAuditHook settings")
@@ -159,7 +164,8 @@ def config_hook_settings(cfg, config: str) -> tuple[dict, int]:
 
 def audit_settings(args, given: set, base: dict) -> AuditSettings:
     """``base`` (settings as a dict) with the values of the options in ``given``; --seed
-    also seeds D-RISE's masks and D-HSIC's designs."""
+    also seeds D-RISE's masks and D-HSIC's designs, --evidence-source sets the black boxes'
+    evidence."""
     settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for flag in given & set(SETTING_OF_FLAG):
         field, *key = SETTING_OF_FLAG[flag]
@@ -171,6 +177,9 @@ def audit_settings(args, given: set, base: dict) -> AuditSettings:
     if 'seed' in given:
         for method in ('drise', 'dhsic'):
             settings[method] = {**(settings.get(method) or {}), 'seed': args.seed}
+    if 'evidence_source' in given:
+        for method in ('drise', 'dhsic', 'vps'):
+            settings[method] = {**(settings.get(method) or {}), 'evidence': args.evidence_source}
     return AuditSettings.build(settings)
 
 

@@ -27,6 +27,7 @@ from .heatmap import (
 from .protocol import DetectorAdapter, Forward, UnsupportedDetectorError
 from .settings import (
     DRISE_ESTIMATORS,
+    EVIDENCE_SOURCES,
     FEATURES,
     GRADIENT_METHODS,
     METHODS,
@@ -43,7 +44,8 @@ from .vps import vps_forward_count, vps_saliency, vps_target_maps
 
 __all__ = ['ExplanationSettings', 'DriseSettings', 'DhsicSettings', 'VpsSettings', 'METHODS',
            'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
-           'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'build_adapter', 'head_adapter', 'supported_heads',
+           'EVIDENCE_SOURCES', 'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'build_adapter',
+           'head_adapter', 'supported_heads',
            'UnsupportedDetectorError', 'DetectorAdapter', 'Forward', 'DenseTrainStep',
            'RoITrainStep', 'box_sigma', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',

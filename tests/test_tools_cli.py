@@ -147,6 +147,15 @@ def test_audit_seeds_table_is_mean_and_std_over_the_runs(tmp_path):
     assert '| odam | 0.600 +- 0.141 | 3.000 +- 0.000 | 2 |' in text  # sqrt(0.02)
     assert '| drise | 0.400 +- 0.283 |' in text
     assert '| odam - drise | 0.200 +- 0.141 * | 2 |' in text
+    later = []  # the same trainings audited again with other settings: +0.1 for odam
+    for run, v in values.items():
+        path = tmp_path / f'{run}_other.json'
+        results = {'detected': {'odam': dict(insertion_auc=v['odam'] + 0.1, objects=3)}}
+        path.write_text(json.dumps(dict(settings, evidence='iou', results=results)))
+        later.append(str(path))
+    others, _ = tool.read_runs(later)
+    assert '| odam: other - this | 0.100 +- 0.000 * | 2 |' in tool.pair_tables(
+        sets, others, ['insertion_auc'])
     other = tmp_path / 'c.json'
     other.write_text(json.dumps(dict(settings, evidence='odam', checkpoint='c.pth',
                                      results={})))

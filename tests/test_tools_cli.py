@@ -86,8 +86,9 @@ def test_audit_hook_settings_with_overrides(monkeypatch):
     table1 = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--evidence', 'vps',
                                '--extra-evidences', 'class', 'iou', '--deletion-baseline',
                                'black', '--evidence-source', 'candidates'])
-    t = audit.audit_settings(table1, table1.given, {})
-    assert t.drise.evidence == t.dhsic.evidence == t.vps.evidence == 'candidates'
+    for given in (table1.given, set(vars(table1))):  # with and without --hook-settings
+        t = audit.audit_settings(table1, given, {})
+        assert t.drise.evidence == t.dhsic.evidence == t.vps.evidence == 'candidates'
     assert (t.evidence, t.extra_evidences, t.deletion_baseline) == ('vps', ('class', 'iou'),
                                                                     'black')
     assert s.sets == ('detected', 'missed')
@@ -97,7 +98,7 @@ def test_audit_hook_settings_with_overrides(monkeypatch):
     assert (s.vps.regions, s.vps.max_steps, s.vps.window) == (16, 3, 2)
 
     plain = audit.parse_args(['c.py', 'k.pth', '--out-dir', 'o', '--vps-window', '2'])
-    s = audit.audit_settings(plain, set(audit.SETTING_OF_FLAG), {})
+    s = audit.audit_settings(plain, set(vars(plain)), {})  # as main without --hook-settings
     assert s.methods == ('odam',) and s.sets == ('detected',) and s.iou_thr == 0.9
     assert (s.drise.num_masks, s.drise.estimator, s.drise.seed) == (1000, 'contrast', 0)
     assert (s.vps.regions, s.vps.window, s.vps.max_steps, s.deletion_steps) == (64, 2, None,

@@ -196,7 +196,7 @@ def main():
         if 'max_images' not in given:
             args.max_images = hook_max_images
     else:   # every option's value, defaults included
-        base, given = {}, set(SETTING_OF_FLAG)
+        base, given = {}, set(vars(args))
     settings = audit_settings(args, given, base)
     n = min(len(loader.dataset), args.max_images or len(loader.dataset))
     if osp.exists(osp.join(args.out_dir, 'audit.json')):

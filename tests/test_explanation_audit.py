@@ -171,14 +171,7 @@ def test_one_forward_per_image_and_method_and_detected_maps_are_the_detections_m
     cfg.score_thr, was = 0.0, cfg.score_thr  # the random-init head scores ~0.01
     calls = []
     try:
-        for batch in data:  # GT: three of the detections (tiny boxes) and the scene's people
-            b = fcos.data_preprocessor(batch, False)
-            det = fcos.predict(b['inputs'], [x.clone() for x in b['data_samples']])[0]
-            det = det.pred_instances
-            gt = batch['data_samples'][0].gt_instances
-            batch['data_samples'][0].gt_instances = InstanceData(
-                bboxes=HorizontalBoxes(torch.cat([det.bboxes[[0, 3, 6]].cpu(), gt.bboxes.tensor])),
-                labels=torch.cat([det.labels[[0, 3, 6]].cpu(), gt.labels]))
+        add_detections_to_gt(fcos, data)
         original = fcos.extract_feat
         fcos.extract_feat = lambda *a, **k: calls.append(1) or original(*a, **k)
         try:
@@ -201,18 +194,24 @@ def test_black_box_methods_score_explain_batchs_maps(fcos):
     cfg = fcos.bbox_head.test_cfg
     cfg.score_thr, was = 0.0, cfg.score_thr
     try:
-        for batch in data:  # GT: three of the detections and the scene's people
-            b = fcos.data_preprocessor(batch, False)
-            det = fcos.predict(b['inputs'], [x.clone() for x in b['data_samples']])[0]
-            det = det.pred_instances
-            gt = batch['data_samples'][0].gt_instances
-            batch['data_samples'][0].gt_instances = InstanceData(
-                bboxes=HorizontalBoxes(torch.cat([det.bboxes[[0, 3, 6]].cpu(), gt.bboxes.tensor])),
-                labels=torch.cat([det.labels[[0, 3, 6]].cpu(), gt.labels]))
+        add_detections_to_gt(fcos, data)
         raw = collect_explanation_scores(fcos, data, **settings)
         check_detected_maps(fcos, data, settings, raw, **budgets)
     finally:
         cfg.score_thr = was
+
+
+def add_detections_to_gt(fcos, data):
+    """Make three of each image's detections (tiny boxes) GT objects, beside the scene's
+    people, so that the detected set is not empty on a random-init detector."""
+    for batch in data:
+        b = fcos.data_preprocessor(batch, False)
+        det = fcos.predict(b['inputs'], [x.clone() for x in b['data_samples']])[0]
+        det = det.pred_instances
+        gt = batch['data_samples'][0].gt_instances
+        batch['data_samples'][0].gt_instances = InstanceData(
+            bboxes=HorizontalBoxes(torch.cat([det.bboxes[[0, 3, 6]].cpu(), gt.bboxes.tensor])),
+            labels=torch.cat([det.labels[[0, 3, 6]].cpu(), gt.labels]))
 
 
 def check_detected_maps(fcos, data, settings, raw, **explain_kw):

@@ -53,7 +53,7 @@ class ExplanationAuditHook(Hook):
         drise: :class:`~odamtrain.explain.DriseSettings` fields.
         dhsic: :class:`~odamtrain.explain.DhsicSettings` fields.
         vps: :class:`~odamtrain.explain.VpsSettings` fields.
-        seed: of the deletion noise, the D-RISE masks and the D-HSIC designs.
+        seed: of the deletion noise (the masks' seeds are ``drise`` / ``dhsic``'s own).
 
     The settings are :class:`~odamtrain.evaluation.explanation_audit.AuditSettings`,
     checked when the hook is built (a misspelt key or method fails with the config,

@@ -111,8 +111,8 @@ class AuditSettings:
         drise: :class:`~odamtrain.explain.DriseSettings` or its fields as a dict.
         dhsic: :class:`~odamtrain.explain.DhsicSettings` or its fields as a dict.
         vps: :class:`~odamtrain.explain.VpsSettings` or its fields as a dict.
-        seed: of the deletion noise (with the image, so that a shard of the images scores
-            them as the whole) and the D-RISE masks.
+        seed: of the deletion noise, with the image (so that a shard of the images scores
+            them as the whole); the masks' seeds are ``drise`` / ``dhsic``'s own.
         verify: check on the first image that the detections the gradient methods explain
             are the detector's own ``predict`` (a mismatch is an error naming it).
     """

@@ -31,11 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from odamtrain.inference import image_window, pixel_to_input
-
-from .evidence import evidence_fn
-from .heatmap import output_size, resize_maps
-from .masking import masked_evidence
+from .masking import masked_evidence, masked_target_maps
 from .settings import DhsicSettings
 
 __all__ = ['hsic_designs', 'hsic_scores', 'dhsic_saliency', 'dhsic_target_maps']
@@ -157,9 +153,5 @@ def dhsic_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
     Returns:
         Tensor: (T, H, W) at ``map_size``.
     """
-    fill = pixel_to_input(model, inputs.new_zeros(3))
-    origin, hw = image_window(meta)
-    with torch.no_grad():
-        sal = dhsic_saliency(evidence_fn(model, meta, settings.evidence), inputs, boxes, labels,
-                             settings, fill, hw, progress, origin)
-    return resize_maps(sal, 1, hw, output_size(meta['ori_shape'][:2], map_size))
+    return masked_target_maps(dhsic_saliency, model, inputs, meta, boxes, labels, map_size,
+                              settings, progress)

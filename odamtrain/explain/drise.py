@@ -41,11 +41,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from odamtrain.inference import image_window, pixel_to_input
-
-from .evidence import evidence_fn
-from .heatmap import output_size, resize_maps
-from .masking import masked_evidence
+from .masking import masked_evidence, masked_target_maps
 from .settings import DRISE_ESTIMATORS, DriseSettings
 
 __all__ = ['ESTIMATORS', 'DriseSums', 'drise_grids', 'drise_masks', 'drise_accumulate',
@@ -201,9 +197,5 @@ def drise_target_maps(model, inputs: torch.Tensor, meta: dict, boxes: torch.Tens
     Returns:
         Tensor: (T, H, W) at ``map_size``.
     """
-    fill = pixel_to_input(model, inputs.new_zeros(3))
-    origin, hw = image_window(meta)
-    with torch.no_grad():
-        sal = drise_saliency(evidence_fn(model, meta, settings.evidence), inputs, boxes, labels,
-                             settings, fill, hw, progress, origin)
-    return resize_maps(sal, 1, hw, output_size(meta['ori_shape'][:2], map_size))
+    return masked_target_maps(drise_saliency, model, inputs, meta, boxes, labels, map_size,
+                              settings, progress)

@@ -10,9 +10,13 @@ from collections.abc import Callable
 
 import torch
 
+from odamtrain.inference import image_window, pixel_to_input
 from odamtrain.structures import best_candidates
 
-__all__ = ['masked_evidence']
+from .evidence import evidence_fn
+from .heatmap import output_size, resize_maps
+
+__all__ = ['masked_evidence', 'masked_target_maps']
 
 
 def masked_evidence(predict: Callable, inputs: torch.Tensor, masks: torch.Tensor,
@@ -42,3 +46,33 @@ def masked_evidence(predict: Callable, inputs: torch.Tensor, masks: torch.Tensor
     masked[window] = torch.addcmul(fill, inputs[window] - fill, masks[:, None])
     return torch.stack([best_candidates(*det, target_boxes, target_labels)[1]
                         for det in predict(masked)])
+
+
+def masked_target_maps(saliency: Callable, model, inputs: torch.Tensor, meta: dict,
+                       boxes: torch.Tensor, labels: torch.Tensor, map_size, settings,
+                       progress: Callable | None = None) -> torch.Tensor:
+    """Maps of T targets of one preprocessed image of an mmdet detector by a masking
+    explainer (D-RISE, D-HSIC): masked pixels black, the padding of the input left as it is,
+    the evidence read as ``settings.evidence`` says.
+
+    Args:
+        saliency: the explainer's ``(predict, inputs, boxes, labels, settings, fill,
+            image_hw, progress, origin) -> (T, h, w)``.
+        model: an mmdet detector.
+        inputs: (1, 3, H_in, W_in) the data preprocessor's output.
+        meta: the image's metainfo.
+        boxes: (T, 4) x1y1x2y2 in original pixels.
+        labels: (T,).
+        map_size: 'image' or the maps' short edge.
+        settings: the explainer's settings (with ``evidence``).
+        progress: called with the number of masked images done after each batch.
+
+    Returns:
+        Tensor: (T, H, W) at ``map_size``.
+    """
+    fill = pixel_to_input(model, inputs.new_zeros(3))
+    origin, hw = image_window(meta)
+    with torch.no_grad():
+        sal = saliency(evidence_fn(model, meta, settings.evidence), inputs, boxes, labels,
+                       settings, fill, hw, progress, origin)
+    return resize_maps(sal, 1, hw, output_size(meta['ori_shape'][:2], map_size))

@@ -35,6 +35,7 @@ from .helpers.oracles import frozen_norm_stats
 from .zoo import (
     DENSE,
     DETR_ZOO,
+    GROUNDING_ZOO,
     QUERY_RCNN,
     ROI_READS,
     TWO_STAGE,
@@ -601,7 +602,8 @@ def test_image_window_is_where_centernets_pipeline_put_the_image():
 
 
 # ------------------------------------------------------------------- black box
-@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO))
+@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO)
+                         + list(GROUNDING_ZOO))
 def test_drise_dhsic_and_vps_take_every_family_as_a_black_box(name):
     """D-RISE's map of a detection == its definition computed here from mmdet's own
     predictions of the masked images (sum_i w_i M_i / sum_i M_i, w_i = max IoU x score of

@@ -1,6 +1,8 @@
 """The user-facing API against mmdet's own inference and a per-detection backward:
 ``explain_detector`` returns mmdet's detections of ``inference_detector`` and, for each, the
 ODAM map of one autograd backward of that detection alone."""
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -9,8 +11,10 @@ from mmdet.apis import inference_detector
 
 from odamtrain.apis import explain_detector
 from odamtrain.explain.heatmap import box_sigma, normalize_maps, odam_heatmap, resize_maps
+from odamtrain.inference import prepare_batch, prepare_train_batch
 
 from .odam_fixtures import build_detector, scene
+from .zoo import build_zoo_detector
 
 
 @pytest.fixture(scope='module')
@@ -48,7 +52,6 @@ def test_explain_detector_maps_equal_one_backward_per_detection(fcos):
     img = scene(4)
     res = explain_detector(fcos, img, method='odam', target='score', normalize=None,
                            mode='exact').pred_instances
-    from odamtrain.inference import prepare_batch
     inputs, samples = prepare_batch(fcos, img)
     meta = samples[0].metainfo
     with torch.no_grad():
@@ -72,3 +75,15 @@ def test_explain_detector_maps_equal_one_backward_per_detection(fcos):
         torch.testing.assert_close(res.heatmaps[k], want, rtol=1e-4, atol=1e-6)
     assert normalize_maps(res.heatmaps, 'minmax').amax((1, 2)).allclose(torch.ones(5))
     assert np.isfinite(res.heatmaps.numpy()).all()
+
+
+def test_preparing_arrays_leaves_the_models_config_alone():
+    """prepare_batch and prepare_train_batch on arrays edit their own copy of the test
+    pipeline, so mmdet's inference_detector still finds model.cfg as it was."""
+    model = build_zoo_detector('retinanet')
+    before = copy.deepcopy(model.cfg.test_dataloader.dataset.pipeline)
+    img = np.zeros((150, 190, 3), np.uint8)
+    prepare_batch(model, img)
+    prepare_train_batch(model, [img], [np.array([[10., 20., 60., 90.]])])
+    assert model.cfg.test_dataloader.dataset.pipeline == before
+    assert len(inference_detector(model, img).pred_instances) > 0

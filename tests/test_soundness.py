@@ -27,7 +27,16 @@ from odamtrain.models import asks_for_odam
 
 from .conftest import REPO
 from .odam_fixtures import train_batch
-from .zoo import DENSE, DETR_ZOO, QUERY_RCNN, TWO_STAGE, build_zoo_detector, zoo_batch, zoo_config
+from .zoo import (
+    DENSE,
+    DETR_ZOO,
+    GROUNDING_ZOO,
+    QUERY_RCNN,
+    TWO_STAGE,
+    build_zoo_detector,
+    zoo_batch,
+    zoo_config,
+)
 
 # (stock mmdet config, the class.method or words the refusal must name)
 REFUSED = {
@@ -98,7 +107,8 @@ def test_subclass_overriding_one_step_is_refused():
         build_adapter(cascade)
 
 
-@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO))
+@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO)
+                         + list(GROUNDING_ZOO))
 def test_every_covered_family_passes_the_self_check(name):
     """The explained detections are ``model.predict``'s (boxes, labels, scores), for a score
     and a box-side target; a model built by the registry from the zoo config."""

@@ -1,10 +1,15 @@
 """Tiny random-init versions of mmdet 3.3 model-zoo detectors (a narrow ResNet-18 or the
 configs' own small backbones, 32-channel heads), for the adapter tests."""
+import functools
+import os
+import tempfile
+
 import numpy as np
 import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.hub import get_config
+from transformers import BertConfig, BertModel, BertTokenizer
 
 from odamtrain.inference import prepare_batch
 
@@ -71,6 +76,12 @@ DETR_ZOO = {
     'deformable-detr': 'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
     'dino': 'dino/dino-4scale_r50_8xb2-12e_coco.py',
 }
+# Grounding DINO: the same shrinking, a tiny random BERT written by the tests (no download),
+# the prompt of zoo_batch naming the 3 classes
+GROUNDING_ZOO = {'grounding-dino': 'grounding_dino/grounding_dino_r50_scratch_8xb2_1x_coco.py'}
+ZOO_PROMPT = 'person . bicycle . car'
+TINY_BERT_VOCAB = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '.', '?', ',', 'a', 'the',
+                   'person', 'bicycle', 'car', 'dog', 'red', 'left', 'man', 'on')
 # (Conditional DETR and DINO keep 256 channels: mmdet's coordinate_to_encoding is
 # hard-wired to 128 features per coordinate)
 WIDE = ('conditional-detr', 'dino')
@@ -92,7 +103,7 @@ def _shrink(node, shrunk: dict):
 def zoo_config(name: str, num_classes: int = 3):
     """The tiny config of a zoo detector: its own test pipeline at 160 x 128 px, test-time
     thresholds that keep the low scores of a random model."""
-    if name in DETR_ZOO:
+    if name in DETR_ZOO or name in GROUNDING_ZOO:
         return _detr_config(name, num_classes)
     path, head_options = ZOO[name]
     cfg = get_config(f'mmdet::{path}')
@@ -184,13 +195,35 @@ def _narrow_roi_branches(roi_head, num_classes: int):
         roi_head.feat_relay_head.update(in_channels=64, out_conv_channels=32)
 
 
+@functools.cache
+def tiny_bert() -> str:
+    """A folder holding a random 1-layer, 32-feature BERT with a small vocabulary, as
+    ``transformers`` saves one (what a user's ``lang_model_name`` points at)."""
+    folder = tempfile.mkdtemp(prefix='odamtrain-tiny-bert-')
+    vocab = os.path.join(folder, 'vocab.txt')
+    with open(vocab, 'w') as f:
+        f.write('\n'.join(TINY_BERT_VOCAB) + '\n')
+    BertTokenizer(vocab).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(TINY_BERT_VOCAB), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
 def _detr_config(name: str, num_classes: int):
-    cfg = get_config(f'mmdet::{DETR_ZOO[name]}')
+    cfg = get_config(f'mmdet::{DETR_ZOO.get(name) or GROUNDING_ZOO[name]}')
     model = cfg.model
+    if name in GROUNDING_ZOO:  # (its coordinate encodings need 256 channels too)
+        model.language_model.name = tiny_bert()
+        model.encoder.num_cp = 0
+        model.encoder.fusion_layer_cfg.embed_dim = 64
+        model.train_cfg = None
     stages = model.backbone.out_indices
     model.backbone = dict(NARROW_RESNET['backbone'], out_indices=stages)
     model.neck.in_channels = [[8, 16, 32, 64][i] for i in stages]
-    dims = 256 if name in WIDE else 32
+    dims = 256 if name in WIDE or name in GROUNDING_ZOO else 32
     model.neck.out_channels = dims
     if model.neck.get('norm_cfg'):
         model.neck.norm_cfg = dict(type='GN', num_groups=8)
@@ -206,7 +239,7 @@ def _detr_config(name: str, num_classes: int):
 
 def _tiny_pipeline(cfg):
     for t in cfg.test_dataloader.dataset.pipeline:
-        if t['type'] == 'Resize':
+        if t['type'] in ('Resize', 'FixScaleResize'):
             t.update(scale=(160, 128), keep_ratio=True)
         if t['type'] == 'Pad' and 'size' in t:
             t.update(size=(160, 128))
@@ -232,7 +265,11 @@ def _spread_outputs(model, seed):
     """Random weights everywhere in the head (not the zoo's near-constant initialisation),
     so that scores differ across locations and classes."""
     g = torch.Generator().manual_seed(seed + 1)
-    if hasattr(model, 'encoder'):  # DETR-like: their own initialisation
+    if hasattr(model, 'encoder'):  # DETR-like: their own initialisation, except the box
+        # branches' last layers that DINO's family zeroes (boxes = the detached references)
+        for branch in getattr(model.bbox_head, 'reg_branches', ()):
+            last = branch[-1]
+            last.weight.data = torch.randn(last.weight.shape, generator=g) * 0.05
         return
     head = model.roi_head if hasattr(model, 'roi_head') else model.bbox_head
     for p in head.parameters():
@@ -247,4 +284,5 @@ def _spread_outputs(model, seed):
 def zoo_batch(model, seed: int = 0):
     """(inputs, data_samples) of one random 150 x 190 image through the test pipeline."""
     img = np.random.default_rng(seed).integers(0, 255, (150, 190, 3), dtype=np.uint8)
-    return prepare_batch(model, img)
+    return prepare_batch(model, img, text=ZOO_PROMPT if hasattr(model, 'language_model')
+                         else None)

@@ -48,6 +48,9 @@ def parse_args():
     p.add_argument('--features', default='auto', choices=FEATURES,
                    help="A, what the maps read (default: the family's; the detector's "
                         "adapter lists its choices, e.g. 'towers' for dense heads)")
+    p.add_argument('--text', default=None,
+                   help="the prompt of a grounding detector (Grounding DINO), the same for "
+                        "every image: class names separated by ' . ', e.g. 'person . bicycle'")
     p.add_argument('--no-smooth', action='store_true', help="no Gaussian Phi (authors' code)")
     p.add_argument('--no-verify', action='store_true',
                    help="skip the check, on the first image, that the explained detections "
@@ -113,7 +116,7 @@ def main():
         with exit_on_data_error():
             pred = explain_detector(model, img, method=args.method, target=args.target,
                                     smooth=None if args.no_smooth else 'gaussian',
-                                    mode=args.mode, features=args.features,
+                                    mode=args.mode, features=args.features, text=args.text,
                                     verify=i == 0 and not args.no_verify).pred_instances
         keep = (pred.scores >= args.score_thr).nonzero()[:, 0][:args.topk]  # sorted by score
         pred = pred[keep]

@@ -11,6 +11,7 @@ from odamtrain.explain import (
     dhsic_target_maps,
     drise_target_maps,
     normalize_maps,
+    require_prompts,
     vps_target_maps,
 )
 from odamtrain.inference import prepare_batch
@@ -71,6 +72,7 @@ def explain_batch(model, inputs: torch.Tensor, data_samples: list,
         DetectionMismatchError: if ``verify`` finds other detections than mmdet's.
     """
     settings = ExplanationSettings.build(settings, **overrides)
+    require_prompts(model, data_samples)
     if targets is not None and len(targets) != len(data_samples):
         raise ValueError(f'targets: expected one InstanceData per image '
                          f'({len(data_samples)}), got {len(targets)}')
@@ -123,7 +125,7 @@ def _chosen_targets(i: int, det, choose):
 
 
 def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = None,
-                     test_pipeline=None, verify: bool = True, **overrides):
+                     test_pipeline=None, verify: bool = True, text=None, **overrides):
     """Detect and explain every detection, like ``mmdet.apis.inference_detector``.
 
     Args:
@@ -135,6 +137,9 @@ def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = 
         test_pipeline: the test pipeline (default: the model's config's).
         verify: check on the first image that the explained detections are the model's own
             (``explain_batch``'s ``verify``).
+        text: the prompt of a grounding detector (Grounding DINO), e.g. 'person . bicycle'
+            or ['person', 'bicycle'], the same for every image (None: none, or what the test
+            pipeline packs).
         **overrides: fields of the settings as keywords, e.g. ``method='odam',
             target='score', mode='fast'``, checked before any work.
 
@@ -152,7 +157,7 @@ def explain_detector(model, imgs, settings: ExplanationSettings | dict | None = 
     is_batch = isinstance(imgs, (list, tuple))
     results = []
     for i, img in enumerate(list(imgs) if is_batch else [imgs]):
-        inputs, samples = prepare_batch(model, img, test_pipeline)
+        inputs, samples = prepare_batch(model, img, test_pipeline, text)
         det, = explain_batch(model, inputs, samples, settings, verify=verify and i == 0)
         samples[0].pred_instances = det
         results.append(samples[0])

@@ -6,6 +6,7 @@ from .adapters import (
     RoITrainStep,
     build_adapter,
     head_adapter,
+    require_prompts,
     supported_heads,
 )
 from .dhsic import dhsic_saliency, dhsic_target_maps
@@ -45,7 +46,7 @@ from .vps import vps_forward_count, vps_saliency, vps_target_maps
 __all__ = ['ExplanationSettings', 'DriseSettings', 'DhsicSettings', 'VpsSettings', 'METHODS',
            'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
            'EVIDENCE_SOURCES', 'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'build_adapter',
-           'head_adapter', 'supported_heads',
+           'head_adapter', 'supported_heads', 'require_prompts',
            'UnsupportedDetectorError', 'DetectorAdapter', 'Forward', 'DenseTrainStep',
            'RoITrainStep', 'box_sigma', 'gaussian_smooth',
            'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',

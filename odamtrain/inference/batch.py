@@ -3,6 +3,7 @@ detector as a black box (images -> detections)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ __all__ = ['prepare_batch', 'prepare_train_batch', 'predict_fn', 'pixel_to_input
 
 
 def _test_pipeline(model, img, with_annotations: bool) -> Compose:
-    cfg = get_test_pipeline_cfg(model.cfg.copy())
+    cfg = copy.deepcopy(get_test_pipeline_cfg(model.cfg))  # (.copy() is shallow)
     if not with_annotations:
         cfg = [t for t in cfg if 'LoadAnnotations' not in t['type']]  # no GT at inference
     if isinstance(img, np.ndarray):
@@ -28,7 +29,7 @@ def _source(img, img_id: int) -> dict:
             else dict(img_path=img, img_id=img_id))
 
 
-def prepare_batch(model, img, test_pipeline=None):
+def prepare_batch(model, img, test_pipeline=None, text=None):
     """One image through the model's test pipeline (without annotation loading) and data
     preprocessor.
 
@@ -36,13 +37,22 @@ def prepare_batch(model, img, test_pipeline=None):
         model: an mmdet detector.
         img: an image path or a BGR ``np.ndarray`` (H, W, 3).
         test_pipeline: the pipeline config (default: the model's config's test pipeline).
+        text: the prompt of a grounding detector (class names separated by ' . ', or a list
+            of names): the sample's ``text`` with ``custom_entities=True``, as mmdet's
+            ``inference_detector(text_prompt=..., custom_entities=True)`` gives it; None: no
+            prompt.
 
     Returns:
         tuple: ``(inputs, data_samples)``: inputs (1, 3, H_in, W_in), a list of one
         ``DetDataSample``.
     """
     pipeline = test_pipeline or _test_pipeline(model, img, with_annotations=False)
-    data = pipeline(_source(img, 0))
+    source = _source(img, 0)
+    if text is not None:
+        source.update(text=text, custom_entities=True)
+    data = pipeline(source)
+    if text is not None:  # (a pipeline whose PackDetInputs does not pack them)
+        data['data_samples'].set_metainfo(dict(text=text, custom_entities=True))
     batch = model.data_preprocessor(dict(inputs=[data['inputs']],
                                          data_samples=[data['data_samples']]), False)
     return batch['inputs'], batch['data_samples']

@@ -31,6 +31,7 @@ from .dense import (
     YOLOXAdapter,
 )
 from .detr import DETRAdapter, DETRForward
+from .grounding_dino import GroundingDINOAdapter, GroundingForward, require_prompts
 from .roi import (
     ROI_ADAPTERS,
     CascadeRoIAdapter,
@@ -49,7 +50,8 @@ from .roi import (
 from .sparse import SparseForward, SparseRoIAdapter
 
 __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'supported_heads',
-           'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward', 'DenseRows',
+           'DetectorAdapter', 'DenseHeadAdapter', 'DETRAdapter', 'DETRForward',
+           'GroundingDINOAdapter', 'GroundingForward', 'require_prompts', 'DenseRows',
            'DenseTrainStep', 'StandardRoIAdapter', 'CascadeRoIAdapter',
            'DoubleHeadRoIAdapter', 'HTCRoIAdapter', 'SCNetRoIAdapter', 'MaskScoringRoIAdapter',
            'CrowdDetRoIAdapter', 'GridRoIAdapter', 'SABLRoIAdapter', 'SABLCascadeRoIAdapter',
@@ -62,7 +64,8 @@ __all__ = ['build_adapter', 'head_adapter', 'UnsupportedDetectorError', 'support
 
 # the RoI heads' adapters: region-based, then query-based
 TWO_STAGE_ADAPTERS = ROI_ADAPTERS + (SparseRoIAdapter,)
-ADAPTERS = DENSE_ADAPTERS + TWO_STAGE_ADAPTERS + (DETRAdapter,)
+DETR_ADAPTERS = (DETRAdapter, GroundingDINOAdapter)
+ADAPTERS = DENSE_ADAPTERS + TWO_STAGE_ADAPTERS + DETR_ADAPTERS
 
 
 def supported_heads() -> list[str]:
@@ -131,7 +134,7 @@ def build_adapter(model) -> DetectorAdapter:
     if roi_head is not None:
         head, table = roi_head, TWO_STAGE_ADAPTERS
     elif isinstance(bbox_head, DETRHead):
-        head, table = bbox_head, (DETRAdapter,)
+        head, table = bbox_head, DETR_ADAPTERS
     elif bbox_head is not None:
         head, table = bbox_head, DENSE_ADAPTERS
     else:

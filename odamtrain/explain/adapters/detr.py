@@ -91,10 +91,9 @@ class DETRAdapter(DetectorAdapter):
         outputs (with their graph) before running."""
         head, original = self.head, type(self.head).predict_by_feat
 
-        def predict_by_feat(layer_cls_scores, layer_bbox_preds, batch_img_metas, rescale=True):
+        def predict_by_feat(layer_cls_scores, layer_bbox_preds, *args, **kwargs):
             store.update(cls=layer_cls_scores[-1], boxes=layer_bbox_preds[-1])
-            return original(head, layer_cls_scores, layer_bbox_preds, batch_img_metas,
-                            rescale)
+            return original(head, layer_cls_scores, layer_bbox_preds, *args, **kwargs)
 
         head.predict_by_feat = predict_by_feat
         try:
@@ -148,9 +147,10 @@ class DETRAdapter(DetectorAdapter):
         return [leaf], levels, head_inputs
 
     # -------------------------------------------------------------- predictions
-    def _selected(self, cls: torch.Tensor, max_per_img: int) -> tuple:
+    def _selected(self, fwd, i: int, max_per_img: int) -> tuple:
         """(query, label) of the detections mmdet's ``_predict_by_feat_single`` keeps from
-        one image's class outputs (Q, K)."""
+        image ``i``'s class outputs (Q, K)."""
+        cls = fwd.cls[i].detach()
         if self.head.loss_cls.use_sigmoid:
             _, index = cls.sigmoid().reshape(-1).topk(max_per_img)
             k = self.head.num_classes
@@ -165,7 +165,7 @@ class DETRAdapter(DetectorAdapter):
         out = []
         for i, det in enumerate(fwd.dets):
             max_per_img = self.head.test_cfg.get('max_per_img', fwd.cls.shape[1])
-            query, labels = self._selected(fwd.cls[i].detach(), max_per_img)
+            query, labels = self._selected(fwd, i, max_per_img)
             if not torch.equal(labels, det.labels):
                 raise RuntimeError(f'{type(self.head).__name__}: the recomputed selection '
                                    'differs from its own')
@@ -183,8 +183,9 @@ class DETRAdapter(DetectorAdapter):
         """Every (query, class) of every image with its score and box as mmdet's
         ``_predict_by_feat_single`` makes them (clipped to the image, original pixels)."""
         out = []
-        q, k, device = fwd.cls.shape[1], self.head.num_classes, fwd.cls.device
+        q, device = fwd.cls.shape[1], fwd.cls.device
         for i, meta in enumerate(fwd.metas):
+            k = self._num_labels(fwd, i)
             query = torch.arange(q, device=device).repeat_interleave(k)
             labels = torch.arange(k, device=device).repeat(q)
             preds = InstanceData(query=query, labels=labels, img=torch.full_like(query, i))
@@ -196,6 +197,10 @@ class DETRAdapter(DetectorAdapter):
                 preds.bboxes = box / box_scale(*meta['scale_factor'][:2], fwd.boxes)
             out.append(preds)
         return out
+
+    def _num_labels(self, fwd, i: int) -> int:
+        """How many classes image ``i``'s predictions choose from."""
+        return self.head.num_classes
 
     # ---------------------------------------------------------------- attribute
     def attribute(self, target, fwd, preds):

@@ -288,6 +288,71 @@ def test_dense_maps_equal_the_oracle_maps(dense):
         torch.testing.assert_close(det.heatmaps[p], ref[0], rtol=1e-4, atol=1e-6)
 
 
+def cam_oracle(method: str, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """(h, w) map of a CAM method from one detection's gradient g and A (C, h, w) on the
+    whole level, as the papers write them: Grad-CAM's mean gradient; Grad-CAM++'s alpha =
+    g^2 / (2 g^2 + sum_ab A_ab g^3) times ReLU(g); SSGrad-CAM++ also times |g| / max |g|."""
+    if method == 'gradcam':
+        w = g.mean((1, 2))
+    else:
+        total = a.sum((1, 2))[:, None, None]
+        denom = 2 * g ** 2 + total * g ** 3
+        alpha = torch.where(denom != 0, g ** 2 / denom, torch.zeros_like(g))
+        positive = g.clamp(min=0)
+        if method == 'ssgradcampp':
+            positive = positive * g.abs() / g.abs().max()
+        w = (alpha * positive).sum((1, 2))
+    return F.relu((w[:, None, None] * a).sum(0))
+
+
+@pytest.mark.parametrize('name,mode', [('retinanet', 'windows'), ('fcos', 'exact'),
+                                       ('faster-rcnn', 'exact')])
+@pytest.mark.parametrize('method', ['gradcam', 'gradcampp', 'ssgradcampp'])
+def test_cam_maps_equal_the_papers_formulas_on_oracle_gradients(name, mode, method):
+    """Instance Grad-CAM, Grad-CAM++ and SSGrad-CAM++ maps == their formulas applied to one
+    backward per detection through mmdet's graph on the whole level (RetinaNet: windowed
+    gradients, exact without normalisation; the sums over the map still span the whole
+    level); Faster R-CNN: on its RoI features."""
+    model = build_zoo_detector(name)
+    inputs, samples = zoo_batch(model)
+    det, = explain_batch(model, inputs, samples, method=method, mode=mode, normalize=None)
+    meta = samples[0].metainfo
+    if name == 'faster-rcnn':
+        with torch.no_grad():
+            feats = model.extract_feat(inputs)
+            proposals = model.rpn_head.predict(feats, samples, rescale=False)
+        adapter = build_adapter(model)
+        fwd = adapter.forward_rois(feats, proposals, [meta])
+        preds, = adapter.predictions(fwd)
+        leaves, (res,) = mmdet_roi_graph(model, inputs, samples)
+        for p in range(4):
+            (roi_feats,) = leaves
+            g, = torch.autograd.grad(res.scores[p], roi_feats, retain_graph=True)
+            want = cam_oracle(method, g[preds.roi[p]], roi_feats[preds.roi[p]].detach())
+            roi = fwd.rois[0][preds.roi[p], 1:]  # input pixels -> original pixels
+            box = roi / roi.new_tensor(meta['scale_factor']).repeat(2)
+            want = paste_roi_maps(want[None], box[None], meta['ori_shape'][:2])
+            torch.testing.assert_close(det.heatmaps[p:p + 1], want, rtol=1e-4, atol=1e-6)
+        return
+    leaves, outs, (res,) = mmdet_dense_graph(model, inputs, samples)
+    checked = 0
+    for p in pick(det).tolist():
+        with torch.enable_grad():
+            y = oracle_value(name, outs, res, p, 'score')
+        grads = oracle_grads(name, y, outs, leaves)
+        level = next(i for i, g in enumerate(grads) if g is not None and g.abs().sum() > 0)
+        want = cam_oracle(method, grads[level][0], leaves[level][0].detach())
+        origin, image_hw = image_window(meta)
+        stride = inputs.shape[-2] / leaves[level].shape[-2]
+        want = resize_maps(want[None], stride, image_hw, meta['ori_shape'][:2], origin)[0]
+        # (alpha's denominator 2 g^2 + S g^3 can nearly cancel: it magnifies the float
+        # difference between the windowed backward and autograd)
+        torch.testing.assert_close(det.heatmaps[p], want, rtol=1e-4,
+                                   atol=1e-4 * float(want.amax()) + 1e-6)
+        checked += bool(want.amax() > 0)
+    assert checked > 0
+
+
 def test_tood_box_side_maps_take_the_per_detection_fallback(monkeypatch):
     """TOOD's box sides pass its deformable sampling (mmcv's DCN, no batching rule): the
     vectorised backward falls back to one backward per detection, inside explain_batch's

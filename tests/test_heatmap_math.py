@@ -17,6 +17,7 @@ from odamtrain.explain.heatmap import (
     paste_roi_maps,
     resize_maps,
     smooth_windows,
+    ssgradcam_pp_weights,
 )
 
 
@@ -86,11 +87,38 @@ def test_gradcam_weights_hand_computed():
     a[0, 1] = 4.0
     torch.testing.assert_close(channel_weighted_map(torch.tensor([[1.0, -0.5]]), a),
                                torch.zeros(1, 2, 2))  # 1 - 2 = -1 -> ReLU 0
-    # Grad-CAM++ on channel 0 with A = 1: alpha = g^2 / (2 g^2 + sum A g^3) = g^2 / (2 g^2 + 28)
-    w = gradcam_pp_weights(g, a)
-    expected0 = 1 / (2 + 28) * 1 + 9 / (18 + 28) * 3
+    # Grad-CAM++ on channel 0 with A = 1 (S = sum A = 4): alpha = g^2 / (2 g^2 + 4 g^3)
+    w = gradcam_pp_weights(g, a.sum((2, 3)))
+    expected0 = 1 / (2 + 4) * 1 + 9 / (18 + 108) * 3
     torch.testing.assert_close(w[0, 0], torch.tensor(expected0))
     torch.testing.assert_close(w[0, 1], torch.tensor(0.0))  # only negative gradient
+    # SSGrad-CAM++: each positive gradient also times |g| / max |g| (max 3, both channels)
+    w = ssgradcam_pp_weights(g, a.sum((2, 3)))
+    torch.testing.assert_close(w[0, 0], torch.tensor(1 / 6 * 1 * (1 / 3) + 9 / 126 * 3 * 1))
+    torch.testing.assert_close(w[0, 1], torch.tensor(0.0))
+
+
+def test_cam_pp_weights_equal_the_authors_expressions():
+    """On random tensors: Grad-CAM++ == its authors' closed form (alpha = g^2 / (2 g^2 +
+    g^3 * the channel's activation sum)); SSGrad-CAM++ == the VPS authors' baseline with a box
+    covering the whole map (their eps only guards 0 / 0: none here, float64); a window of
+    the gradient with the whole map's sums gives the whole map's weights."""
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(3, 4, 6, 7, generator=gen, dtype=torch.float64) * 0.1
+    a = torch.rand(3, 4, 6, 7, generator=gen, dtype=torch.float64)
+    eps = 1e-300
+    total = a.sum((2, 3))[:, :, None, None]
+    alpha = g ** 2 / (2 * g ** 2 + total * g ** 3 + eps)
+    torch.testing.assert_close(gradcam_pp_weights(g, a.sum((2, 3))),
+                               (alpha * g.clamp(min=0)).sum((2, 3)))
+    space = g.abs() / g.abs().amax((1, 2, 3), keepdim=True)
+    want = (torch.relu(g * space) * alpha).sum((2, 3))
+    torch.testing.assert_close(ssgradcam_pp_weights(g, a.sum((2, 3))), want)
+    window = torch.zeros_like(g)
+    window[..., 1:4, 2:6] = g[..., 1:4, 2:6]
+    for weights in (gradcam_pp_weights, ssgradcam_pp_weights):
+        torch.testing.assert_close(weights(window[..., 1:4, 2:6], a.sum((2, 3))),
+                                   weights(window, a.sum((2, 3))))
 
 
 def test_resize_crops_padding_and_scales():

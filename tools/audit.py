@@ -6,7 +6,8 @@ curves (audit_curves.png) and the methods' maps of the same objects (audit_metho
 prints one table per object set.
 
     python tools/audit.py CONFIG CHECKPOINT --out-dir DIR
-        [--methods odam gradcam gradcampp drise dhsic vps] [--target score] [--iou-thr 0.9]
+        [--methods odam gradcam gradcampp ssgradcampp drise dhsic vps] [--target score]
+        [--iou-thr 0.9]
         [--sets detected missed misclassified] [--score-thr 0.3] [--max-images 0]
         [--deletion-steps 0] [--deletion-baseline noise|black]
         [--evidence odam|vps|class|iou] [--extra-evidences class iou] [--extent box|image]

@@ -6,9 +6,10 @@ one picture, each detection's map and box in its own colour: the ODAM paper's Fi
 and ``<name>_<method>_<target>.npz`` (bboxes, scores, labels, heatmaps at the image size).
 
     python tools/explain.py CONFIG CHECKPOINT IMAGE_OR_DIR [...] --out-dir DIR \
-        [--method odam|gradcam|gradcampp] [--target score|logit|x1|y1|x2|y2] \
-        [--score-thr 0.3] [--topk 8] [--mode fast|exact] [--features auto|towers|...]
-        [--no-smooth] [--no-verify] [--device cpu]
+        [--method odam|gradcam|gradcampp|ssgradcampp|drise|dhsic|vps] \
+        [--target score|logit|x1|y1|x2|y2] [--score-thr 0.3] [--topk 8] [--mode fast|exact] \
+        [--features auto|towers|...] [--text 'person . bicycle'] [--no-smooth] [--no-verify]
+        [--device cpu]
 """
 import argparse
 import io

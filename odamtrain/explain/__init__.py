@@ -1,6 +1,6 @@
-"""Explanations of detections: ODAM and instance Grad-CAM / Grad-CAM++ (gradients, through
-the detector adapters: :mod:`.protocol`, :mod:`.adapters`), D-RISE, D-HSIC and VPS (black
-box)."""
+"""Explanations of detections: ODAM and instance Grad-CAM / Grad-CAM++ / SSGrad-CAM++
+(gradients, through the detector adapters: :mod:`.protocol`, :mod:`.adapters`), D-RISE,
+D-HSIC and VPS (black box)."""
 from .adapters import (
     DenseTrainStep,
     RoITrainStep,
@@ -24,6 +24,7 @@ from .heatmap import (
     paste_roi_maps,
     resample_maps,
     resize_maps,
+    ssgradcam_pp_weights,
 )
 from .protocol import DetectorAdapter, Forward, UnsupportedDetectorError
 from .settings import (
@@ -49,7 +50,8 @@ __all__ = ['ExplanationSettings', 'DriseSettings', 'DhsicSettings', 'VpsSettings
            'head_adapter', 'supported_heads', 'require_prompts',
            'UnsupportedDetectorError', 'DetectorAdapter', 'Forward', 'DenseTrainStep',
            'RoITrainStep', 'box_sigma', 'gaussian_smooth',
-           'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'channel_weighted_map',
+           'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights', 'ssgradcam_pp_weights',
+           'channel_weighted_map',
            'explanation_maps', 'normalize_maps', 'resize_maps', 'output_size',
            'paste_roi_maps', 'resample_maps', 'drise_saliency', 'drise_target_maps',
            'dhsic_saliency', 'dhsic_target_maps',

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 __all__ = ['SIGMA_PER_BOX_SIZE', 'box_sigma', 'gaussian_kernels', 'gaussian_smooth',
            'smooth_windows', 'odam_heatmap', 'gradcam_weights', 'gradcam_pp_weights',
+           'ssgradcam_pp_weights',
            'channel_weighted_map', 'explanation_maps', 'normalize_maps', 'resize_maps',
            'resample_maps', 'output_size', 'paste_roi_maps']
 
@@ -150,23 +151,51 @@ def gradcam_weights(grads: torch.Tensor, area: int | None = None) -> torch.Tenso
     return grads.sum((2, 3)) / (area or grads.shape[2] * grads.shape[3])
 
 
-def gradcam_pp_weights(grads: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """Instance Grad-CAM++ (Chattopadhay et al., Eq. 19 with the exponential-score
-    approximation of the authors' code) channel weights: alpha = g^2 / (2 g^2 + sum_xy A g^3),
-    w_k = sum_xy alpha * ReLU(g). Positions where the gradient is zero contribute nothing, so
-    a window suffices.
+def _gradcam_pp_alpha(grads: torch.Tensor, activation_sums: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++'s alpha_ij = g_ij^2 / (2 g_ij^2 + S g_ij^3), 0 where that is 0 / 0."""
+    g2 = grads ** 2
+    denom = 2 * g2 + activation_sums[:, :, None, None] * g2 * grads
+    return g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+
+
+def gradcam_pp_weights(grads: torch.Tensor, activation_sums: torch.Tensor) -> torch.Tensor:
+    """Instance Grad-CAM++ (Chattopadhay et al., WACV'18, Eq. 19 with the exponential-score
+    approximation of the authors' code) channel weights: alpha_ij = g_ij^2 / (2 g_ij^2 + S
+    g_ij^3) with S the channel's activations summed over the whole map, w_k = sum_ij alpha_ij
+    ReLU(g_ij). Positions where the gradient is zero contribute nothing, so a window of the
+    gradient suffices (S still comes from the whole map).
 
     Args:
-        grads: (N, C, h, w).
-        feats: (N | 1, C, h, w) on the same window.
+        grads: (N, C, h, w) on a window or the whole map.
+        activation_sums: (N | 1, C) S, the sum of A over its whole map per channel.
 
     Returns:
         Tensor: (N, C).
     """
-    g2, g3 = grads ** 2, grads ** 3
-    denom = 2 * g2 + (feats * g3).sum((2, 3), keepdim=True)
-    alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
-    return (alpha * F.relu(grads)).sum((2, 3))
+    return (_gradcam_pp_alpha(grads, activation_sums) * F.relu(grads)).sum((2, 3))
+
+
+def ssgradcam_pp_weights(grads: torch.Tensor, activation_sums: torch.Tensor) -> torch.Tensor:
+    """Spatial Sensitive Grad-CAM++ (Yamauchi, CVPRW'24) channel weights as the VPS authors'
+    baseline computes them: Grad-CAM++'s, with each positive gradient also weighted by the
+    space map ``abs(g) / max(abs(g))`` (the maximum over the prediction's whole gradient
+    tensor): ``w_k = sum_ij alpha_ij ReLU(g_ij) abs(g_ij) / max(abs(g))``. (Their code also
+    multiplies the denominator of alpha by the box mask, so that outside the box alpha =
+    g^2 / eps; that is not reproduced: docs/audit.md.)
+
+    Args:
+        grads: (N, C, h, w) on a window or the whole map.
+        activation_sums: (N | 1, C) the sum of A over its whole map per channel.
+
+    Returns:
+        Tensor: (N, C).
+    """
+    peak = grads.abs().amax((1, 2, 3), keepdim=True)
+    space = grads.abs() / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return (_gradcam_pp_alpha(grads, activation_sums) * F.relu(grads) * space).sum((2, 3))
+
+
+CAM_PP_WEIGHTS = {'gradcampp': gradcam_pp_weights, 'ssgradcampp': ssgradcam_pp_weights}
 
 
 def channel_weighted_map(weights: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -188,7 +217,7 @@ def explanation_maps(method: str, grads: torch.Tensor, feats: torch.Tensor,
     """Maps of ``method`` from the same gradients.
 
     Args:
-        method: 'odam' (with Phi's ``sigma``), 'gradcam' or 'gradcampp'.
+        method: 'odam' (with Phi's ``sigma``), 'gradcam', 'gradcampp' or 'ssgradcampp'.
         grads: (N, C, h, w) the gradients on a window (or the whole map).
         feats: (N, C, h, w) the features on the same window.
         sigma: (N,) ODAM's Gaussian widths in cells (None: no smoothing).
@@ -201,13 +230,15 @@ def explanation_maps(method: str, grads: torch.Tensor, feats: torch.Tensor,
     """
     if method == 'odam':
         return odam_heatmap(grads, feats, sigma)
+    full_feats = feats if full_feats is None else full_feats
     if method == 'gradcam':
         weights = gradcam_weights(grads, area)
-    elif method == 'gradcampp':
-        weights = gradcam_pp_weights(grads, feats)
+    elif method in CAM_PP_WEIGHTS:
+        weights = CAM_PP_WEIGHTS[method](grads, full_feats.sum((2, 3)))
     else:
-        raise ValueError(f"method must be 'odam', 'gradcam' or 'gradcampp', got {method!r}")
-    return channel_weighted_map(weights, feats if full_feats is None else full_feats)
+        raise ValueError(f"method must be 'odam', 'gradcam', 'gradcampp' or 'ssgradcampp', "
+                         f'got {method!r}')
+    return channel_weighted_map(weights, full_feats)
 
 
 def normalize_maps(maps: torch.Tensor, mode: str | None, inplace: bool = False):

@@ -7,8 +7,8 @@ __all__ = ['ExplanationSettings', 'DriseSettings', 'DhsicSettings', 'VpsSettings
            'GRADIENT_METHODS', 'TARGETS', 'MODES', 'FEATURES', 'DRISE_ESTIMATORS',
            'VPS_SEGMENTATIONS', 'VPS_SEARCHES', 'EVIDENCE_SOURCES']
 
-METHODS = ('odam', 'gradcam', 'gradcampp', 'drise', 'dhsic', 'vps')
-GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp')
+METHODS = ('odam', 'gradcam', 'gradcampp', 'ssgradcampp', 'drise', 'dhsic', 'vps')
+GRADIENT_METHODS = ('odam', 'gradcam', 'gradcampp', 'ssgradcampp')
 TARGETS = ('score', 'logit', 'x1', 'y1', 'x2', 'y2')
 MODES = ('fast', 'windows', 'exact')
 FEATURES = ('auto', 'fpn', 'roi', 'backbone', 'neck', 'memory', 'towers')
@@ -148,8 +148,9 @@ class ExplanationSettings:
     """How the heat maps of a detector's predictions are made.
 
     Args:
-        method: 'odam' (default), 'gradcam' / 'gradcampp' (instance Grad-CAM baselines from
-            the same gradients), 'drise' / 'dhsic' / 'vps' (black box; settings in
+        method: 'odam' (default), 'gradcam' / 'gradcampp' / 'ssgradcampp' (instance
+            Grad-CAM, Grad-CAM++ and Spatial Sensitive Grad-CAM++ baselines from the same
+            gradients), 'drise' / 'dhsic' / 'vps' (black box; settings in
             ``drise`` / ``dhsic`` / ``vps``).
         target: the explained attribute Y: 'score' (mmdet's score for that head), 'logit'
             (the class logit), or a box side 'x1' | 'y1' | 'x2' | 'y2' (original pixels).

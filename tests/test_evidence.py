@@ -9,7 +9,15 @@ from odamtrain.explain import DriseSettings, VpsSettings
 from odamtrain.explain.evidence import evidence_fn
 from odamtrain.structures import detection_evidence
 
-from .zoo import DENSE, DETR_ZOO, QUERY_RCNN, TWO_STAGE, build_zoo_detector, zoo_batch
+from .zoo import (
+    DENSE,
+    DETR_ZOO,
+    GROUNDING_ZOO,
+    QUERY_RCNN,
+    TWO_STAGE,
+    build_zoo_detector,
+    zoo_batch,
+)
 
 
 def test_candidates_of_fcos_are_every_location_and_class_by_hand():
@@ -43,7 +51,8 @@ def test_candidates_of_fcos_are_every_location_and_class_by_hand():
         assert got == pytest.approx(float(brute), rel=1e-5)
 
 
-@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO))
+@pytest.mark.parametrize('name', DENSE + TWO_STAGE + QUERY_RCNN + list(DETR_ZOO)
+                         + list(GROUNDING_ZOO))
 def test_every_detection_is_one_of_the_candidates(name):
     """NMS and score thresholds only remove: each final detection is a candidate with the
     same box, label and score (so 'candidates' never sees less than 'detections'); PAA's

@@ -27,6 +27,7 @@ explained wrongly.
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
 __all__ = ['DetectorAdapter', 'Forward', 'Same', 'UnsupportedDetectorError', 'BOX_SIDES',
-           'resolved', 'scales']
+           'resolved', 'scales', 'instance_override']
 
 BOX_SIDES = ('x1', 'y1', 'x2', 'y2')
 
@@ -364,3 +365,23 @@ def scales(metas: list, like: torch.Tensor) -> torch.Tensor:
     no ``scale_factor``)."""
     return torch.tensor([m.get('scale_factor', (1.0, 1.0))[:2] for m in metas],
                         dtype=like.dtype, device=like.device)
+
+
+@contextlib.contextmanager
+def instance_override(obj, name: str, function):
+    """Context manager: inside, ``obj.name`` is ``function`` (an instance attribute over
+    the class's method); on exit, error or not, the class's method again.
+
+    Args:
+        obj: the module whose method is overridden.
+        name: the method's name.
+        function: what ``obj.name`` is inside.
+
+    Yields:
+        None.
+    """
+    setattr(obj, name, function)
+    try:
+        yield
+    finally:
+        delattr(obj, name)

@@ -64,6 +64,7 @@ from ..protocol import (
     DetectorAdapter,
     Same,
     UnsupportedDetectorError,
+    instance_override,
     resolved,
     scales,
 )
@@ -244,11 +245,8 @@ class DenseHeadAdapter(DetectorAdapter):
             state.update(outputs=outputs, cfg=head.test_cfg if cfg is None else cfg, img=0)
             return original(head, *outputs, cfg=cfg, **kwargs)
 
-        head.predict_by_feat = predict_by_feat
-        try:
+        with instance_override(head, 'predict_by_feat', predict_by_feat):
             yield state
-        finally:
-            del head.predict_by_feat
 
     def predictions(self, fwd, cfg=None, with_nms: bool = True) -> list:
         """mmdet's ``predict_by_feat`` of a forward (``outputs``, ``metas``; boxes in

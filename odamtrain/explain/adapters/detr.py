@@ -34,7 +34,14 @@ from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmengine.structures import InstanceData
 
 from ..detr_gradients import detr_heatmaps
-from ..protocol import BOX_SIDES, DetectorAdapter, Forward, Same, UnsupportedDetectorError
+from ..protocol import (
+    BOX_SIDES,
+    DetectorAdapter,
+    Forward,
+    Same,
+    UnsupportedDetectorError,
+    instance_override,
+)
 
 __all__ = ['DETRForward', 'DETRAdapter']
 
@@ -95,11 +102,8 @@ class DETRAdapter(DetectorAdapter):
             store.update(cls=layer_cls_scores[-1], boxes=layer_bbox_preds[-1])
             return original(head, layer_cls_scores, layer_bbox_preds, *args, **kwargs)
 
-        head.predict_by_feat = predict_by_feat
-        try:
+        with instance_override(head, 'predict_by_feat', predict_by_feat):
             yield
-        finally:
-            del head.predict_by_feat
 
     def forward(self, inputs, data_samples, features='auto') -> DETRForward:
         """The detector from A (leaves, grad enabled inside), with mmdet's detections of

@@ -32,7 +32,7 @@ from mmdet.models.dense_heads import GroundingDINOHead
 from mmdet.models.dense_heads.atss_vlfusion_head import convert_grounding_to_cls_scores
 from mmdet.models.detectors import GroundingDINO
 
-from ..protocol import Same
+from ..protocol import Same, instance_override
 from .detr import DETRAdapter, DETRForward, _stride
 
 __all__ = ['GroundingDINOAdapter', 'GroundingForward', 'require_prompts']
@@ -111,11 +111,8 @@ class GroundingDINOAdapter(DETRAdapter):
             leaves.extend(x.detach().requires_grad_(True) for x in levels)
             return tuple(leaves) if features == 'neck' else model.neck(tuple(leaves))
 
-        model.extract_feat = extract_feat
-        try:
+        with instance_override(model, 'extract_feat', extract_feat):
             yield
-        finally:
-            del model.extract_feat
 
     def forward(self, inputs, data_samples, features='auto') -> GroundingForward:
         """mmdet's ``predict`` (with each sample's ``text``) from A, grad enabled inside, with

@@ -102,20 +102,27 @@ def test_batched_gradients_equal_one_backward_per_query(detr, target):
     assert checked > 0
 
 
-def test_maps_sum_the_levels_of_a(detr):
-    """explain_batch's map (Phi off) == sum over A's levels of ReLU(sum_k g_k A_k), resized."""
-    name, model, inputs, samples = detr
-    det, = explain_batch(model, inputs, samples, smooth=None, normalize=None, target='y2')
+def summed_level_maps(model, inputs, samples, target):
+    """(levels of A, (N, H, W)): per detection the sum over A's levels of ReLU(sum_k g_k
+    A_k), each resized to the image (Phi off)."""
     adapter = build_adapter(model)
     fwd = adapter.forward(inputs, samples)
     preds, = adapter.predictions(fwd)
     meta = samples[0].metainfo
-    want = torch.zeros_like(det.heatmaps)
-    for idx, levels in detr_grads(adapter, fwd, preds, 'y2'):
+    want = fwd.feats[0].new_zeros(len(preds), *meta['ori_shape'][:2])
+    for idx, levels in detr_grads(adapter, fwd, preds, target):
         for g, a, stride in zip(levels, fwd.feats, fwd.strides):
             want[idx] += resize_maps(odam_heatmap(g, a.detach()[preds.img[idx]]), stride,
                                      meta['img_shape'][:2], meta['ori_shape'][:2])
-    assert len(fwd.feats) == (4 if name in ('deformable-detr', 'dino') else 1)
+    return len(fwd.feats), want
+
+
+def test_maps_sum_the_levels_of_a(detr):
+    """explain_batch's map (Phi off) == sum over A's levels of ReLU(sum_k g_k A_k), resized."""
+    name, model, inputs, samples = detr
+    det, = explain_batch(model, inputs, samples, smooth=None, normalize=None, target='y2')
+    levels, want = summed_level_maps(model, inputs, samples, 'y2')
+    assert levels == (4 if name in ('deformable-detr', 'dino') else 1)
     torch.testing.assert_close(det.heatmaps, want)
 
 

@@ -13,10 +13,10 @@ from odamtrain.apis import explain_batch, explain_detector
 from odamtrain.evaluation.explanation_audit import collect_explanation_scores
 from odamtrain.explain import UnsupportedDetectorError, build_adapter
 from odamtrain.explain.detr_gradients import detr_grads
-from odamtrain.explain.heatmap import odam_heatmap, resize_maps
 from odamtrain.inference import prepare_batch
 
 from .conftest import run_tool
+from .test_detr import summed_level_maps
 from .test_explanation_audit import add_detections_to_gt, check_detected_maps, loader
 from .zoo import ZOO_PROMPT, build_zoo_detector, zoo_batch, zoo_config
 
@@ -127,16 +127,8 @@ def test_maps_sum_the_levels_of_a(gdino):
     """explain_batch's map (Phi off) == sum over A's levels of ReLU(sum_k g_k A_k), resized."""
     model, inputs, samples = gdino
     det, = explain_batch(model, inputs, samples, smooth=None, normalize=None, target='logit')
-    adapter = build_adapter(model)
-    fwd = adapter.forward(inputs, samples)
-    preds, = adapter.predictions(fwd)
-    meta = samples[0].metainfo
-    want = torch.zeros_like(det.heatmaps)
-    for idx, levels in detr_grads(adapter, fwd, preds, 'logit'):
-        for g, a, stride in zip(levels, fwd.feats, fwd.strides):
-            want[idx] += resize_maps(odam_heatmap(g, a.detach()[preds.img[idx]]), stride,
-                                     meta['img_shape'][:2], meta['ori_shape'][:2])
-    assert want.amax() > 0
+    levels, want = summed_level_maps(model, inputs, samples, 'logit')
+    assert levels == 4 and want.amax() > 0
     torch.testing.assert_close(det.heatmaps, want)
 
 
